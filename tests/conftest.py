@@ -1,0 +1,57 @@
+"""Shared fixtures: an isolated NIGHTSHIFT_HOME per test, a small demo corpus and a tiny BERT."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("NIGHTSHIFT_LOG_FORMAT", "console")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A fresh NIGHTSHIFT_HOME (MLflow store, snapshots, Airflow) and quick training settings."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("NIGHTSHIFT_HOME", str(path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("NIGHTSHIFT_CONFIG", raising=False)
+    monkeypatch.setenv("NIGHTSHIFT_TRAIN_EPOCHS", "2")
+    monkeypatch.setenv("NIGHTSHIFT_TRAIN_BATCH_SIZE", "32")
+    monkeypatch.setenv("NIGHTSHIFT_TRAIN_LEARNING_RATE", "0.001")
+    monkeypatch.chdir(tmp_path)
+    return path
+
+
+@pytest.fixture
+def settings(home):
+    from pipelines.config import load_settings
+
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    from models.bert import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """Six days of demo logs, 250 normal lines a day: the full corpus's shape, small."""
+    from pipelines.demo_data import write_demo_logs
+
+    return write_demo_logs(tmp_path_factory.mktemp("corpus"), per_day=250)
+
+
+@pytest.fixture
+def train_snapshot(settings, corpus, tmp_path):
+    from pipelines.cli import parse_time
+    from pipelines.ingest import ingest_logs
+
+    return ingest_logs(f"file://{corpus}", parse_time("2026-11-16"), parse_time("2026-11-21"), tmp_path / "snap-train", settings)

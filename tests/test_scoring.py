@@ -1,0 +1,42 @@
+"""Batch scoring of a file source, through the CLI, and evaluation."""
+
+import json
+
+
+def test_score_logs_writes_ml_fields_for_every_record(settings, train_snapshot, tiny_bert, corpus, tmp_path, capsys):
+    from pipelines.cli import main
+    from pipelines.train import train_log_anomaly
+
+    train_log_anomaly(train_snapshot.path, settings, str(tiny_bert))
+    sink = tmp_path / "out" / "scored.ndjson"
+    code = main(["score", "logs", "--model", "log-anomaly@champion", "--source", f"file://{corpus}", "--sink", f"file://{sink}", "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    lines = sink.read_text().splitlines()
+    assert summary["read"] == summary["scored"] == summary["written"] == len(lines) == len(corpus.read_text().splitlines())
+    for line in lines:
+        ml = json.loads(line)["ml"]
+        assert 0.0 <= ml["anomaly"]["score"] <= 1.0 and isinstance(ml["anomaly"]["is_anomaly"], bool)
+        assert ml["model"] == {"name": "log-anomaly", "version": "1"} and ml["scored_at"]
+
+
+def test_evaluate_reports_model_and_baseline(settings, train_snapshot, tiny_bert, corpus, tmp_path, capsys):
+    from pipelines.cli import main, parse_time
+    from pipelines.ingest import ingest_logs
+    from pipelines.train import train_log_anomaly
+
+    train_log_anomaly(train_snapshot.path, settings, str(tiny_bert))
+    fresh = ingest_logs(f"file://{corpus}", parse_time("2026-11-21"), parse_time("2026-11-22"), tmp_path / "fresh", settings)
+    assert main(["evaluate", "log-anomaly/1", "--snapshot", str(fresh.path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("model_metrics", "baseline_metrics"):
+        assert set(out[key]) == {"precision", "recall", "f1", "pr_auc"}
+        assert all(0.0 <= v <= 1.0 for v in out[key].values())
+    assert out["rows"] == fresh.manifest["row_count"]
+
+
+def test_unknown_model_reference_is_a_clear_error(settings, corpus, capsys):
+    from pipelines.cli import main
+
+    assert main(["score", "logs", "--model", "log-anomaly@champion", "--source", f"file://{corpus}"]) == 2
+    assert "log-anomaly@champion" in capsys.readouterr().err
