@@ -1,0 +1,78 @@
+"""`make bench`: run every benchmarks/bench_*.py, write results.json and the README table.
+
+Each module exposes `run(quick: bool = False) -> list[dict]` with rows
+`{name, value, unit, baseline, baseline_value, ratio}`, each measured against its baseline in the
+same run, on the same machine and data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+
+def discover(only: list[str] | None) -> list[Path]:
+    files = sorted(HERE.glob("bench_*.py"))
+    return [f for f in files if not only or any(o in f.stem for o in only)]
+
+
+def load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| benchmark | value | baseline | baseline value | ratio |", "|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['name']} | {r['value']:.4g} {r['unit']} | {r['baseline']} | {r['baseline_value']:.4g} {r['unit']} | {r['ratio']:.3g} |")
+    return "\n".join(out)
+
+
+def update_readme(rows: list[dict], meta: dict) -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    block = (f"<!-- bench:start -->\nLatest `make bench` ({meta['date']}, {meta['machine']}):\n\n{table(rows)}\n<!-- bench:end -->")
+    readme.write_text(re.sub(r"<!-- bench:start -->.*?<!-- bench:end -->", block, text, flags=re.S))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="substrings of benchmark module names")
+    parser.add_argument("--quick", action="store_true", help="smaller inputs, for a smoke run")
+    parser.add_argument("--no-readme", action="store_true")
+    args = parser.parse_args()
+    rows: list[dict] = []
+    for path in discover(args.only):
+        started = time.perf_counter()
+        print(f"== {path.stem}", flush=True)
+        for row in load(path).run(quick=args.quick):
+            row = {**row, "module": path.stem}
+            rows.append(row)
+            print(f"   {row['name']}: {row['value']:.4g} {row['unit']} vs {row['baseline']} {row['baseline_value']:.4g} -> ratio {row['ratio']:.3g}", flush=True)
+        print(f"   ({time.perf_counter() - started:.0f}s)", flush=True)
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, CPU"}
+    results = HERE / "results.json"
+    if args.only and results.exists():  # keep the other modules' latest rows
+        kept = [r for r in json.loads(results.read_text()) if r.get("module") not in {r["module"] for r in rows}]
+        rows = kept + rows
+    results.write_text(json.dumps(rows, indent=2))
+    if not args.no_readme:
+        update_readme(rows, meta)
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
