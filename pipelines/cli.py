@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     name = f"{args.command} {args.kind}" if getattr(args, "kind", None) else args.command
     try:
         settings = load_settings(args.config)
-        with log_context(task=name):
+        with log_context(run_id=os.environ.get("AIRFLOW_CTX_DAG_RUN_ID") or uuid.uuid4().hex[:12], task=name):
             out = COMMANDS[name](args, settings)
     except (ConfigError, ValueError, LookupError, FileNotFoundError, RuntimeError) as exc:
         # Errors from bad input carry the record, field or setting at fault; no traceback needed.

@@ -149,11 +149,17 @@ def run_retrain(settings: Settings, logical_date: str | None = None, source: str
 
 
 def describe(summary: dict) -> str:
-    lines = [f"night {summary['logical_date']}"]
+    """The night as a short table: one row per model, then the scoring line."""
+    def fmt(metrics: dict) -> str:
+        return " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k not in ("primary", "threshold") and isinstance(v, (int, float)))
+
+    rows = [("model", "version", "decision", "validation metrics", "baseline", "train s", "device")]
     for name, o in summary["models"].items():
-        m = o.get("metrics", {})
-        lines.append(f"  {name} v{o['version']} {o['decision']}: F1 {m.get('f1')} PR-AUC {m.get('pr_auc')} "
-                     f"(TF-IDF F1 {o.get('baseline', {}).get('f1')}) in {o.get('train_seconds')}s on {o.get('device')}")
-    s = summary["scoring"]
-    lines.append(f"  scored {s['scored']} docs of the fresh window with v{s['version']} -> {s['sink']}")
+        rows.append((name, str(o.get("version", "-")), str(o.get("decision", "-")), fmt(o.get("metrics", {})),
+                     fmt(o.get("baseline", {})), str(o.get("train_seconds", "-")), str(o.get("device", "-"))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"night {summary['logical_date']}"] + ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    s = summary.get("scoring")
+    if s:
+        lines.append(f"  scored {s['scored']} docs of the fresh window with {s['model']} v{s['version']} -> {s['sink']}")
     return "\n".join(lines)

@@ -57,8 +57,8 @@ class JsonFormatter(logging.Formatter):
             "service.name": self.service,
             "service.version": __version__,
             "host.name": _HOST,
-            "run.id": _run_id.get(),
-            "task": _task.get(),
+            "run.id": _run_id.get() or os.environ.get("AIRFLOW_CTX_DAG_RUN_ID"),
+            "task": _task.get() or os.environ.get("AIRFLOW_CTX_TASK_ID"),
         }
         line.update(_extras(record))
         if record.exc_info:
