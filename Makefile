@@ -8,7 +8,7 @@ export NIGHTSHIFT_HOME ?= $(CURDIR)/.nightshift
 # pip's site config lists local indexes that lack most packages; its notes about them are noise.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: setup system-deps demo test bench ui clean
+.PHONY: setup system-deps demo demo-forecast test bench ui clean
 
 setup: $(VENV)/.installed
 
@@ -33,7 +33,12 @@ demo: setup
 test: setup system-deps
 	$(PY) -m pytest -q
 
-bench: setup
+# Forecasts on real servers: Prometheus (backfilled with the demo metrics) and a Pushgateway on free
+# loopback ports, `nightshift forecast` with the champion from `make demo`, read back with PromQL.
+demo-forecast: setup system-deps
+	bash infra/scripts/demo_forecast.sh
+
+bench: setup system-deps
 	$(PY) benchmarks/run.py
 
 ui: setup

@@ -1,4 +1,5 @@
-"""Nightly retrain: snapshot yesterday's logs, train and register a candidate, score the fresh window.
+"""Nightly retrain: snapshot yesterday's logs, validate them, train and register a candidate, score the fresh window.
+A second, independent branch snapshots the metric history, validates it and trains the forecaster.
 
 Only the task graph lives here; every task calls a function of `pipelines.flow`, imported inside
 the task so that this file parses without torch, transformers or mlflow.
@@ -13,7 +14,10 @@ from airflow.sdk import Asset, dag, get_current_context, task
 
 LOG_SNAPSHOTS = Asset("nightshift://snapshots/logs")
 LOG_ANOMALY_MODEL = Asset("mlflow://models/log-anomaly")
+FAILURE_RCA_MODEL = Asset("mlflow://models/failure-rca")
 SCORED_LOGS = Asset("nightshift://scored/logs")
+METRIC_SNAPSHOTS = Asset("nightshift://snapshots/metrics")
+METRIC_FORECAST_MODEL = Asset("mlflow://models/metric-forecast")
 
 
 def _settings():
@@ -52,30 +56,87 @@ def nightly_retrain():
 
         return ingest_window(night, "fresh", _settings())
 
-    @task(outlets=[LOG_ANOMALY_MODEL], retries=0, execution_timeout=timedelta(hours=3))
-    def train_log_anomaly(night: dict, snapshot: str) -> dict:
-        from pipelines.flow import train_candidate
+    @task(retries=0)
+    def validate_training_window(night: dict, snapshot: str) -> dict:
+        from pipelines.flow import validate_window
 
+        return validate_window(night, snapshot, "logs", _settings())
+
+    @task(outlets=[LOG_ANOMALY_MODEL], retries=0, execution_timeout=timedelta(hours=3))
+    def train_log_anomaly(night: dict, snapshot: str, validation: dict) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from pipelines.flow import stop_if_invalid, train_candidate
+
+        if reason := stop_if_invalid(validation, "log-anomaly", _settings()):
+            raise AirflowSkipException(reason)  # this branch stops before training; the others go on
         return train_candidate(night, "log-anomaly", snapshot, _settings())
 
-    @task(outlets=[SCORED_LOGS])
-    def score_fresh_window(night: dict, fresh_snapshot: str, candidate: dict) -> dict:
+    @task(outlets=[FAILURE_RCA_MODEL], retries=0, execution_timeout=timedelta(hours=1))
+    def train_failure_rca(night: dict, snapshot: str, validation: dict) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from pipelines.flow import stop_if_invalid, train_candidate
+
+        if reason := stop_if_invalid(validation, "failure-rca", _settings()):
+            raise AirflowSkipException(reason)
+        if (outcome := train_candidate(night, "failure-rca", snapshot, _settings())) is None:
+            raise AirflowSkipException("no failed job with root causes in the training window")
+        return outcome
+
+    @task(outlets=[METRIC_SNAPSHOTS])
+    def ingest_metric_window(night: dict) -> str:
+        from pipelines.flow import ingest_metric_window
+
+        return ingest_metric_window(night, _settings())
+
+    @task(retries=0)
+    def validate_metric_window(night: dict, snapshot: str) -> dict:
+        from pipelines.flow import validate_window
+
+        return validate_window(night, snapshot, "metrics", _settings())
+
+    @task(outlets=[METRIC_FORECAST_MODEL], retries=0, execution_timeout=timedelta(hours=1))
+    def train_metric_forecast(night: dict, snapshot: str, validation: dict) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from pipelines.flow import stop_if_invalid, train_candidate
+
+        if reason := stop_if_invalid(validation, "metric-forecast", _settings()):
+            raise AirflowSkipException(reason)
+        return train_candidate(night, "metric-forecast", snapshot, _settings())
+
+    @task(retries=0)
+    def promote_candidate(model: str, candidate: dict, holdout: str) -> dict:
+        """Drift checks and the promotion gate on the fresh holdout; one `.override(task_id=...)` per model."""
+        from pipelines.flow import gate_candidate
+
+        return gate_candidate(model, candidate, holdout, _settings())
+
+    @task(outlets=[SCORED_LOGS], trigger_rule="none_failed")  # runs with the champion when training was skipped
+    def score_fresh_window(night: dict, fresh_snapshot: str, candidate: dict, root_causes: dict | None = None) -> dict:
         from pipelines.flow import score_fresh
 
         return score_fresh(night, _settings())
 
-    @task
-    def summarise(night: dict, candidate: dict, scoring: dict) -> dict:
+    @task(trigger_rule="none_failed")
+    def summarise(night: dict, candidate: dict, scoring: dict, forecaster: dict | None = None, root_causes: dict | None = None) -> dict:
         from pipelines.flow import write_summary
 
-        return write_summary(night, {"log-anomaly": candidate}, scoring)
+        return write_summary(night, {"log-anomaly": candidate, "failure-rca": root_causes, "metric-forecast": forecaster}, scoring)
 
     night = plan()
     training = ingest_training_window(night)
     fresh = ingest_fresh_window(night)
-    candidate = train_log_anomaly(night, training)
-    scoring = score_fresh_window(night, fresh, candidate)
-    summarise(night, candidate, scoring)
+    validation = validate_training_window(night, training)
+    candidate = train_log_anomaly(night, training, validation)
+    candidate = promote_candidate.override(task_id="promote_log_anomaly")("log-anomaly", candidate, fresh)  # scoring follows the gate
+    root_causes = train_failure_rca(night, training, validation)  # same snapshot: failed jobs grouped by job id
+    root_causes = promote_candidate.override(task_id="promote_failure_rca")("failure-rca", root_causes, fresh)
+    scoring = score_fresh_window(night, fresh, candidate, root_causes)  # two models, one read of the fresh window
+    metrics = ingest_metric_window(night)
+    forecaster = train_metric_forecast(night, metrics, validate_metric_window(night, metrics))
+    summarise(night, candidate, scoring, forecaster, root_causes)
 
 
 nightly_retrain()

@@ -40,14 +40,21 @@ def load_label_space(path: str | Path | None = None) -> LabelSpace:
         raise LabelSpaceError(f"label space {path}: no such file") from None
     except json.JSONDecodeError as exc:
         raise LabelSpaceError(f"label space {path}: does not parse: {exc.msg} at line {exc.lineno}") from None
+    return label_space_from_json(data, str(path), default_name=path.stem)
+
+
+def label_space_from_json(data: object, where: str, default_name: str = "label-space") -> LabelSpace:
+    """Check and build a label space from its JSON form (a file's content, or the copy inside a model)."""
     labels = data.get("labels") if isinstance(data, dict) else None
     if not isinstance(labels, dict) or not labels:
-        raise LabelSpaceError(f"label space {path}: 'labels' must be a non-empty object of label -> [actions]")
+        raise LabelSpaceError(f"label space {where}: 'labels' must be a non-empty object of label -> [actions]")
     for label, actions in labels.items():
+        if not label.strip():
+            raise LabelSpaceError(f"label space {where}: a label name is empty")
         if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
-            raise LabelSpaceError(f"label space {path}: actions of label '{label}' must be a list of strings")
+            raise LabelSpaceError(f"label space {where}: actions of label '{label}' must be a list of strings")
     return LabelSpace(
-        name=str(data.get("name", path.stem)),
+        name=str(data.get("name", default_name)),
         version=str(data.get("version", "1")),
         labels=tuple(labels),
         actions={k: tuple(v) for k, v in labels.items()},

@@ -37,6 +37,11 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
         self.tokenizer, self.model = load_classifier(str(path))
         self.model.to(self.device).eval()
         self.thresholds = np.asarray(self.meta["thresholds"], dtype=np.float32)
+        self.rca = None
+        if self.task == "failure-rca":
+            from models.rca import RootCauseHead
+
+            self.rca = RootCauseHead.from_meta(self.meta)
 
     @property
     def task(self) -> str:
@@ -49,14 +54,19 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
         return predict_proba(self.model, self.tokenizer, [normalize(m) for m in messages], batch_size=batch_size,
                              max_length=self.meta["max_length"], device=self.device)
 
-    def format(self, probs: np.ndarray) -> pd.DataFrame:
-        """The task's output columns from probabilities."""
+    def format(self, probs: np.ndarray, texts: Sequence[str] = ()) -> pd.DataFrame:
+        """The task's output columns from probabilities (and the texts, for the RCA knowledge-base fallback)."""
         if self.task == "log-anomaly":
             return pd.DataFrame({"anomaly_score": probs[:, 0].astype(np.float64), "is_anomaly": probs[:, 0] >= self.thresholds[0]})
+        if self.rca is not None:
+            return self.rca.format(probs, texts)
         raise ValueError(f"unknown task {self.task!r} in {META_FILE}")
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         if "message" not in model_input.columns:
             raise ValueError("input needs a 'message' column (the raw log text)")
         batch_size = int((params or {}).get("batch_size", 64))
-        return self.format(self.probabilities(model_input["message"].astype(str).tolist(), batch_size))
+        if self.rca is not None:
+            self.rca.check_texts(model_input["message"])
+        messages = model_input["message"].astype(str).tolist()
+        return self.format(self.probabilities(messages, batch_size), messages)

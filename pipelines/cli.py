@@ -57,6 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=parse_time, required=True)
     p.add_argument("--end", type=parse_time, required=True)
     p.add_argument("--out", type=Path, required=True, help="the snapshot folder to create")
+    p = ingest.add_parser("metrics", parents=[common], help="metrics from http(s)://prometheus:9090 (query_range) or file://…om")
+    p.add_argument("--source", help="default: setting prometheus.url, else the embedded demo metrics")
+    p.add_argument("--query", action="append", metavar="[NAME=]PROMQL", help="repeatable; default: the named queries of settings prometheus.queries")
+    p.add_argument("--start", type=parse_time, required=True)
+    p.add_argument("--end", type=parse_time, required=True)
+    p.add_argument("--step", help="resolution, e.g. 15m (default: setting forecast.step)")
+    p.add_argument("--out", type=Path, required=True, help="the snapshot folder to create")
+
+    p = sub.add_parser("validate", parents=[common], help="run a Great Expectations suite over a snapshot (exit 1 when it fails)")
+    p.add_argument("snapshot", type=Path, metavar="DIR")
+    p.add_argument("--suite", choices=["logs", "metrics"], help="default: from the snapshot's dataset")
+    p.add_argument("--warn-only", action="store_true", help="report failures as 'warn' and exit 0 (exploration)")
 
     p = sub.add_parser("train", parents=[common], help="train and register a candidate")
     p.add_argument("model", choices=["log-anomaly", "failure-rca", "metric-forecast"])
@@ -67,13 +79,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="NAME@ALIAS|NAME/VERSION")
     p.add_argument("--snapshot", type=Path, required=True)
 
+    p = sub.add_parser("promote", parents=[common], help="run the promotion gate: challenger vs champion on a fresh holdout")
+    p.add_argument("model", metavar="NAME")
+    p.add_argument("--holdout", type=Path, metavar="SNAPSHOT_DIR", help="default: the newest fresh snapshot after both training windows")
+    p.add_argument("--version", help="gate this version instead of the challenger alias")
+
+    p = sub.add_parser("rollback", parents=[common], help="move champion back to the previous champion")
+    p.add_argument("model", metavar="NAME")
+    p.add_argument("--reason", default="manual rollback", help="why (recorded with who and when)")
+
     score = sub.add_parser("score", help="batch scoring").add_subparsers(dest="kind", required=True)
     p = score.add_parser("logs", parents=[common], help="score log documents and write ml.* fields")
     p.add_argument("--model", default="log-anomaly@champion")
+    p.add_argument("--rca-model", help="root-cause model for ml.rca.* (default: failure-rca@champion when one exists; none: off)")
     p.add_argument("--source", required=True)
     p.add_argument("--sink", help="file://…ndjson (default for Elasticsearch: the documents' own index)")
     p.add_argument("--start", type=parse_time)
     p.add_argument("--end", type=parse_time)
+
+    p = sub.add_parser("forecast", parents=[common], help="forecast the latest metrics and push ai_forecast_* to the Pushgateway")
+    p.add_argument("--model", default="metric-forecast@champion")
+    p.add_argument("--prometheus", help="http(s)://host:port (default: setting prometheus.url)")
+    p.add_argument("--pushgateway", help="http://host:port (default: setting prometheus.pushgateway)")
+    p.add_argument("--at", type=parse_time, help="forecast from this time instead of now (backtests)")
+
+    es = sub.add_parser("es", help="Elasticsearch housekeeping").add_subparsers(dest="kind", required=True)
+    p = es.add_parser("install-template", parents=[common], help="install the ml.* index templates (infra/elasticsearch/)")
+    p.add_argument("--url", help="http(s)://host:port (default: setting elasticsearch.url / cloud_id / conn_id)")
+    p.add_argument("--index-pattern", action="append", help="log indices the template applies to (repeatable; default logs-*)")
+    p.add_argument("--update-existing", action="store_true", help="also add the ml.* mapping to indices that already exist")
 
     p = sub.add_parser("retrain", parents=[common], help="run the nightly flow once, through Airflow")
     p.add_argument("--logical-date", help="the night to run (default: the day after the source's newest record)")
@@ -89,8 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _demo_data(args, settings):
     from pipelines.demo_data import write_demo_logs
 
+    from pipelines.demo_metrics import write_demo_metrics
+
     path = write_demo_logs(args.out, days=args.days, per_day=args.per_day, seed=args.seed)
-    return {"logs": str(path), "summary": f"demo corpus written to {path}"}
+    metrics = write_demo_metrics(args.out, seed=args.seed)
+    return {"logs": str(path), "metrics": str(metrics), "summary": f"demo corpus written to {path}, metric history to {metrics}"}
 
 
 @command("ingest logs")
@@ -99,12 +136,36 @@ def _ingest_logs(args, settings):
 
     snap = ingest_logs(args.source, args.start, args.end, args.out, settings)
     m = snap.manifest
+    stats = m.get("source_stats") or {}
     return {"snapshot": str(snap.path), "rows": m["row_count"], "content_hash": m["content_hash"], "window": m["window"],
-            "summary": f"snapshot {snap.path}: {m['row_count']} rows, {m['content_hash'][:19]}…"}
+            "source_stats": stats,
+            "summary": f"snapshot {snap.path}: {m['row_count']} rows, {m['content_hash'][:19]}…"
+                       + (f" ({stats['unlabelled']} without a label, {stats['dropped']} of them dropped)" if stats.get("unlabelled") else "")}
+
+
+@command("validate")
+def _validate(args, settings):
+    from pipelines.validation import FAILED, validate_snapshot, verdict
+
+    report = validate_snapshot(args.snapshot, args.suite, settings, warn_only=args.warn_only or None)
+    return {**verdict(report), "summary": report["message"], "exit_code": 1 if report["status"] == FAILED else 0}
 
 
 @command("train")
 def _train(args, settings):
+    if args.model == "failure-rca":
+        from pipelines.rca import train_failure_rca
+
+        out = train_failure_rca(args.snapshot, settings, args.base_model)
+        return {**out, "summary": f"{out['model']} v{out['version']} ({out['decision']}): micro-F1 {out['metrics'].get('micro_f1')} "
+                                  f"macro-F1 {out['metrics'].get('macro_f1')} (TF-IDF one-vs-rest {out['baseline'].get('micro_f1')})"}
+    if args.model == "metric-forecast":
+        from pipelines.train_forecast import train_metric_forecast
+
+        out = train_metric_forecast(args.snapshot, settings)
+        return {**out, "summary": f"{out['model']} v{out['version']} ({out['decision']}): MAE {out['metrics']['mae']} "
+                                  f"coverage {out['metrics']['coverage']}; MAE ratio vs predict_linear "
+                                  f"{out['ratios'].get('mae_ratio_vs_predict_linear')}, vs seasonal naive {out['ratios'].get('mae_ratio_vs_seasonal_naive')}"}
     if args.model == "log-anomaly":
         from pipelines.train import train_log_anomaly
 
@@ -124,16 +185,75 @@ def _evaluate(args, settings):
     for name in ("model", "baseline"):
         m = out[name + "_metrics"]
         lines.append(f"  {name:<9} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
+    if "fallback" in out:  # failure-rca: per failed job
+        f = out["fallback"]
+        lines.append(f"  {out['jobs']} failed jobs; knowledge-base fallback for {f['jobs']}, of which {f['unlabelled_jobs_with_fallback']} "
+                     f"of the {f['unlabelled_jobs']} jobs without a known cause ({f['unlabelled_jobs_with_a_label']} got a confident label)")
     return {**out, "summary": "\n".join(lines)}
+
+
+@command("promote")
+def _promote(args, settings):
+    from pipelines.promotion import promote
+
+    out = promote(args.model, settings, holdout=args.holdout, version=args.version)
+    lines = [f"{out['model']} v{out['challenger']} {out['decision']} (champion was v{out['champion']}, now v{out['champion_now']})"]
+    lines += [f"  {r}" for r in out.get("reasons", [out["reason"]])]
+    return {**out, "summary": "\n".join(lines)}
+
+
+@command("rollback")
+def _rollback(args, settings):
+    from pipelines.promotion import rollback
+
+    out = rollback(args.model, settings, args.reason)
+    return {**out, "summary": f"{out['model']}: champion v{out['rolled_back']} rolled back to v{out['champion']} by {out['by']} "
+                              f"at {out['at']}: {out['reason']}"}
 
 
 @command("score logs")
 def _score_logs(args, settings):
     from serving.score_logs import score_logs
 
-    out = score_logs(args.model, args.source, args.sink, settings, start=args.start, end=args.end)
+    out = score_logs(args.model, args.source, args.sink, settings, start=args.start, end=args.end, rca_model=args.rca_model)
     return {**out, "summary": f"scored {out['scored']} of {out['read']} documents with {out['model']} v{out['version']} "
-                              f"({out['docs_per_s']:.0f} docs/s) -> {out['sink']}"}
+                              f"({out['docs_per_s']:.0f} docs/s) -> {out['sink']}: written {out['written']}, "
+                              f"skipped {out['skipped']}, failed {out.get('failed', 0)}"
+                              + "".join(f"\n  {n} {why}" for why, n in {**out['skipped_reasons'], **out.get('failed_reasons', {})}.items())
+                              + (f"\n  root causes on {out['rca']['annotated']} documents of {out['rca']['jobs']} failed jobs with "
+                                 f"{out['rca']['model']} v{out['rca']['version']} ({out['rca']['fallback']} from the knowledge base)" if out.get("rca") else "")}
+
+
+@command("ingest metrics")
+def _ingest_metrics(args, settings):
+    from pipelines.flow import embedded_metric_source
+    from pipelines.prometheus import ingest_metrics, parse_queries
+
+    snap = ingest_metrics(args.source or settings.prometheus.url or embedded_metric_source(settings), parse_queries(args.query, settings),
+                          args.start, args.end, args.step or settings.forecast.step, args.out, settings)
+    m = snap.manifest
+    return {"snapshot": str(snap.path), "rows": m["row_count"], "series": m["series_count"], "content_hash": m["content_hash"],
+            "window": m["window"], "summary": f"snapshot {snap.path}: {m['series_count']} series, {m['row_count']} points, {m['content_hash'][:19]}…"}
+
+
+@command("forecast")
+def _forecast(args, settings):
+    from serving.forecast import forecast
+
+    out = forecast(args.model, args.prometheus, args.pushgateway, settings, at=args.at)
+    return {**out, "summary": f"pushed {out['horizon']} forecasts of {out['series']} series with {out['model']} v{out['version']} "
+                              f"to {out['pushgateway']} ({', '.join(out['metrics'])}); skipped {len(out['skipped'])}, "
+                              f"deleted {len(out['deleted_stale_groups'])} stale groups"}
+
+
+@command("es install-template")
+def _es_install_template(args, settings):
+    from pipelines.elastic import install_templates
+
+    out = install_templates(args.url or "elasticsearch://", settings, args.index_pattern, args.update_existing)
+    return {**out, "summary": f"installed {out['component_template']} and {', '.join(out['index_templates'])} on {out['cluster']} "
+                              f"(log indices {', '.join(out['index_patterns'])})"
+                              + (f"; ml.* mapping added to {len(out['updated_indices'])} existing indices" if args.update_existing else "")}
 
 
 @command("retrain")
@@ -170,9 +290,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"error": str(exc), "type": exc.__class__.__name__}))
         print(f"nightshift {name}: error: {exc}", file=sys.stderr)
         return 2
-    summary = out.pop("summary", "")
+    summary, code = out.pop("summary", ""), int(out.pop("exit_code", 0))
     print(json.dumps(out, default=str) if args.json else summary)
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ class TrainSettings:
     max_validation_examples: int = 3000
     seed: int = 13
     device: str = "auto"  # auto | cpu | cuda
+    pooling: str = "cls"  # what the new head reads: cls ([CLS] pooler) | mean (mean of token vectors)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,158 @@ class RcaSettings:
     """Root-cause analysis."""
 
     label_space: str = ""  # empty: the default label space shipped in models/data
+    knowledge_base: str = ""  # empty: models/data/remediation_kb.json (users extend a copy)
+    # A night holds tens of failed jobs, not thousands of lines: smaller batches than [train].
+    epochs: int = 6  # after the linear probe (pipelines.rca.probe_head): a short, gentle fine-tune
+    batch_size: int = 8
+    learning_rate: float = 1e-4
+    max_length: int = 128  # tokens of a job text (several lines)
+    patience: int = 4
+    pooling: str = "mean"  # MiniLM is a sentence-embedding model: its mean generalises from few jobs, its [CLS] does not
+
+
+@dataclass(frozen=True)
+class ElasticsearchSettings:
+    """Elasticsearch connection, pull and write-back (the index pattern itself comes from the source URI)."""
+
+    url: str = ""  # endpoint for `elasticsearch://INDEX` URIs and `nightshift es` commands
+    cloud_id: str = ""  # Elastic Cloud deployment id, instead of a URL
+    conn_id: str = ""  # Airflow connection (host, login, password, extras) read through the Elasticsearch provider
+    api_key: Secret = field(default_factory=lambda: Secret(None))  # base64 "id:key", or "id:key"
+    username: str = ""  # basic auth, with password
+    password: Secret = field(default_factory=lambda: Secret(None))
+    bearer_token: Secret = field(default_factory=lambda: Secret(None))
+    ca_certs: str = ""  # CA bundle for https; empty: the system CAs
+    ssl_fingerprint: str = ""  # SHA-256 fingerprint of the server certificate, instead of a CA
+    verify_certs: bool = True
+    timeout: float = 30.0  # seconds per request
+    retries: int = 5  # further attempts on 429/502/503/504 and connection errors, with exponential backoff
+    retry_backoff: float = 0.5  # seconds before the first retry; doubles each time (capped at 30s)
+    page_size: int = 1000  # hits per search_after page
+    slices: int = 1  # parallel sliced reads of one point-in-time
+    keep_alive: str = "5m"  # point-in-time keep-alive between pages
+    tiebreaker: str = "_shard_doc"  # second sort key after the timestamp (a unique keyword field makes reads repeatable)
+    extra_fields: str = ""  # comma-separated dotted fields also fetched (kept on the documents the source yields)
+    unlabelled: str = "keep"  # documents lacking the anomaly label: keep | drop (counted either way)
+    bulk_max_bytes: int = 5_000_000  # write-back batches are cut at this many bytes
+    retry_on_conflict: int = 3
+
+
+@dataclass(frozen=True)
+class MetricQueries:
+    """The named PromQL queries the nightly flow snapshots (an empty query is skipped)."""
+
+    gpu_util: str = "DCGM_FI_DEV_GPU_UTIL"
+    gpu_memory: str = "DCGM_FI_DEV_FB_USED"
+    request_latency: str = "request_latency_p99_seconds"
+    quota_use_ratio: str = "quota_group_use_ratio"
+
+
+@dataclass(frozen=True)
+class PrometheusSettings:
+    """Where metrics come from (query_range) and where forecasts go (Pushgateway)."""
+
+    url: str = ""  # empty: the embedded demo metric history under NIGHTSHIFT_HOME
+    pushgateway: str = ""
+    username: str = ""
+    password: Secret = field(default_factory=lambda: Secret(None))
+    bearer_token: Secret = field(default_factory=lambda: Secret(None))
+    ca_file: str = ""  # CA bundle for https; empty: the system CAs
+    cert_file: str = ""  # client certificate (mutual TLS)
+    key_file: str = ""
+    tls_verify: bool = True
+    timeout: float = 30.0  # seconds per request, also sent to Prometheus as its query timeout
+    retries: int = 3  # attempts per request on connection errors, timeouts, 429 and 5xx
+    concurrency: int = 4  # chunks of one query fetched in parallel
+    max_points: int = 10_000  # points per series per request; Prometheus refuses more than 11,000
+    max_gap_fraction: float = 0.5  # a series with more gaps than this in its window is refused
+    forecast_job: str = "nightshift_forecast"  # Pushgateway job of the pushed forecasts
+    queries: MetricQueries = field(default_factory=MetricQueries)
+
+
+@dataclass(frozen=True)
+class ForecastSettings:
+    """The LSTM metric forecaster: sampling, horizon and training."""
+
+    step: str = "15m"  # resolution the series are ingested and forecast at
+    lookback: int = 96  # steps of history the model reads (24h at 15m)
+    horizon: int = 8  # steps ahead it forecasts (2h at 15m)
+    hidden_size: int = 32
+    layers: int = 1
+    epochs: int = 15
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    windows_per_epoch: int = 4096  # training windows sampled per epoch
+    patience: int = 4
+    validation_fraction: float = 0.15  # newest part of each series, by time
+    train_days: int = 28  # days of metric history the nightly candidate trains on
+    seed: int = 13
+    device: str = "auto"  # auto | cpu | cuda
+    cpu_threads: int = 1  # torch threads on CPU: a small LSTM's per-step matmuls gain nothing from more
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    """Thresholds of the Great Expectations gate (`nightshift validate`, and before every training run)."""
+
+    warn_only: bool = False  # report failures as "warn" and let training go on (exploration)
+    batch_rows: int = 100_000  # rows validated at a time: memory stays flat however large the snapshot
+    examples: int = 5  # failing values shown per expectation in summaries
+    # logs
+    min_anomaly_ratio: float = 0.001  # share of labelled rows that are anomalous
+    max_anomaly_ratio: float = 0.5
+    max_duplicate_ratio: float = 0.1  # share of rows repeating an earlier row exactly
+    min_text_length: int = 1  # characters of `message`
+    max_text_length: int = 20_000
+    min_rows_per_class: int = 10  # labelled rows per anomaly class (normal, anomalous)
+    # metrics
+    max_gap_ratio: float = 0.2  # share of a series' expected samples (first..last, at the step) missing
+    max_nan_ratio: float = 0.1  # share of a series' samples that are NaN
+    min_history_points: int = 96  # samples per series (the forecaster's lookback)
+    # metric=min:max, comma-separated; either bound may be empty
+    value_ranges: str = ("DCGM_FI_DEV_GPU_UTIL=0:100,DCGM_FI_DEV_FB_USED=0:1000000,"
+                         "request_latency_p99_seconds=0:3600,quota_group_use_ratio=0:1.5")
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """Drift of a new snapshot against the champion's training snapshot (`pipelines.drift`).
+
+    A check warns at `*_warn` and is severe at `*_severe`, and only when significant at `alpha`.
+    """
+
+    alpha: float = 0.01  # permutation / KS p-value below which a difference counts
+    permutations: int = 199
+    label_psi_warn: float = 0.1
+    label_psi_severe: float = 0.25
+    template_js_warn: float = 0.1
+    template_js_severe: float = 0.3
+    token_js_warn: float = 0.05
+    token_js_severe: float = 0.2
+    length_ks_warn: float = 0.1
+    length_ks_severe: float = 0.3
+    embedding_mmd_warn: float = 0.02
+    embedding_mmd_severe: float = 0.1
+    embedding_sample: int = 200  # messages per side embedded with the champion's BERT
+    metric_value_ks_warn: float = 0.3  # worst series
+    metric_value_ks_severe: float = 0.5
+    seasonal_warn: float = 0.5  # hour-of-day profile distance of the worst series, in reference standard deviations
+    seasonal_severe: float = 0.8
+    max_rows: int = 50_000  # rows sampled per side
+    seed: int = 13
+
+
+@dataclass(frozen=True)
+class PromotionSettings:
+    """The champion/challenger gate (`pipelines.promotion`)."""
+
+    margin: float = 0.005  # the challenger must beat the champion's primary metric by at least this
+    guard_tolerance: float = 0.05  # a guard metric may regress by at most this
+    allow_not_run: bool = True  # promote when `validation.status` is not_run
+    allow_warn: bool = True  # promote when `validation.status` is warn
+    decay_tolerance: float = 0.1  # champion primary drop on the fresh window vs its own validation score
+    lock_timeout: float = 60.0  # seconds to wait for the promotion lock
+    lock_lease: float = 120.0  # a remote lock older than this is taken as abandoned
 
 
 @dataclass(frozen=True)
@@ -114,6 +267,12 @@ class Settings:
     score: ScoreSettings = field(default_factory=ScoreSettings)
     retrain: RetrainSettings = field(default_factory=RetrainSettings)
     rca: RcaSettings = field(default_factory=RcaSettings)
+    elasticsearch: ElasticsearchSettings = field(default_factory=ElasticsearchSettings)
+    prometheus: PrometheusSettings = field(default_factory=PrometheusSettings)
+    forecast: ForecastSettings = field(default_factory=ForecastSettings)
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
+    drift: DriftSettings = field(default_factory=DriftSettings)
+    promotion: PromotionSettings = field(default_factory=PromotionSettings)
 
     @property
     def mlflow_uri(self) -> str:

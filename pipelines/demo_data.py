@@ -166,6 +166,19 @@ FAILURES: list[tuple[tuple[str, ...], list[Fill], Fill]] = [
      lambda r: f"model code materialises a dense {r.randint(4096, 65536)}x{r.randint(4096, 65536)} tensor, GPU memory exhausted"),
 ]
 
+# Failures whose cause is outside the label space (no root cause): the knowledge base's territory.
+# The last day's causes are new altogether, not just new words.
+UNLABELLED_SEEN: list[Fill] = [
+    lambda r: f"FloatingPointError: loss became nan at step {r.randint(100, 20000)}, stopping the run",
+    lambda r: f"ModuleNotFoundError: No module named '{r.choice(['apex', 'flash_attn', 'deepspeed', 'bitsandbytes'])}'",
+    lambda r: f"KeyError: 'optimizer.{r.choice(['betas', 'eps', 'warmup_steps'])}' missing from training config {_path(r)}",
+]
+UNLABELLED_HELD_BACK: list[Fill] = [
+    lambda r: f"slurmstepd: error: *** JOB {r.randint(10000, 99999)} ON {_node(r)} CANCELLED DUE TO TIME LIMIT ***",
+    lambda r: "exec /opt/conda/bin/python: exec format error, image built for arm64 but the node is amd64",
+    lambda r: "Illegal instruction (core dumped) in libtorch_cpu.so: the CPU lacks the AVX-512 instructions the build needs",
+]
+
 TRACEBACK = "Traceback (most recent call last):"
 
 
@@ -206,15 +219,18 @@ def generate_logs(start: datetime, days: int = 6, per_day: int = 1500, seed: int
             for _ in range(r.randint(6, 12)):
                 ts = burst_start + timedelta(seconds=r.uniform(0, 600))
                 docs.append(_doc(ts, t.service, t.level, t.render(r), _node(r), True))
-        # Training jobs that fail: a few error lines each, with the job's root causes.
-        for _ in range(r.randint(5, 7)):
-            causes, seen, held_back = r.choice(FAILURES)
+        # Training jobs that fail: a few error lines each, with the job's root causes. Every failure kind
+        # each day (fewer on small corpora), so each cause recurs across the training days.
+        failing = r.sample(FAILURES, min(len(FAILURES), max(5, per_day // 100)))
+        failing += [((), [f], f) for f in r.sample(UNLABELLED_HELD_BACK if last_day else UNLABELLED_SEEN, r.randint(1, 2))]
+        for causes, seen, held_back in failing:
             job = f"job-{uuid.UUID(int=r.getrandbits(128)).hex[:12]}"
             host = _node(r)
             ts = day_start + timedelta(seconds=r.uniform(0, 86000))
             docs.append(_doc(ts, "pytorch", "info", f"job {job} started on {host} with {r.choice([1, 2, 4, 8])} GPUs", host, False, job=job))
-            lines = [TRACEBACK, _frame(r), (held_back if last_day else r.choice(seen))(r)]
-            if r.random() < 0.5:
+            # The stack trace is one multi-line document, as a multiline codec ships it to ELK; the error is its own line.
+            lines = ["\n".join([TRACEBACK, _frame(r)]), (held_back if last_day else r.choice(seen))(r)]
+            if r.random() < 0.3:
                 lines.append((held_back if last_day else r.choice(seen))(r))
             lines.append(f"job {job} failed with exit code {r.choice([1, 134, 137, 139])}")
             for i, line in enumerate(lines):

@@ -22,8 +22,10 @@ def training_snapshot(client, ref) -> Path | None:
     return Path(path) if path and Path(path).is_dir() else None
 
 
-def evaluate(model_ref: str, snapshot_dir: str | Path, settings: Settings) -> dict:
-    """Precision, recall, F1 and PR-AUC of `model_ref` on the snapshot, and of the baseline."""
+def evaluate(model_ref: str, snapshot_dir: str | Path, settings: Settings, baseline: bool = True) -> dict:
+    """Precision, recall, F1 and PR-AUC of `model_ref` on the snapshot, and of the baseline
+    (micro/macro F1 over failed jobs for a `failure-rca` version: `pipelines.rca`).
+    `baseline=False` skips the baseline (the promotion gate compares two versions, not baselines)."""
     from models.baselines import baseline_proba, tfidf_logreg
     from pipelines.registry import load_model, use_store
     from pipelines.train import compact_training_set, labelled_logs
@@ -31,6 +33,10 @@ def evaluate(model_ref: str, snapshot_dir: str | Path, settings: Settings) -> di
     client = use_store(settings)
     ref, model = load_model(client, model_ref)
     classifier = model.unwrap_python_model()
+    if classifier.task == "failure-rca":
+        from pipelines.rca import evaluate_failure_rca
+
+        return evaluate_failure_rca(client, ref, classifier, snapshot_dir, settings, baseline=baseline)
     frame = labelled_logs(load_snapshot(snapshot_dir))
     if frame.empty:
         raise ValueError(f"snapshot {snapshot_dir}: no rows with the label field '{settings.fields.anomaly}'")
@@ -40,7 +46,7 @@ def evaluate(model_ref: str, snapshot_dir: str | Path, settings: Settings) -> di
            "threshold": float(classifier.thresholds[0]),
            "model_metrics": binary_report(y, probs, float(classifier.thresholds[0]))}
 
-    reference = training_snapshot(client, ref)
+    reference = training_snapshot(client, ref) if baseline else None
     if reference is not None:
         train = labelled_logs(load_snapshot(reference))
         texts, targets = compact_training_set(train["text"].tolist(), train["anomaly"].astype(bool).to_numpy()[:, None].astype(np.float32),

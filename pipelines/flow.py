@@ -32,6 +32,16 @@ def embedded_source(settings: Settings) -> str:
     return f"file://{path}"
 
 
+def embedded_metric_source(settings: Settings) -> str:
+    """The demo metric history (OpenMetrics) under NIGHTSHIFT_HOME, written on first use."""
+    from pipelines.demo_metrics import METRICS_FILE, write_demo_metrics
+
+    path = settings.demo_dir / METRICS_FILE
+    if not path.is_file():
+        write_demo_metrics(settings.demo_dir)
+    return f"file://{path}"
+
+
 def default_logical_date(settings: Settings, source: str | None) -> str:
     """The configured date; for the embedded corpus the day after its last day; otherwise today (UTC)."""
     from pipelines.demo_data import DEMO_DAYS, DEMO_START
@@ -63,8 +73,12 @@ def plan_night(settings: Settings, logical_date: str | datetime, source: str | N
         "fresh_window": [fresh_start.isoformat(), day.isoformat()],
         "train_snapshot": str(settings.snapshot_root / "logs" / date),
         "fresh_snapshot": str(settings.snapshot_root / "logs-fresh" / date),
-        "scored_sink": None if source.startswith("http") else f"file://{settings.home / 'scored' / date / 'logs.scored.ndjson'}",
+        "scored_sink": None if source.startswith(("http", "elasticsearch://")) else f"file://{settings.home / 'scored' / date / 'logs.scored.ndjson'}",
         "summary_file": str(summary_path(settings, date)),
+        # The metric branch: the forecaster trains on the `forecast.train_days` days before D.
+        "metric_source": settings.prometheus.url or None,  # None: the embedded demo history, written when first read
+        "metric_window": [(day - timedelta(days=settings.forecast.train_days)).isoformat(), day.isoformat()],
+        "metric_snapshot": str(settings.snapshot_root / "metrics" / date),
     }
 
 
@@ -77,24 +91,89 @@ def ingest_window(plan: dict, which: str, settings: Settings) -> str:
                            dataset="logs" if which == "train" else "logs-fresh").path)
 
 
-def train_candidate(plan: dict, model: str, snapshot: str, settings: Settings) -> dict:
-    """Train and register one model's candidate from the night's training snapshot."""
+def ingest_metric_window(plan: dict, settings: Settings) -> str:
+    """Snapshot the night's metric window (the named queries at `forecast.step`); returns the snapshot folder."""
+    from pipelines.prometheus import ingest_metrics, named_queries
+
+    start, end = (datetime.fromisoformat(t) for t in plan["metric_window"])
+    return str(ingest_metrics(plan["metric_source"] or embedded_metric_source(settings), named_queries(settings), start, end, settings.forecast.step,
+                              Path(plan["metric_snapshot"]), settings).path)
+
+
+def validate_window(plan: dict, snapshot: str, suite: str, settings: Settings) -> dict:
+    """The gate between ingest and train: run the suite over a night's snapshot; the verdict is also kept
+    under the night's folder, for the summary."""
+    from pipelines.validation import validate_snapshot, verdict
+
+    out = verdict(validate_snapshot(snapshot, suite, settings))
+    path = Path(plan["summary_file"]).parent / "validation" / f"{suite}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2, default=str))
+    return out
+
+
+def stop_if_invalid(validation: dict, model: str, settings: Settings) -> str | None:
+    """Why `model` must not train on its snapshot (after recording a FAILED MLflow run that names the failed
+    expectations), or None when the validation passed or only warned."""
+    from pipelines.validation import FAILED, brief, record_stopped_run
+
+    if validation["status"] != FAILED:
+        return None
+    run_id = record_stopped_run(model, validation["snapshot"], settings)
+    log.warning("training stopped by validation", extra={"model": model, "snapshot": validation["snapshot"], "run_id": run_id})
+    return f"{model} not trained: the {validation['suite']} snapshot failed validation: {brief(validation)} (MLflow run {run_id})"
+
+
+def train_candidate(plan: dict, model: str, snapshot: str, settings: Settings) -> dict | None:
+    """Train and register one model's candidate from the night's training snapshot; None when the
+    window has nothing that model learns from (a night without labelled failed jobs, for failure-rca)."""
     from pipelines.train import train_log_anomaly
 
-    trainers = {"log-anomaly": train_log_anomaly}
-    return trainers[model](snapshot, settings, plan["base_model"] or None)
+    from pipelines.rca import NoFailuresError, train_failure_rca
+    from pipelines.train_forecast import train_metric_forecast
+
+    trainers = {"log-anomaly": train_log_anomaly, "metric-forecast": lambda snap, s, _base: train_metric_forecast(snap, s),
+                "failure-rca": train_failure_rca}
+    try:
+        return trainers[model](snapshot, settings, plan["base_model"] or None)
+    except NoFailuresError as exc:
+        log.info("no candidate tonight", extra={"model": model, "reason": str(exc)})
+        return None
+
+
+def gate_candidate(model: str, candidate: dict | None, holdout: str | None, settings: Settings) -> dict | None:
+    """Drift checks and the promotion gate for the night's candidate, judged on the fresh holdout;
+    the candidate's outcome with the gate's decision (None when the model was not trained)."""
+    from pipelines.promotion import GATES, promote
+
+    if candidate is None or candidate.get("decision") == "promoted":  # not trained, or the first version (champion at once)
+        return candidate
+    if model not in GATES:
+        return {**candidate, "promotion": {"reason": f"no promotion gate for {model} (pipelines.promotion.GATES)"}}
+    gate = promote(model, settings, holdout=holdout, version=candidate["version"])
+    return {**candidate, "decision": gate["decision"],
+            "promotion": {k: gate.get(k) for k in ("reason", "champion", "champion_now", "challenger_metrics", "champion_metrics",
+                                                    "drift", "champion_decay")}}
 
 
 def score_fresh(plan: dict, settings: Settings) -> dict:
     """Score the fresh window with the current champion, back into the source or a file sink."""
+    from pipelines.registry import CHAMPION, alias_version, use_store
     from serving.score_logs import score_logs
 
+    if alias_version(use_store(settings), "log-anomaly", CHAMPION) is None:  # e.g. the first night's training was stopped
+        return {"scored": 0, "model": "log-anomaly@champion", "version": None, "sink": None, "skipped": "no log-anomaly champion yet"}
     start, end = (datetime.fromisoformat(t) for t in plan["fresh_window"])
     return score_logs("log-anomaly@champion", plan["source"], plan["scored_sink"], settings, start=start, end=end)
 
 
 def write_summary(plan: dict, outcomes: dict, scoring: dict) -> dict:
-    summary = {"logical_date": plan["logical_date"], "models": outcomes, "scoring": scoring}
+    night = Path(plan["summary_file"]).parent
+    validation = {p.stem: json.loads(p.read_text()) for p in sorted((night / "validation").glob("*.json"))}
+    failed = [suite for suite, v in validation.items() if v["status"] == "failed"]
+    outcomes = {name: o if o is not None else {"decision": "skipped", "reason": f"not trained: validation failed ({', '.join(failed)})"
+                                               if failed else "not trained"} for name, o in outcomes.items()}
+    summary = {"logical_date": plan["logical_date"], "models": outcomes, "scoring": scoring, "validation": validation}
     path = Path(plan["summary_file"])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2, default=str))
@@ -105,8 +184,16 @@ def run_in_process(settings: Settings, logical_date: str, source: str | None, ba
     plan = plan_night(settings, logical_date, source, base_model)
     train_snapshot = ingest_window(plan, "train", settings)
     ingest_window(plan, "fresh", settings)
-    outcome = train_candidate(plan, "log-anomaly", train_snapshot, settings)
-    return write_summary(plan, {"log-anomaly": outcome}, score_fresh(plan, settings))
+    validation = validate_window(plan, train_snapshot, "logs", settings)
+    stopped = stop_if_invalid(validation, "log-anomaly", settings)
+    outcome = None if stopped else train_candidate(plan, "log-anomaly", train_snapshot, settings)
+    outcome = gate_candidate("log-anomaly", outcome, plan["fresh_snapshot"], settings)
+    root_causes = None if stop_if_invalid(validation, "failure-rca", settings) else train_candidate(plan, "failure-rca", train_snapshot, settings)
+    root_causes = gate_candidate("failure-rca", root_causes, plan["fresh_snapshot"], settings)
+    metric_snapshot = ingest_metric_window(plan, settings)
+    stopped = stop_if_invalid(validate_window(plan, metric_snapshot, "metrics", settings), "metric-forecast", settings)
+    forecaster = None if stopped else train_candidate(plan, "metric-forecast", metric_snapshot, settings)
+    return write_summary(plan, {"log-anomaly": outcome, "failure-rca": root_causes, "metric-forecast": forecaster}, score_fresh(plan, settings))
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
@@ -140,10 +227,16 @@ def run_retrain(settings: Settings, logical_date: str | None = None, source: str
         env = airflow_env(settings)
         subprocess.run([airflow_bin(), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
         conf = json.dumps({"source": source, "base_model": base_model})
-        done = subprocess.run([airflow_bin(), "dags", "test", DAG_ID, date, "--conf", conf], env=env)
         summary_file = summary_path(settings, datetime.fromisoformat(date).date().isoformat())
+        airflow_log = summary_file.with_name("airflow.log")
+        airflow_log.parent.mkdir(parents=True, exist_ok=True)
+        summary_file.unlink(missing_ok=True)  # only this run's summary may count as success
+        log.info("running the DAG with airflow dags test", extra={"logical_date": date, "airflow_log": str(airflow_log)})
+        with airflow_log.open("w") as out:  # Airflow's task logs are long: keep them in the night's folder
+            done = subprocess.run([airflow_bin(), "dags", "test", DAG_ID, date, "--conf", conf], env=env, stdout=out, stderr=subprocess.STDOUT)
         if done.returncode != 0 or not summary_file.is_file():
-            raise RuntimeError(f"airflow dags test {DAG_ID} {date} failed (exit {done.returncode}); see the task logs above")
+            tail = "".join(airflow_log.read_text().splitlines(keepends=True)[-40:])
+            raise RuntimeError(f"airflow dags test {DAG_ID} {date} failed (exit {done.returncode}); last lines of {airflow_log}:\n{tail}")
         summary = json.loads(summary_file.read_text())
     return {**summary, "summary": describe(summary)}
 
@@ -159,7 +252,20 @@ def describe(summary: dict) -> str:
                      fmt(o.get("baseline", {})), str(o.get("train_seconds", "-")), str(o.get("device", "-"))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"night {summary['logical_date']}"] + ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    for suite, v in summary.get("validation", {}).items():
+        lines.append(f"  validation {suite}: {v['status']} ({v['statistics']['successful']}/{v['statistics']['evaluated']} expectations met) -> {v['data_docs']}")
+        lines += [f"    failed {f['check']} ({f['expectation']}) on {f['rows']} of {f['of']} rows, e.g. {json.dumps(f['examples'][:2], default=str)}"
+                  for f in v["failed"]]
+    lines += [f"  {name} skipped: {o['reason']}" for name, o in summary["models"].items() if o.get("decision") == "skipped"]
+    lines += [f"  {name} v{o['version']} {o['decision']}: {o['promotion']['reason']}" for name, o in summary["models"].items()
+              if o.get("promotion")]
     s = summary.get("scoring")
-    if s:
+    if s and s.get("skipped"):
+        lines.append(f"  scoring skipped: {s['skipped']}")
+    elif s:
         lines.append(f"  scored {s['scored']} docs of the fresh window with {s['model']} v{s['version']} -> {s['sink']}")
+        if s.get("rca"):
+            r = s["rca"]
+            lines.append(f"  root causes on {r['annotated']} docs of {r['jobs']} failed jobs with {r['model']} v{r['version']} "
+                         f"({r['fallback']} from the knowledge base)")
     return "\n".join(lines)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
+import pyarrow as pa
+
 from models.label_space import load_label_space
 from pipelines.config import Settings
-from pipelines.records import to_row
-from pipelines.snapshot import Snapshot, write_snapshot
+from pipelines.records import LOG_COLUMNS, get_field, to_row
+from pipelines.snapshot import LOG_SCHEMA, Snapshot, write_snapshot
 from pipelines.sources import LogSource, open_log_source
 from pipelines.telemetry import get_logger
 
@@ -19,21 +22,38 @@ log = get_logger("ingest")
 def log_rows(source: LogSource, settings: Settings, start: datetime | None, end: datetime | None) -> Iterator[dict]:
     """Snapshot rows of the window, each checked against the log contract and the label space."""
     label_space = load_label_space(settings.rca.label_space or None).as_set()
+    extra = extra_columns(source)
     for where, doc in source.iter_docs(start, end):
-        yield to_row(doc, settings.fields, where, label_space)
+        row = to_row(doc, settings.fields, where, label_space)
+        for name in extra:
+            value = get_field(doc, name)
+            row[name] = value if value is None or isinstance(value, str) else json.dumps(value, default=str)
+        yield row
+
+
+def extra_columns(source: LogSource) -> list[str]:
+    """Extra fields a source is configured to keep (Elasticsearch: `elasticsearch.extra_fields`), as string columns."""
+    return [name for name in getattr(source, "extra_fields", ()) if name not in LOG_COLUMNS]
 
 
 def ingest_logs(source_uri: str, start: datetime, end: datetime, out: Path, settings: Settings, dataset: str = "logs") -> Snapshot:
     """Snapshot the documents of `source_uri` with `start <= @timestamp < end` into `out`."""
     source = open_log_source(source_uri, settings)
-    snapshot = write_snapshot(
-        out,
-        log_rows(source, settings, start, end),
-        dataset=dataset,
-        source=source.uri,
-        query={"range": {settings.fields.timestamp: {"gte": start.isoformat(), "lt": end.isoformat()}}},
-        start=start,
-        end=end,
-    )
+    rows = log_rows(source, settings, start, end)
+    stats = getattr(source, "stats", None)  # counts the source fills while the rows stream (read, unlabelled, dropped)
+    try:
+        snapshot = write_snapshot(
+            out,
+            rows,
+            dataset=dataset,
+            source=source.uri,
+            query={"range": {settings.fields.timestamp: {"gte": start.isoformat(), "lt": end.isoformat()}}},
+            start=start,
+            end=end,
+            schema=pa.schema(list(LOG_SCHEMA) + [pa.field(name, pa.string()) for name in extra_columns(source)]),
+            extra={"source_stats": stats} if stats is not None else None,
+        )
+    finally:
+        rows.close()  # releases what the source holds (an Elasticsearch point-in-time) on failure too
     log.info("snapshot written", extra={"snapshot": str(snapshot.path), "rows": snapshot.manifest["row_count"], "content_hash": snapshot.content_hash})
     return snapshot

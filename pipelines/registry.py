@@ -95,10 +95,13 @@ def mark_challenger(client, ref: ModelRef) -> str:
 
     The full gate (drift, fresh-holdout comparison) lives in `pipelines.promotion`.
     """
+    from pipelines.promotion import compare_and_set_champion
+
     client.set_registered_model_alias(ref.name, CHALLENGER, ref.version)
-    if alias_version(client, ref.name, CHAMPION) is None:
-        client.set_registered_model_alias(ref.name, CHAMPION, ref.version)
-        set_version_tags(client, ref, {"promotion.decision": "promoted", "promotion.reason": "first version: no champion yet"})
+    first = {"promotion.decision": "promoted", "promotion.reason": "first version: no champion yet"}
+    # Compare-and-set: of two first versions registered at once, only one becomes champion.
+    if alias_version(client, ref.name, CHAMPION) is None and compare_and_set_champion(
+            client, ref.name, None, ref.version, on_commit=lambda: set_version_tags(client, ref, first))[0]:
         log.info("first champion", extra={"model": ref.name, "version": ref.version})
         return "promoted"
     set_version_tags(client, ref, {"promotion.decision": "pending", "promotion.reason": "awaiting the promotion gate"})

@@ -1,7 +1,8 @@
 """Log sources and sinks, chosen by URI: `file://…ndjson|parquet` here, Elasticsearch in `pipelines.elastic`.
 
 A source streams `(where, document)` pairs, `where` naming the record for error messages
-(`logs.ndjson:42`). Nothing here holds a whole window in memory.
+(`logs.ndjson:42`). For Elasticsearch `where` is a `pipelines.elastic.DocRef` (a str, `index/id`, that also
+carries the index, id and routing the sink writes back to). Nothing here holds a whole window in memory.
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ def fine_tune(
     seed_everything(params.seed)
     device = pick_device(params.device)
     num_outputs = train_targets.shape[1]
-    tokenizer, model = load_classifier(checkpoint, num_outputs)
+    tokenizer, model = load_classifier(checkpoint, num_outputs, params.pooling)
     model.to(device)
 
     encoded = tokenizer(list(train_texts), truncation=True, max_length=params.max_length)["input_ids"]
@@ -214,7 +214,9 @@ def log_and_register(task: str, snapshot: Snapshot, settings: Settings, checkpoi
 
     from models.text_classifier import TextClassifier, write_meta
     from pipelines.registry import ModelRef, mark_challenger, set_version_tags, use_store
+    from pipelines.validation import log_to_active_run, require_not_failed
 
+    require_not_failed(snapshot)  # the gate: a snapshot that failed validation trains nothing
     client = use_store(settings)
     params = settings.train
     with mlflow.start_run(run_name=f"{task} {snapshot.manifest['window']['end'] or ''}".strip()) as run:
@@ -226,6 +228,7 @@ def log_and_register(task: str, snapshot: Snapshot, settings: Settings, checkpoi
                            "validation_fraction": params.validation_fraction, "snapshot": str(snapshot.path),
                            "snapshot_hash": snapshot.content_hash, **dataset_params})
         mlflow.log_dict(snapshot.manifest, "data/manifest.json")
+        validation_status = log_to_active_run(snapshot)  # DIR/validation/* as artifacts, when present
         result: FitResult = fit(lambda epoch, metrics: mlflow.log_metrics(
             {f"val_{k}" if k not in ("train_loss", "val_loss") else k: v for k, v in metrics.items() if np.isfinite(v)}, step=epoch))
         best = {k: v for k, v in result.best_metrics.items() if k not in ("train_loss", "val_loss")}
@@ -254,7 +257,7 @@ def log_and_register(task: str, snapshot: Snapshot, settings: Settings, checkpoi
             )
         ref = ModelRef(task, str(info.registered_model_version))
         set_version_tags(client, ref, {"data.snapshot_hash": snapshot.content_hash, "data.window": snapshot.window,
-                                       "validation.status": "not_run", "drift.status": "not_run"})
+                                       "validation.status": validation_status, "drift.status": "not_run"})
         decision = mark_challenger(client, ref)
     outcome = {"model": task, "version": ref.version, "run_id": run.info.run_id, "decision": decision,
                "best_epoch": result.best_epoch, "device": result.device, "train_seconds": round(result.seconds, 1),

@@ -7,6 +7,7 @@ window the texts are length-sorted into batches, so memory stays flat however la
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
@@ -27,14 +28,17 @@ def windows(items: Iterable, size: int) -> Iterator[list]:
 
 
 def default_sink(source_uri: str) -> str:
-    """For a file source, `<name>.scored.ndjson` beside it."""
+    """For a file source, `<name>.scored.ndjson` beside it; for Elasticsearch, the documents' own index."""
+    if source_uri.startswith(("http://", "https://", "elasticsearch://")):
+        return source_uri
     path = file_path(source_uri)
     return f"file://{path.with_name(path.stem + '.scored.ndjson').resolve()}"
 
 
 def annotate(docs: Iterable[tuple[str, dict]], classifier, model_name: str, version: str, settings: Settings,
-             counts: dict[str, int], skipped: dict[str, int]) -> Iterator[tuple[str, dict]]:
-    """Score documents window by window and set DESIGN.md's `ml.anomaly.*` and `ml.model.*` fields."""
+             counts: dict[str, int], skipped: dict[str, int], rca=None) -> Iterator[tuple[str, dict]]:
+    """Score documents window by window and set DESIGN.md's `ml.anomaly.*` and `ml.model.*` fields
+    (and `ml.rca.*` through `rca`, a `serving.rca.RootCauseAnnotator`, in the same pass)."""
     fields = settings.fields
     for window in windows(docs, settings.score.sort_window):
         counts["read"] += len(window)
@@ -56,26 +60,39 @@ def annotate(docs: Iterable[tuple[str, dict]], classifier, model_name: str, vers
             set_field(doc, "ml.model.version", version)
             set_field(doc, "ml.scored_at", scored_at)
             counts["scored"] += 1
-            yield where, doc
+        if rca is not None:
+            rca.annotate(scorable)
+        yield from scorable
 
 
 def score_logs(model_ref: str, source_uri: str, sink_uri: str | None, settings: Settings,
-               start: datetime | None = None, end: datetime | None = None) -> dict:
-    """Score every document of the source (optionally only [start, end)) and write it to the sink."""
+               start: datetime | None = None, end: datetime | None = None, rca_model: str | None = None) -> dict:
+    """Score every document of the source (optionally only [start, end)) and write it to the sink.
+
+    `rca_model`: the root-cause model for `ml.rca.*` (default: the failure-rca champion when there is one; "none": off).
+    """
     from pipelines.registry import load_model, use_store
+    from serving.rca import load_annotator
 
     client = use_store(settings)
     ref, model = load_model(client, model_ref)
     classifier = model.unwrap_python_model()
+    rca = load_annotator(client, rca_model, settings)
     source = open_log_source(source_uri, settings)
     sink = open_log_sink(sink_uri or default_sink(source_uri), settings)
     counts = {"read": 0, "scored": 0}
     skipped: dict[str, int] = {}
     started = time.perf_counter()
-    written = sink.write(annotate(source.iter_docs(start, end), classifier, ref.name, ref.version, settings, counts, skipped))
+    # Elasticsearch reads only the documents this version has not scored yet, resuming from the last checkpoint.
+    marker = {"ml.model.name": ref.name, "ml.model.version": ref.version}
+    docs = source.iter_unscored(marker, sink, start, end, skipped) if hasattr(source, "iter_unscored") else source.iter_docs(start, end)
+    with closing(docs):  # a failed run still releases what the source holds (an Elasticsearch point-in-time)
+        written = sink.write(annotate(docs, classifier, ref.name, ref.version, settings, counts, skipped, rca))
     seconds = time.perf_counter() - started
     out = {"model": ref.name, "version": ref.version, "source": source.uri, "sink": sink.uri, **counts, **written,
            "skipped": sum(skipped.values()), "skipped_reasons": skipped, "seconds": round(seconds, 2),
            "docs_per_s": counts["scored"] / seconds if seconds else 0.0}
+    if rca is not None:
+        out["rca"] = {"model": rca.name, "version": rca.version, **rca.counts}
     log.info("scored", extra=out)
     return out

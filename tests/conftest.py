@@ -18,11 +18,15 @@ def home(tmp_path, monkeypatch) -> Path:
     """A fresh NIGHTSHIFT_HOME (MLflow store, snapshots, Airflow) and quick training settings."""
     path = tmp_path / "home"
     monkeypatch.setenv("NIGHTSHIFT_HOME", str(path))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; set-then-delete records it, so it is undone after the test
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.delenv("NIGHTSHIFT_CONFIG", raising=False)
     monkeypatch.setenv("NIGHTSHIFT_TRAIN_EPOCHS", "2")
     monkeypatch.setenv("NIGHTSHIFT_TRAIN_BATCH_SIZE", "32")
     monkeypatch.setenv("NIGHTSHIFT_TRAIN_LEARNING_RATE", "0.001")
+    monkeypatch.setenv("NIGHTSHIFT_FORECAST_EPOCHS", "2")  # the DAG's metric branch: a quick forecaster
+    monkeypatch.setenv("NIGHTSHIFT_FORECAST_WINDOWS_PER_EPOCH", "1024")
     monkeypatch.chdir(tmp_path)
     return path
 

@@ -22,8 +22,15 @@ def test_dag_structure():
     dag = runpy.run_path(str(ROOT / "dags" / "nightly_retrain.py"))["nightly_retrain"]()
     assert dag.dag_id == "nightly_retrain"
     train = dag.get_task("train_log_anomaly")
-    assert {t.task_id for t in train.upstream_list} == {"plan", "ingest_training_window"}
-    assert "score_fresh_window" in {t.task_id for t in train.downstream_list}
+    assert {t.task_id for t in train.upstream_list} == {"plan", "ingest_training_window", "validate_training_window"}
+    assert {t.task_id for t in dag.get_task("validate_training_window").upstream_list} == {"plan", "ingest_training_window"}
+    # the gate follows training and judges on the fresh window; scoring uses the champion it leaves
+    assert "promote_log_anomaly" in {t.task_id for t in train.downstream_list}
+    assert {t.task_id for t in dag.get_task("promote_log_anomaly").upstream_list} == {"train_log_anomaly", "ingest_fresh_window"}
+    assert "score_fresh_window" in {t.task_id for t in dag.get_task("promote_log_anomaly").downstream_list}
+    # the metric branch is independent of the log branch: ingest -> validate -> train metric-forecast
+    assert {t.task_id for t in dag.get_task("train_metric_forecast").upstream_list} == {"plan", "ingest_metric_window", "validate_metric_window"}
+    assert {t.task_id for t in dag.get_task("ingest_metric_window").upstream_list} == {"plan"}
 
 
 def test_retrain_runs_the_dag_with_airflow_dags_test(home, corpus, tiny_bert, capsys):
@@ -34,8 +41,14 @@ def test_retrain_runs_the_dag_with_airflow_dags_test(home, corpus, tiny_bert, ca
     assert code == 0
     assert out["logical_date"] == "2026-11-22"
     assert out["models"]["log-anomaly"]["version"] == "1" and out["models"]["log-anomaly"]["decision"] == "promoted"
+    assert out["models"]["failure-rca"]["version"] == "1" and out["models"]["failure-rca"]["decision"] == "promoted"
+    assert out["scoring"]["rca"]["model"] == "failure-rca" and out["scoring"]["rca"]["jobs"] > 0  # same pass as the anomaly model
     assert (home / "airflow" / "airflow.db").is_file()
     assert (home / "snapshots" / "logs" / "2026-11-22" / "manifest.json").is_file()
+    assert out["validation"]["logs"]["status"] == "passed"  # validated between ingest and train
+    forecaster = out["models"]["metric-forecast"]  # the metric branch, on the embedded demo metrics
+    assert forecaster["version"] == "1" and forecaster["decision"] == "promoted" and out["validation"]["metrics"]["status"] == "passed"
+    assert (home / "snapshots" / "metrics" / "2026-11-22" / "manifest.json").is_file()
     scored = Path(out["scoring"]["sink"].removeprefix("file://")).read_text().splitlines()
     assert len(scored) == out["scoring"]["scored"] > 0
     assert all(json.loads(l)["@timestamp"].startswith("2026-11-21") for l in scored)

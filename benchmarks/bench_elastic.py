@@ -1,0 +1,156 @@
+"""Elasticsearch, against the wire-level test server (tests/es_server.py, in its own process):
+
+- pull docs/s: `ElasticsearchLogSource` (point-in-time + search_after, sorted by @timestamp) against
+  `elasticsearch.helpers.scan` (scroll, unsorted) on the same index, page size and `_source` fields;
+- scoring write-back docs/s: `nightshift score logs` into the index (pull, score, bulk partial updates) against the
+  pure forward pass of the same model on the same texts; tiny BERT (models.bert.make_tiny_checkpoint), batch 256;
+- peak RSS of a pull at 200k documents against 20k, and of a scoring run at 10k against 2k (flat memory: ratio
+  near 1; the write-back buffers, up to `bulk_max_bytes` per batch, fill during the first thousands of documents).
+  Each measurement runs in a fresh subprocess, so peak RSS is that run's alone.
+
+Both sides of every ratio talk to the same Python test server, which is slower than Elasticsearch: absolute
+docs/s here are the server's, the ratios are what compare.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MEASURE = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+mode, url, index = sys.argv[2], sys.argv[3], sys.argv[4]
+from pipelines.config import load_settings
+from pipelines.telemetry import configure_logging
+configure_logging(level="WARNING")
+settings = load_settings()
+
+def tiny_classifier(path):
+    import numpy as np
+    from models.bert import load_classifier
+    from models.text_classifier import TextClassifier
+    clf = TextClassifier()
+    clf.meta = {"task": "log-anomaly", "max_length": 64, "thresholds": [0.5]}
+    clf.device, clf.thresholds = "cpu", np.array([0.5], dtype=np.float32)
+    clf.tokenizer, clf.model = load_classifier(path, 1)
+    clf.model.eval()
+    return clf
+
+count = 0
+if mode == "pull":
+    from pipelines.elastic import ElasticsearchLogSource
+    source = ElasticsearchLogSource(f"{url}/{index}", settings)
+    started = time.perf_counter()
+    for _ in source.iter_docs():
+        count += 1
+elif mode == "scan":
+    from elasticsearch import Elasticsearch, helpers
+    from pipelines.elastic import ElasticsearchLogSource
+    fields = ElasticsearchLogSource(f"{url}/{index}", settings).source_fields()
+    started = time.perf_counter()
+    for _ in helpers.scan(Elasticsearch(url), index=index, size=settings.elasticsearch.page_size, query={"_source": {"includes": fields}}):
+        count += 1
+elif mode == "forward":
+    from elasticsearch import Elasticsearch, helpers
+    clf = tiny_classifier(sys.argv[5])
+    texts = [h["_source"]["message"] for h in helpers.scan(Elasticsearch(url), index=index, size=1000, query={"_source": ["message"]})]
+    started = time.perf_counter()
+    count = len(clf.probabilities(texts, settings.score.batch_size))
+elif mode == "score":
+    import pipelines.registry as registry
+    from serving.score_logs import score_logs
+    clf = tiny_classifier(sys.argv[5])
+    class Model:
+        def unwrap_python_model(self):
+            return clf
+    registry.use_store = lambda settings: None
+    registry.load_model = lambda client, ref: (registry.ModelRef("log-anomaly", "1"), Model())
+    registry.alias_version = lambda client, name, alias: None  # anomaly scores only: no root-cause champion
+    started = time.perf_counter()
+    out = score_logs("log-anomaly@champion", f"{url}/{index}", None, settings)
+    assert out["failed"] == 0, out
+    count = out["written"]
+seconds = time.perf_counter() - started
+try:  # VmHWM is this process's own peak; ru_maxrss can carry the parent's over fork + exec
+    peak_kib = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+except (OSError, StopIteration):
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"docs": count, "seconds": seconds, "peak_rss_mib": peak_kib / 1024}))
+"""
+
+
+class Server:
+    """tests/es_server.py in its own process, loaded with demo documents."""
+
+    def __init__(self, indices: dict[str, int]):
+        args = [a for name, n in indices.items() for a in ("--load", f"{name}={n}")]
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "es_server.py"), *args], cwd=ROOT,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY"):
+            self.close()
+            raise RuntimeError(f"test server did not start: {line!r}")
+        self.url = f"http://127.0.0.1:{int(line.split()[1])}"
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def measure(mode: str, server: Server, index: str, env: dict, *extra: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", MEASURE, str(ROOT), mode, server.url, index, *extra], env=env, cwd=ROOT,
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"bench_elastic {mode} {index} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def rate(m: dict) -> float:
+    return m["docs"] / m["seconds"]
+
+
+def run(quick: bool = False) -> list[dict]:
+    from models.bert import make_tiny_checkpoint
+
+    pull_large, pull_small = (20_000, 2_000) if quick else (200_000, 20_000)
+    score_large, score_small = (2_000, 200) if quick else (10_000, 2_000)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        tiny = str(make_tiny_checkpoint(work / "tiny"))
+        env = {**os.environ, "NIGHTSHIFT_HOME": str(work / "home"), "NIGHTSHIFT_LOG_LEVEL": "WARNING", "NIGHTSHIFT_LOG_FORMAT": "json",
+               "NIGHTSHIFT_SCORE_BATCH_SIZE": "256", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        server = Server({"logs-pull": pull_large, "logs-pull-small": pull_small, "logs-score": score_large, "logs-score-small": score_small})
+        try:
+            ours = measure("pull", server, "logs-pull", env)
+            scan = measure("scan", server, "logs-pull", env)
+            ours_small = measure("pull", server, "logs-pull-small", env)
+            forward = measure("forward", server, "logs-score", env, tiny)
+            scored = measure("score", server, "logs-score", env, tiny)
+            scored_small = measure("score", server, "logs-score-small", env, tiny)
+        finally:
+            server.close()
+    assert ours["docs"] == scan["docs"] == pull_large and scored["docs"] == forward["docs"] == score_large
+    return [
+        {"name": f"Elasticsearch pull, {pull_large} docs (PIT + search_after)", "value": rate(ours), "unit": "docs/s",
+         "baseline": "elasticsearch.helpers.scan, same server and docs", "baseline_value": rate(scan), "ratio": rate(ours) / rate(scan)},
+        {"name": f"Elasticsearch scoring write-back, {score_large} docs, tiny BERT", "value": rate(scored), "unit": "docs/s",
+         "baseline": "pure forward pass, same texts", "baseline_value": rate(forward), "ratio": rate(scored) / rate(forward)},
+        {"name": f"Elasticsearch pull peak RSS, {pull_large} docs", "value": ours["peak_rss_mib"], "unit": "MiB",
+         "baseline": f"{pull_small} docs", "baseline_value": ours_small["peak_rss_mib"], "ratio": ours["peak_rss_mib"] / ours_small["peak_rss_mib"]},
+        {"name": f"Elasticsearch scoring peak RSS, {score_large} docs", "value": scored["peak_rss_mib"], "unit": "MiB",
+         "baseline": f"{score_small} docs", "baseline_value": scored_small["peak_rss_mib"],
+         "ratio": scored["peak_rss_mib"] / scored_small["peak_rss_mib"]},
+    ]
+
+
+if __name__ == "__main__":
+    for row in run(quick="--quick" in sys.argv):
+        print(json.dumps(row))

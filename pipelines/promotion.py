@@ -1,0 +1,446 @@
+"""Promotion: the champion/challenger gate, champion decay, rollback, and the compare-and-set that
+moves the `champion` alias.
+
+The gate judges the challenger and the champion on the same fresh holdout snapshot, which neither
+trained on. The challenger becomes champion only when it beats the champion's primary metric by
+`promotion.margin`, no guard metric regresses by more than `promotion.guard_tolerance`, its data
+validation passed, and its training data did not drift severely together with a label shift
+(which points at a labelling fault rather than a changed world). The decision and its reasons go
+into the version's tags and its run (`promotion/decision.json`); the replaced champion keeps the
+alias `previous`, so `rollback` can restore it.
+
+Moving `champion` is a compare-and-set: under a lock, the current champion is re-read and the
+alias moves only when it is still the version the challenger was judged against. The lock is a
+file lock beside a local SQLite store, and for a remote tracking server a registered model created
+as a mutex (the registry refuses a second one with the same name, atomically).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import importlib
+import json
+import math
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from pipelines.config import ConfigError, PromotionSettings, Settings
+from pipelines.registry import CHALLENGER, CHAMPION, PREVIOUS, ModelRef, alias_version, resolve, set_version_tags, use_store
+from pipelines.snapshot import Snapshot, load_snapshot
+from pipelines.telemetry import get_logger
+
+log = get_logger("promotion")
+
+PROMOTED, REJECTED, STALE, KEPT, ROLLED_BACK = "promoted", "rejected", "stale", "kept", "rolled_back"
+
+
+class PromotionError(RuntimeError):
+    """The gate or a rollback cannot run; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """How one registered model is judged on a holdout.
+
+    `evaluate` is "module:function", called as `fn(model_ref, snapshot_dir, settings, **options)`
+    and returning `{"model_metrics": {name: value}}` (or the metrics themselves).
+    """
+
+    evaluate: str
+    primary: str
+    guards: tuple[str, ...] = ()
+    lower_is_better: frozenset[str] = frozenset()  # error metrics (MAE, RMSE): smaller wins
+    holdout_dataset: str = "logs-fresh"  # snapshot folder under the snapshot root holding fresh windows
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def gain(self, metric: str, challenger: float, champion: float) -> float:
+        """How much better the challenger is on `metric` (negative: worse)."""
+        return champion - challenger if metric in self.lower_is_better else challenger - champion
+
+
+# One line per registered model; the training helpers of the other models add theirs here.
+GATES: dict[str, GateSpec] = {
+    "log-anomaly": GateSpec("pipelines.evaluate:evaluate", primary="f1", guards=("pr_auc", "recall"), options=(("baseline", False),)),
+    "failure-rca": GateSpec("pipelines.evaluate:evaluate", primary="micro_f1", guards=("macro_f1",), options=(("baseline", False),)),
+    # The forecaster plugs in once it has a registry-level evaluate(model_ref, snapshot_dir, settings):
+    # "metric-forecast": GateSpec("pipelines.train_forecast:evaluate_version", primary="mae", guards=("mae_last", "smape"),
+    #                             lower_is_better=frozenset({"mae", "mae_last", "smape"}), holdout_dataset="metrics-fresh"),
+}
+
+
+def register_gate(name: str, spec: GateSpec) -> None:
+    """Plug a model into the gate (e.g. `metric-forecast` with primary `mae`, lower is better)."""
+    GATES[name] = spec
+
+
+def gate_spec(name: str) -> GateSpec:
+    if name not in GATES:
+        raise PromotionError(f"model {name!r} has no promotion gate; known: {', '.join(sorted(GATES))} (pipelines.promotion.GATES)")
+    return GATES[name]
+
+
+def holdout_metrics(spec: GateSpec, model_ref: str, holdout: Path, settings: Settings) -> dict[str, float]:
+    """The finite numeric metrics of one version on the holdout, through the model's evaluate function."""
+    module, _, function = spec.evaluate.partition(":")
+    out = getattr(importlib.import_module(module), function)(model_ref, holdout, settings, **dict(spec.options))
+    metrics = out.get("model_metrics", out) if isinstance(out, dict) else {}
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+# ---- the decision ----------------------------------------------------------------------------
+
+def validation_allows(status: str, cfg: PromotionSettings) -> tuple[bool, str]:
+    """Whether the challenger's `validation.status` lets it be promoted, and why."""
+    if status == "passed":
+        return True, "validation passed"
+    if status == "not_run":
+        return cfg.allow_not_run, f"validation not run ({'allowed' if cfg.allow_not_run else 'refused'} by setting promotion.allow_not_run)"
+    if status == "warn":
+        return cfg.allow_warn, f"validation warned ({'allowed' if cfg.allow_warn else 'refused'} by setting promotion.allow_warn)"
+    return False, f"validation.status is {status!r}"
+
+
+def decide(spec: GateSpec, challenger: dict[str, float], champion: dict[str, float], validation: str,
+           drift: dict, cfg: PromotionSettings) -> tuple[bool, list[str]]:
+    """The gate's verdict and its reasons, from holdout metrics, validation status and drift."""
+    ok, reasons = True, []
+    p, c, k = spec.primary, challenger.get(spec.primary, math.nan), champion.get(spec.primary, math.nan)
+    if not (math.isfinite(c) and math.isfinite(k)):
+        ok = False
+        reasons.append(f"primary metric {p} is undefined on the holdout (challenger {c}, champion {k})")
+    else:
+        gain = spec.gain(p, c, k)
+        beats = gain > 0 and gain >= cfg.margin
+        ok &= beats
+        reasons.append(f"{p} {c:.4f} vs champion {k:.4f}: {'beats' if beats else 'does not beat'} it by the margin {cfg.margin} "
+                       f"({'+' if gain >= 0 else ''}{gain:.4f})")
+    for g in spec.guards:
+        c, k = challenger.get(g, math.nan), champion.get(g, math.nan)
+        if not (math.isfinite(c) and math.isfinite(k)):
+            reasons.append(f"guard {g} not comparable on the holdout (challenger {c}, champion {k})")
+            continue
+        loss = -spec.gain(g, c, k)
+        if loss > cfg.guard_tolerance:
+            ok = False
+            reasons.append(f"guard {g} regressed {c:.4f} vs {k:.4f} (-{loss:.4f} > tolerance {cfg.guard_tolerance})")
+        else:
+            reasons.append(f"guard {g} {c:.4f} vs {k:.4f}: within tolerance {cfg.guard_tolerance}")
+    allowed, why = validation_allows(validation, cfg)
+    ok &= allowed
+    reasons.append(why)
+    status, shift = drift.get("status", "not_run"), bool(drift.get("label_shift"))
+    if status == "severe" and shift:
+        ok = False
+        reasons.append("drift severe together with a label shift: suspected labelling fault")
+    else:
+        reasons.append(f"drift {status}{' with a label shift' if shift else ''}")
+    return ok, reasons
+
+
+def champion_decay(client, champion: ModelRef, fresh: dict[str, float], spec: GateSpec, cfg: PromotionSettings) -> dict:
+    """The champion on the new window against its own recorded validation metrics (`best_*` of its run)."""
+    run_id = client.get_model_version(champion.name, champion.version).run_id
+    recorded = client.get_run(run_id).data.metrics if run_id else {}
+    drops = {m: round(-spec.gain(m, fresh[m], recorded[f"best_{m}"]), 4)
+             for m in (spec.primary, *spec.guards) if f"best_{m}" in recorded and math.isfinite(fresh.get(m, math.nan))}
+    if spec.primary not in drops:
+        return {"status": "unknown", "reason": f"no recorded best_{spec.primary} or no fresh value", "drops": drops}
+    decayed = drops[spec.primary] > cfg.decay_tolerance
+    return {"status": "decayed" if decayed else "ok", "drops": drops,
+            "reason": f"{spec.primary} {fresh[spec.primary]:.4f} on the fresh window vs {recorded[f'best_{spec.primary}']:.4f} "
+                      f"at validation (drop {drops[spec.primary]:+.4f}, tolerance {cfg.decay_tolerance})"}
+
+
+# ---- compare-and-set -------------------------------------------------------------------------
+
+def _local_lock_dir(tracking_uri: str) -> Path | None:
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri.removeprefix("sqlite:///")).parent / "locks"
+    if tracking_uri.startswith("file:") or "://" not in tracking_uri:
+        return Path(tracking_uri.removeprefix("file://")) / "locks"
+    return None
+
+
+@contextmanager
+def promotion_lock(client, name: str, timeout: float = 60.0, lease: float = 120.0) -> Iterator[None]:
+    """Exclusive across processes for one registered model: a file lock for a local store, a
+    registry mutex (a registered model `NAME.promotion-lock`, created atomically) for a server."""
+    deadline = time.monotonic() + timeout
+    where = _local_lock_dir(client.tracking_uri)
+    if where is not None:
+        where.mkdir(parents=True, exist_ok=True)
+        with open(where / f"{name}.lock", "w") as fh:
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise PromotionError(f"promotion lock {where / (name + '.lock')} still held after {timeout}s "
+                                             "(setting promotion.lock_timeout)") from None
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return
+
+    from mlflow.exceptions import MlflowException
+
+    mutex = f"{name}.promotion-lock"
+    while True:
+        try:
+            client.create_registered_model(mutex, description=f"held while nightshift moves the champion of {name}")
+            break
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        try:  # a holder that died leaves its mutex behind; past the lease it is taken as abandoned
+            if time.time() - client.get_registered_model(mutex).creation_timestamp / 1000 > lease:
+                log.warning("breaking an abandoned promotion lock", extra={"model": name, "lock": mutex})
+                client.delete_registered_model(mutex)
+                continue
+        except MlflowException:
+            continue  # released meanwhile
+        if time.monotonic() > deadline:
+            raise PromotionError(f"registered model {mutex!r} (the promotion lock) still held after {timeout}s "
+                                 "(setting promotion.lock_timeout)")
+        time.sleep(0.1)
+    try:
+        yield
+    finally:
+        client.delete_registered_model(mutex)
+
+
+def compare_and_set_champion(client, name: str, expected: str | None, new: str, *, on_commit: Callable[[], None] | None = None,
+                             timeout: float = 60.0, lease: float = 120.0) -> tuple[bool, str | None]:
+    """Move `champion` to `new` only if it still is `expected` (None: no champion yet); the replaced
+    champion becomes `previous`. Returns (moved, the champion now). `on_commit` runs under the lock."""
+    with promotion_lock(client, name, timeout, lease):
+        current = alias_version(client, name, CHAMPION)
+        if current != expected:
+            return False, current
+        if expected is not None and expected != new:
+            client.set_registered_model_alias(name, PREVIOUS, expected)
+        client.set_registered_model_alias(name, CHAMPION, new)
+        if on_commit:
+            on_commit()
+        return True, new
+
+
+# ---- the gate --------------------------------------------------------------------------------
+
+def _window(text: str | None) -> tuple[datetime, datetime] | None:
+    try:
+        start, end = (datetime.fromisoformat(t.replace("Z", "+00:00")) for t in (text or "").split("/"))
+        return start, end
+    except ValueError:
+        return None
+
+
+def choose_holdout(client, spec: GateSpec, refs: list[ModelRef], settings: Settings, holdout: str | Path | None) -> Snapshot:
+    """The given holdout, checked to be disjoint from every training window in `refs`; otherwise the
+    newest snapshot under `<snapshots>/<holdout_dataset>/` that starts after all of them end."""
+    trained = {}
+    for ref in refs:
+        tags = client.get_model_version(ref.name, ref.version).tags
+        trained[ref.version] = (_window(tags.get("data.window")), tags.get("data.snapshot_hash"))
+    ends = [w[1] for w, _ in trained.values() if w]
+
+    def disjoint(snapshot: Snapshot) -> str | None:
+        window = _window(snapshot.window)
+        for version, (w, digest) in trained.items():
+            if digest and digest == snapshot.content_hash:
+                return f"v{version} trained on this very snapshot"
+            if w and window and window[0] < w[1] and w[0] < window[1]:
+                return f"its window {snapshot.window} overlaps v{version}'s training window {w[0].isoformat()}/{w[1].isoformat()}"
+        return None
+
+    if holdout is not None:
+        snapshot = load_snapshot(holdout)
+        if problem := disjoint(snapshot):
+            raise PromotionError(f"holdout {snapshot.path}: {problem}; the gate needs data neither version trained on")
+        return snapshot
+    root = settings.snapshot_root / spec.holdout_dataset
+    candidates = []
+    for manifest in root.glob("*/manifest.json"):
+        snapshot = load_snapshot(manifest.parent)
+        window = _window(snapshot.window)
+        if window and all(window[0] >= end for end in ends) and disjoint(snapshot) is None:
+            candidates.append((window[0], snapshot))
+    if not candidates:
+        raise PromotionError(f"no fresh holdout under {root} that starts after the training windows; pass --holdout SNAPSHOT_DIR")
+    return max(candidates, key=lambda c: c[0])[1]
+
+
+def current_user() -> str:
+    return os.environ.get("NIGHTSHIFT_USER") or getpass.getuser()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _log_record(client, ref: ModelRef, record: dict, metrics: dict[str, float]) -> None:
+    """The decision as `promotion/decision.json`, run tags and holdout metrics on the version's run."""
+    from mlflow.entities import Metric
+
+    run_id = client.get_model_version(ref.name, ref.version).run_id
+    if not run_id:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "decision.json").write_text(json.dumps(record, indent=2, default=str))
+        client.log_artifacts(run_id, tmp, "promotion")
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items() if math.isfinite(v)])
+    client.set_tag(run_id, "promotion.decision", record["decision"])
+    client.set_tag(run_id, "promotion.reason", record["reason"][:4000])
+
+
+def _drift_for(client, challenger: ModelRef, champion: ModelRef, settings: Settings) -> dict:
+    """The challenger's drift against this champion: reused from its tags when already checked, else run now."""
+    from pipelines.drift import check_drift
+
+    tags = client.get_model_version(challenger.name, challenger.version).tags
+    if tags.get("drift.reference_version") == champion.version and tags.get("drift.status", "not_run") != "not_run":
+        return {"status": tags["drift.status"], "label_shift": tags.get("drift.label_shift") == "true", "reused": True}
+    report = check_drift(client, challenger, settings, champion)
+    return {"status": report["status"], "label_shift": report["label_shift"], "reason": report.get("reason")}
+
+
+def promote(name: str, settings: Settings, holdout: str | Path | None = None, version: str | None = None,
+            before_commit: Callable[[], None] | None = None) -> dict:
+    """Run the gate for `name`'s challenger (or `version`) against its champion; move `champion`
+    by compare-and-set when it passes. Returns the decision record (also in tags and on the run)."""
+    cfg = settings.promotion
+    for setting in ("margin", "guard_tolerance", "decay_tolerance"):
+        if getattr(cfg, setting) < 0:
+            raise ConfigError(f"setting promotion.{setting} must be >= 0 (is {getattr(cfg, setting)})")
+    client = use_store(settings)
+    spec = gate_spec(name)
+    challenger = resolve(client, f"{name}/{version}" if version else f"{name}@{CHALLENGER}")
+    champion_version = alias_version(client, name, CHAMPION)
+    user, at = current_user(), _now()
+    base = {"model": name, "challenger": challenger.version, "champion": champion_version, "by": user, "at": at}
+
+    if champion_version is None:
+        moved, now = compare_and_set_champion(
+            client, name, None, challenger.version, timeout=cfg.lock_timeout, lease=cfg.lock_lease,
+            on_commit=lambda: set_version_tags(client, challenger, {"promotion.decision": PROMOTED, "promotion.reason": "first version: no champion yet"}))
+        if moved:
+            return {**base, "decision": PROMOTED, "reason": "first version: no champion yet", "champion_now": now}
+        champion_version = base["champion"] = now  # another first version won the race
+    if champion_version == challenger.version:
+        return {**base, "decision": KEPT, "reason": f"v{challenger.version} already is the champion", "champion_now": champion_version}
+
+    champion = ModelRef(name, champion_version)
+    tags = client.get_model_version(name, challenger.version).tags
+    if "rollback.at" in tags:  # refused without touching its tags: they keep saying who rolled it back and why
+        reason = (f"v{challenger.version} was rolled back at {tags['rollback.at']} by {tags.get('rollback.by')}: "
+                  f"{tags.get('rollback.reason')}; train a new candidate")
+        return {**base, "decision": REJECTED, "reason": reason, "reasons": [reason], "champion_now": champion_version}
+
+    snapshot = choose_holdout(client, spec, [challenger, champion], settings, holdout)
+    drift = _drift_for(client, challenger, champion, settings)
+    validation = tags.get("validation.status", "not_run")
+    challenger_metrics = holdout_metrics(spec, f"{name}/{challenger.version}", snapshot.path, settings)
+    champion_metrics = holdout_metrics(spec, f"{name}/{champion.version}", snapshot.path, settings)
+    decay = champion_decay(client, champion, champion_metrics, spec, cfg)
+    ok, reasons = decide(spec, challenger_metrics, champion_metrics, validation, drift, cfg)
+    record = {**base, "primary": spec.primary, "guards": list(spec.guards),
+              "holdout": {"snapshot": str(snapshot.path), "content_hash": snapshot.content_hash, "window": snapshot.window},
+              "challenger_metrics": challenger_metrics, "champion_metrics": champion_metrics,
+              "validation": validation, "drift": drift, "champion_decay": decay,
+              "settings": {"margin": cfg.margin, "guard_tolerance": cfg.guard_tolerance}}
+    _record_decay(client, champion, champion_metrics, decay, snapshot)
+
+    decision = PROMOTED if ok else REJECTED
+    now = champion_version
+    if ok:
+        if before_commit:
+            before_commit()
+        record.update(decision=PROMOTED, reasons=reasons, reason="; ".join(reasons))
+        moved, now = compare_and_set_champion(
+            client, name, champion_version, challenger.version, timeout=cfg.lock_timeout, lease=cfg.lock_lease,
+            on_commit=lambda: _record(client, challenger, record, challenger_metrics, champion_metrics))
+        if not moved:
+            decision = STALE
+            reasons.append(f"compare-and-set lost: champion moved from v{champion_version} to v{now} while the gate ran; "
+                           "run the gate again against the new champion")
+    if decision != PROMOTED:
+        record.update(decision=decision, reasons=reasons, reason="; ".join(reasons))
+        _record(client, challenger, record, challenger_metrics, champion_metrics)
+    log.info("gate decided", extra={"model": name, "challenger": challenger.version, "champion": champion_version,
+                                    "decision": decision, "champion_now": now})
+    return {**record, "champion_now": now}
+
+
+def _record(client, ref: ModelRef, record: dict, challenger_metrics: dict, champion_metrics: dict) -> None:
+    tags = {"promotion.decision": record["decision"], "promotion.reason": record["reason"][:4000],
+            "promotion.by": record["by"], "promotion.at": record["at"]}
+    if record.get("champion"):
+        tags["promotion.against"] = record["champion"]
+        if record["decision"] == PROMOTED:
+            tags["promotion.replaced"] = record["champion"]
+    if record.get("holdout"):
+        tags["promotion.holdout_hash"] = record["holdout"]["content_hash"]
+    set_version_tags(client, ref, tags)
+    _log_record(client, ref, record, {**{f"holdout_{k}": v for k, v in challenger_metrics.items()},
+                                      **{f"holdout_champion_{k}": v for k, v in champion_metrics.items()}})
+
+
+def _record_decay(client, champion: ModelRef, fresh: dict[str, float], decay: dict, holdout: Snapshot) -> None:
+    """Tag the champion's decay, and add its fresh-window metrics to its run's history (step: the window's day)."""
+    from mlflow.entities import Metric
+
+    set_version_tags(client, champion, {"decay.status": decay["status"], "decay.reason": decay["reason"][:4000],
+                                        "decay.window": holdout.window})
+    run_id = client.get_model_version(champion.name, champion.version).run_id
+    window = _window(holdout.window)
+    if run_id and window:
+        step, now = int(window[0].strftime("%Y%m%d")), int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(f"fresh_{k}", v, now, step) for k, v in fresh.items() if math.isfinite(v)])
+
+
+# ---- rollback --------------------------------------------------------------------------------
+
+def rollback(name: str, settings: Settings, reason: str, user: str | None = None) -> dict:
+    """Move `champion` back to `previous`; record who, when and why on both versions and the model."""
+    client = use_store(settings)
+    cfg = settings.promotion
+    user, at = user or current_user(), _now()
+    with promotion_lock(client, name, cfg.lock_timeout, cfg.lock_lease):
+        current, previous = alias_version(client, name, CHAMPION), alias_version(client, name, PREVIOUS)
+        if current is None:
+            raise PromotionError(f"model {name!r} has no champion to roll back")
+        if previous is None or previous == current:
+            raise PromotionError(f"model {name!r}: champion v{current} has no previous champion (alias '{PREVIOUS}') to roll back to")
+        before = client.get_model_version(name, previous).tags.get("promotion.replaced")
+        client.set_registered_model_alias(name, CHAMPION, previous)
+        # `previous` follows the chain of replaced champions, so a second rollback goes one further back.
+        if before and before not in (current, previous):
+            client.set_registered_model_alias(name, PREVIOUS, before)
+        else:
+            client.delete_registered_model_alias(name, PREVIOUS)
+        note = f"v{current} -> v{previous} by {user} at {at}: {reason}"
+        rolled, restored = ModelRef(name, current), ModelRef(name, previous)
+        set_version_tags(client, rolled, {"promotion.decision": ROLLED_BACK, "promotion.reason": f"rolled back: {reason}"[:4000],
+                                          "rollback.by": user, "rollback.at": at, "rollback.reason": reason[:4000],
+                                          "rollback.to": previous})
+        set_version_tags(client, restored, {"rollback.restored_by": user, "rollback.restored_at": at,
+                                            "rollback.restored_from": current, "rollback.restored_reason": reason[:4000]})
+        client.set_registered_model_tag(name, "rollback.last", note[:4000])
+        run_id = client.get_model_version(name, current).run_id
+        if run_id:
+            for key, value in {"rollback.by": user, "rollback.at": at, "rollback.reason": reason[:4000], "promotion.decision": ROLLED_BACK}.items():
+                client.set_tag(run_id, key, value)
+    log.info("rolled back", extra={"model": name, "from": current, "to": previous, "by": user, "reason": reason})
+    return {"model": name, "rolled_back": current, "champion": previous, "previous": alias_version(client, name, PREVIOUS),
+            "by": user, "at": at, "reason": reason}

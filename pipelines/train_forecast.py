@@ -1,0 +1,325 @@
+"""Training the metric forecaster: a metric snapshot in, a registered `metric-forecast` version out.
+
+The snapshot's series go onto one step grid; the newest `forecast.validation_fraction` of it is
+validation (split by time, as for the log models), and the robust scaling comes from the training
+part only. Each epoch samples `forecast.windows_per_epoch` training windows; the epoch with the
+lowest validation pinball loss is kept. On the validation windows the model and both baselines are
+scored alike: MAE in robust-scaled units (so GPU memory in MiB and ratios in 0..1 weigh the same),
+MAE at the last lead time, sMAPE in percent, and the coverage of the p10..p90 band (0.8 is right).
+Logging and registration follow the log models: run params, per-epoch metrics, the snapshot's
+lineage tags, `metric-forecast` aliased challenger, and champion only when there is none.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipelines.config import ForecastSettings, Settings
+from pipelines.snapshot import DATA_FILE, Snapshot, load_snapshot
+from pipelines.telemetry import get_logger, gpu_telemetry
+from pipelines.train import MODELS_DIR, TrainingDataError, seed_everything
+
+log = get_logger("train_forecast")
+TASK = "metric-forecast"
+MAX_EVAL_WINDOWS = 50_000
+
+
+@dataclass
+class MetricData:
+    """A metric snapshot on its step grid: `raw` (S, N) in original units, NaN where there is no point."""
+
+    snapshot: Snapshot
+    ids: list[str]
+    labels: dict[str, dict[str, str]]
+    times: np.ndarray
+    raw: np.ndarray
+    step: float
+
+
+def load_metric_snapshot(snapshot_dir: str | Path, max_gap_fraction: float) -> MetricData:
+    """Read a metric snapshot onto its grid; refuse one that is not a metric snapshot or has a gappy series."""
+    from pipelines.prometheus import step_grid
+
+    snapshot = load_snapshot(snapshot_dir)
+    m = snapshot.manifest
+    if "step_seconds" not in m or set(m.get("schema", {})) != {"timestamp", "series", "labels", "value"}:
+        raise TrainingDataError(f"snapshot {snapshot.path} is not a metric snapshot (no step_seconds, or columns other than "
+                                "timestamp, series, labels, value); write one with `nightshift ingest metrics`")
+    step = float(m["step_seconds"])
+    times = step_grid(datetime.fromisoformat(m["window"]["start"].replace("Z", "+00:00")),
+                      datetime.fromisoformat(m["window"]["end"].replace("Z", "+00:00")), step)
+    table = pq.read_table(snapshot.path / DATA_FILE)
+    series = table["series"].to_numpy(zero_copy_only=False).astype(str)
+    ids, first, row = np.unique(series, return_index=True, return_inverse=True)
+    labels = dict(zip(ids.tolist(), (dict(pairs) for pairs in table["labels"].take(first).to_pylist())))
+    ts = table["timestamp"].cast("int64").to_numpy() / 1000.0
+    pos = np.rint((ts - times[0]) / step).astype(np.int64)
+    if ((pos < 0) | (pos >= len(times))).any():
+        raise TrainingDataError(f"snapshot {snapshot.path}: field 'timestamp' has points outside the window {snapshot.window}")
+    raw = np.full((len(ids), len(times)), np.nan)
+    raw[row, pos] = table["value"].to_numpy()
+    gaps = 1.0 - np.isfinite(raw).mean(axis=1)
+    for sid, gap in zip(ids, gaps):
+        if gap > max_gap_fraction:
+            raise TrainingDataError(f"snapshot {snapshot.path}: series {sid} has {gap:.0%} gaps, more than the "
+                                    f"{max_gap_fraction:.0%} allowed (setting prometheus.max_gap_fraction)")
+    return MetricData(snapshot, ids.tolist(), labels, times, raw, step)
+
+
+@dataclass
+class Windows:
+    rows: np.ndarray  # series index of each window
+    ends: np.ndarray  # grid index of the lookback's last point
+
+
+def split_windows(observed: np.ndarray, lookback: int, horizon: int, validation_fraction: float, where: str) -> tuple[Windows, Windows, int]:
+    """Training windows with every target before the cut, validation windows with every target after it."""
+    n = observed.shape[1]
+    cut = int(round(n * (1 - validation_fraction)))
+    train_ends = np.arange(lookback - 1, cut - horizon)
+    val_ends = np.arange(max(cut - 1, lookback - 1), n - horizon)
+    if len(train_ends) < 1 or len(val_ends) < 1:
+        need = int(np.ceil((lookback + 2 * horizon) / max(1 - validation_fraction, 1e-9)))
+        raise TrainingDataError(f"snapshot {where}: {n} steps are too few for a lookback of {lookback} and a horizon of {horizon} with "
+                                f"validation fraction {validation_fraction} (need about {need}; settings forecast.lookback, "
+                                "forecast.horizon, forecast.validation_fraction)")
+
+    def pairs(ends: np.ndarray) -> Windows:
+        rows, e = np.repeat(np.arange(observed.shape[0]), len(ends)), np.tile(ends, observed.shape[0])
+        has_target = observed[rows[:, None], e[:, None] + np.arange(1, horizon + 1)].any(axis=1)
+        return Windows(rows[has_target], e[has_target])
+
+    return pairs(train_ends), pairs(val_ends), cut
+
+
+def score(pred: np.ndarray, grid, w: Windows, horizon: int) -> dict[str, float]:
+    """MAE (scaled units), MAE at the last lead, sMAPE (%, original units) and p10..p90 coverage of (B, H, 3) scaled quantiles."""
+    from models.forecaster import targets
+
+    y, m = (t.numpy().astype(np.float64) for t in targets(grid, w.rows, w.ends, horizon))
+    ok = (m > 0) & np.isfinite(pred[..., 1])
+    err = np.abs(y - pred[..., 1])
+    actual, point = grid.unscale(y, w.rows), grid.unscale(pred[..., 1], w.rows)
+    denom = np.abs(actual) + np.abs(point)
+    smape = np.where(denom > 0, 2 * np.abs(actual - point) / np.where(denom > 0, denom, 1.0), 0.0)
+    inside = (y >= pred[..., 0]) & (y <= pred[..., 2])
+    return {"mae": float(err[ok].mean()), "mae_last": float(err[:, -1][ok[:, -1]].mean()),
+            "smape": float(100 * smape[ok].mean()), "coverage": float(inside[ok].mean())}
+
+
+@dataclass
+class ForecastFit:
+    model: object
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_metrics: dict[str, float]
+    device: str
+    seconds: float
+
+
+def fit_forecaster(grid, cfg, params: ForecastSettings, train: Windows, val: Windows,
+                   on_epoch: Callable[[int, dict[str, float]], None] = lambda epoch, metrics: None) -> ForecastFit:
+    """Train the LSTM with pinball loss (AdamW, cosine decay, gradient clipping); keep the epoch with the best validation loss."""
+    import torch
+
+    from models.forecaster import pick_device
+
+    started = time.perf_counter()
+    seed_everything(params.seed)
+    device = pick_device(params.device)
+    threads = torch.get_num_threads()
+    if device == "cpu" and params.cpu_threads > 0:
+        torch.set_num_threads(params.cpu_threads)
+    try:
+        return _fit(grid, cfg, params, train, val, on_epoch, device, started)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(grid, cfg, params: ForecastSettings, train: Windows, val: Windows, on_epoch, device: str, started: float) -> ForecastFit:
+    import torch
+
+    from models.forecaster import LSTMForecaster, pinball_loss, predict_scaled, targets, windows
+
+    model = LSTMForecaster(cfg).to(device)
+    per_epoch = min(params.windows_per_epoch, len(train.rows))
+    steps = params.epochs * -(-per_epoch // params.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=params.learning_rate, total_steps=max(steps, 1), pct_start=0.1)
+    rng = np.random.default_rng(params.seed)
+    y_val, m_val = targets(grid, val.rows, val.ends, cfg.horizon)
+
+    history: list[dict[str, float]] = []
+    best: tuple[float, int, dict, dict[str, float]] | None = None
+    for epoch in range(1, params.epochs + 1):
+        model.train()
+        pick = rng.choice(len(train.rows), size=per_epoch, replace=False)
+        total = 0.0
+        for i in range(0, per_epoch, params.batch_size):
+            idx = pick[i:i + params.batch_size]
+            past, future = windows(grid, train.rows[idx], train.ends[idx], cfg)
+            y, m = targets(grid, train.rows[idx], train.ends[idx], cfg.horizon)
+            loss = pinball_loss(model(past.to(device), future.to(device)), y.to(device), m.to(device))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            total += loss.item() * len(idx)
+
+        pred = predict_scaled(model, grid, val.rows, val.ends, device=device)
+        val_loss = float(pinball_loss(torch.from_numpy(pred), y_val, m_val))
+        metrics = {"train_loss": total / per_epoch, "val_loss": val_loss, **score(pred, grid, val, cfg.horizon), **gpu_telemetry()}
+        history.append(metrics)
+        on_epoch(epoch, metrics)
+        log.info("epoch done", extra={"epoch": epoch, **{k: round(v, 4) for k, v in metrics.items()}})
+        if best is None or val_loss < best[0]:
+            best = (val_loss, epoch, copy.deepcopy(model.state_dict()), metrics)
+        elif epoch - best[1] >= params.patience:
+            log.info("early stop", extra={"epoch": epoch, "best_epoch": best[1]})
+            break
+    assert best is not None
+    model.load_state_dict(best[2])
+    return ForecastFit(model, history, best[1], best[3], device, time.perf_counter() - started)
+
+
+def baseline_forecasts(grid, cfg, train: Windows, val: Windows, seed: int) -> dict[str, np.ndarray]:
+    """Scaled (B, H, 3) forecasts of the baselines on the validation windows, with residual bands from training windows."""
+    from models.forecast_baselines import predict_linear, residual_band, seasonal_naive
+    from models.forecaster import targets
+
+    gappy = np.where(grid.observed > 0, grid.values, np.nan)
+    fit_idx = np.random.default_rng(seed).choice(len(train.rows), size=min(len(train.rows), 20_000), replace=False)
+    fit = Windows(train.rows[fit_idx], train.ends[fit_idx])
+    y_fit, m_fit = (t.numpy() for t in targets(grid, fit.rows, fit.ends, cfg.horizon))
+    day = int(round(86400 / cfg.step))
+
+    def linear(w: Windows) -> np.ndarray:
+        return predict_linear(gappy[w.rows[:, None], w.ends[:, None] + np.arange(-cfg.lookback + 1, 1)], cfg.horizon)
+
+    makers = {"predict_linear": linear,
+              "seasonal_naive_daily": lambda w: seasonal_naive(grid.values, w.rows, w.ends, cfg.horizon, day),
+              "seasonal_naive_weekly": lambda w: seasonal_naive(grid.values, w.rows, w.ends, cfg.horizon, 7 * day)}
+    out = {}
+    for name, make in makers.items():
+        point = make(val)
+        if np.isnan(point).all():
+            continue  # not enough history for this season
+        band = residual_band(make(fit), y_fit, m_fit)
+        out[name] = np.stack([point + band[0], point, point + band[1]], axis=-1)
+    return out
+
+
+def evaluate_forecasts(grid, cfg, train: Windows, val: Windows, pred: np.ndarray, seed: int) -> dict:
+    """The model's validation scores next to each baseline's, and the MAE ratios against both baselines."""
+    model_scores = score(pred, grid, val, cfg.horizon)
+    baselines = {name: score(p, grid, val, cfg.horizon) for name, p in baseline_forecasts(grid, cfg, train, val, seed).items()}
+    seasonal = min((n for n in baselines if n.startswith("seasonal_naive")), key=lambda n: baselines[n]["mae"], default=None)
+    refs = {"predict_linear": "predict_linear", **({"seasonal_naive": seasonal} if seasonal else {})}
+    ratios = {f"{metric}_ratio_vs_{name}": model_scores[metric] / baselines[ref][metric]
+              for metric in ("mae", "mae_last") for name, ref in refs.items()}
+    return {"model": model_scores, "baselines": baselines, "seasonal_naive": seasonal, "ratios": ratios}
+
+
+def train_metric_forecast(snapshot_dir: str | Path, settings: Settings) -> dict:
+    """Train, log and register a `metric-forecast` candidate from a metric snapshot; return the outcome."""
+    from models.forecaster import ForecasterConfig, SeriesGrid, predict_scaled, robust_scaling
+    from pipelines.prometheus import format_duration, parse_duration
+
+    params = settings.forecast
+    data = load_metric_snapshot(snapshot_dir, settings.prometheus.max_gap_fraction)
+    if abs(data.step - parse_duration(params.step, "forecast.step")) > 1e-6:
+        log.warning("snapshot step differs from forecast.step; training at the snapshot's", extra={"snapshot_step": data.step})
+    cfg = ForecasterConfig.build(data.step, params.lookback, params.horizon, params.hidden_size, params.layers)
+    train, val, cut = split_windows(np.isfinite(data.raw), cfg.lookback, cfg.horizon, params.validation_fraction, str(data.snapshot.path))
+    if len(val.rows) > MAX_EVAL_WINDOWS:  # evaluation cost stays bounded on long windows and many series
+        keep = np.random.default_rng(params.seed).choice(len(val.rows), MAX_EVAL_WINDOWS, replace=False)
+        val = Windows(val.rows[np.sort(keep)], val.ends[np.sort(keep)])
+    scaling = [robust_scaling(v) for v in data.raw[:, :cut]]
+    grid = SeriesGrid.build(data.ids, data.times, data.raw, np.array([c for c, _ in scaling]), np.array([s for _, s in scaling]))
+    queries = data.snapshot.manifest.get("query", {}).get("queries", {})
+
+    def fit(on_epoch):
+        result = fit_forecaster(grid, cfg, params, train, val, on_epoch)
+        report = evaluate_forecasts(grid, cfg, train, val, predict_scaled(result.model, grid, val.rows, val.ends, device=result.device), params.seed)
+        return result, report
+
+    meta = {"task": TASK, "config": cfg.to_dict(), "quantiles": [0.1, 0.5, 0.9], "step": format_duration(cfg.step),
+            "scaling": {sid: [float(grid.center[i]), float(grid.scale[i])] for i, sid in enumerate(data.ids)},
+            "labels": data.labels, "queries": queries, "snapshot_hash": data.snapshot.content_hash}
+    last = data.raw[0, -cfg.lookback:]
+    example = {"timestamp": data.times[-cfg.lookback:][np.isfinite(last)], "series": data.ids[0], "value": last[np.isfinite(last)]}
+    return log_and_register_forecaster(data, settings, cfg, fit=fit, meta=meta, example=example,
+                                       dataset_params={"series": len(data.ids), "steps": data.raw.shape[1], "train_windows": len(train.rows),
+                                                       "validation_windows": len(val.rows), "validation_from": str(np.datetime64(int(data.times[cut]), "s"))})
+
+
+def log_and_register_forecaster(data: MetricData, settings: Settings, cfg, *, fit: Callable, meta: dict, example: dict,
+                                dataset_params: dict) -> dict:
+    """The MLflow conventions of `pipelines.train.log_and_register`, for the forecaster's pyfunc."""
+    import mlflow
+    import pandas as pd
+    import torch
+    from mlflow.models import infer_signature
+
+    from models.metric_forecaster import MetricForecaster, save_forecaster
+    from pipelines.registry import ModelRef, mark_challenger, set_version_tags, use_store
+
+    client = use_store(settings)
+    params, snapshot = settings.forecast, data.snapshot
+    with mlflow.start_run(run_name=f"{TASK} {snapshot.manifest['window']['end'] or ''}".strip()) as run:
+        mlflow.set_tags({"task": TASK, "data.snapshot_hash": snapshot.content_hash, "data.window": snapshot.window,
+                         "data.snapshot": str(snapshot.path)})
+        mlflow.log_params({"step": meta["step"], "lookback": cfg.lookback, "horizon": cfg.horizon, "season": cfg.season,
+                           "hidden_size": cfg.hidden_size, "layers": cfg.layers, "epochs": params.epochs,
+                           "batch_size": params.batch_size, "learning_rate": params.learning_rate,
+                           "windows_per_epoch": params.windows_per_epoch, "patience": params.patience, "seed": params.seed,
+                           "validation_fraction": params.validation_fraction, "snapshot": str(snapshot.path),
+                           "snapshot_hash": snapshot.content_hash, **dataset_params})
+        mlflow.log_dict(snapshot.manifest, "data/manifest.json")
+        result, report = fit(lambda epoch, metrics: mlflow.log_metrics(
+            {k if k in ("train_loss", "val_loss") else f"val_{k}": v for k, v in metrics.items() if np.isfinite(v)}, step=epoch))
+        mlflow.log_metrics({**{f"best_{k}": v for k, v in report["model"].items()},
+                            **{f"baseline_{name}_{k}": v for name, s in report["baselines"].items() for k, v in s.items()},
+                            **report["ratios"], "best_epoch": result.best_epoch, "train_seconds": result.seconds})
+        mlflow.log_dict(report, "evaluation/forecast_report.json")
+        mlflow.log_param("device", result.device)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            artifact = save_forecaster(result.model, meta, Path(tmp) / "forecaster")
+            wrapper = MetricForecaster()
+            wrapper.load_context(type("Ctx", (), {"artifacts": {"forecaster": str(artifact)}})())
+            example_frame = pd.DataFrame({"timestamp": pd.to_datetime(np.rint(example["timestamp"] * 1e9).astype("int64")),  # naive UTC: MLflow's datetime
+                                          "series": example["series"], "value": example["value"]})
+            signature = infer_signature(example_frame, wrapper.predict(None, example_frame))
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=wrapper, artifacts={"forecaster": str(artifact)},
+                code_paths=[str(MODELS_DIR)], signature=signature, input_example=example_frame,
+                registered_model_name=TASK,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "pandas", "numpy"],
+            )
+        ref = ModelRef(TASK, str(info.registered_model_version))
+        set_version_tags(client, ref, {"data.snapshot_hash": snapshot.content_hash, "data.window": snapshot.window,
+                                       "validation.status": "not_run", "drift.status": "not_run"})
+        decision = mark_challenger(client, ref)
+    seasonal = report["seasonal_naive"] or "none"
+    outcome = {"model": TASK, "version": ref.version, "run_id": run.info.run_id, "decision": decision,
+               "best_epoch": result.best_epoch, "device": result.device, "train_seconds": round(result.seconds, 1),
+               "metrics": {k: round(v, 4) for k, v in report["model"].items()},
+               "baseline": {f"{name}_mae": round(report["baselines"][ref]["mae"], 4)
+                            for name, ref in (("predict_linear", "predict_linear"), ("seasonal_naive", seasonal)) if ref in report["baselines"]},
+               "baselines": {"predict_linear": {k: round(v, 4) for k, v in report["baselines"]["predict_linear"].items()},
+                             "seasonal_naive": {"season": seasonal.removeprefix("seasonal_naive_"),
+                                                **{k: round(v, 4) for k, v in report["baselines"].get(seasonal, {}).items()}}},
+               "ratios": {k: round(v, 4) for k, v in report["ratios"].items()}}
+    log.info("candidate registered", extra={k: v for k, v in outcome.items() if k != "baselines"})
+    return outcome
