@@ -88,7 +88,13 @@ def nightly_retrain():
     def ingest_metric_window(night: dict) -> str:
         from pipelines.flow import ingest_metric_window
 
-        return ingest_metric_window(night, _settings())
+        return ingest_metric_window(night, "train", _settings())
+
+    @task
+    def ingest_metric_holdout(night: dict) -> str:
+        from pipelines.flow import ingest_metric_window
+
+        return ingest_metric_window(night, "fresh", _settings())
 
     @task(retries=0)
     def validate_metric_window(night: dict, snapshot: str) -> dict:
@@ -136,6 +142,7 @@ def nightly_retrain():
     scoring = score_fresh_window(night, fresh, candidate, root_causes)  # two models, one read of the fresh window
     metrics = ingest_metric_window(night)
     forecaster = train_metric_forecast(night, metrics, validate_metric_window(night, metrics))
+    forecaster = promote_candidate.override(task_id="promote_metric_forecast")("metric-forecast", forecaster, ingest_metric_holdout(night))
     summarise(night, candidate, scoring, forecaster, root_causes)
 
 

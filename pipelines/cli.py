@@ -181,9 +181,12 @@ def _evaluate(args, settings):
     from pipelines.evaluate import evaluate
 
     out = evaluate(args.model, args.snapshot, settings)
-    lines = [f"{out['model']} v{out['version']} on {out['rows']} rows of {args.snapshot}"]
-    for name in ("model", "baseline"):
-        m = out[name + "_metrics"]
+    size = f"{out['rows']} rows" if "rows" in out else f"{out['windows']} windows of {out['series']} series"
+    lines = [f"{out['model']} v{out['version']} on {size} of {args.snapshot}"]
+    baselines = out["baseline_metrics"]
+    if not all(isinstance(v, dict) for v in baselines.values()) or not baselines:  # one baseline, or several by name (forecaster)
+        baselines = {"baseline": baselines}
+    for name, m in {"model": out["model_metrics"], **baselines}.items():
         lines.append(f"  {name:<9} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
     if "fallback" in out:  # failure-rca: per failed job
         f = out["fallback"]

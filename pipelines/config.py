@@ -187,6 +187,7 @@ class ForecastSettings:
     patience: int = 4
     validation_fraction: float = 0.15  # newest part of each series, by time
     train_days: int = 28  # days of metric history the nightly candidate trains on
+    holdout_days: int = 2  # the newest days of metric history: never trained on, the promotion gate's holdout
     seed: int = 13
     device: str = "auto"  # auto | cpu | cuda
     cpu_threads: int = 1  # torch threads on CPU: a small LSTM's per-step matmuls gain nothing from more

@@ -24,7 +24,8 @@ def training_snapshot(client, ref) -> Path | None:
 
 def evaluate(model_ref: str, snapshot_dir: str | Path, settings: Settings, baseline: bool = True) -> dict:
     """Precision, recall, F1 and PR-AUC of `model_ref` on the snapshot, and of the baseline
-    (micro/macro F1 over failed jobs for a `failure-rca` version: `pipelines.rca`).
+    (micro/macro F1 over failed jobs for a `failure-rca` version: `pipelines.rca`; MAE, sMAPE and
+    coverage for a `metric-forecast` version: `pipelines.train_forecast`).
     `baseline=False` skips the baseline (the promotion gate compares two versions, not baselines)."""
     from models.baselines import baseline_proba, tfidf_logreg
     from pipelines.registry import load_model, use_store
@@ -33,10 +34,15 @@ def evaluate(model_ref: str, snapshot_dir: str | Path, settings: Settings, basel
     client = use_store(settings)
     ref, model = load_model(client, model_ref)
     classifier = model.unwrap_python_model()
-    if classifier.task == "failure-rca":
+    task = getattr(classifier, "task", None) or getattr(classifier, "meta", {}).get("task")
+    if task == "failure-rca":
         from pipelines.rca import evaluate_failure_rca
 
         return evaluate_failure_rca(client, ref, classifier, snapshot_dir, settings, baseline=baseline)
+    if task == "metric-forecast":
+        from pipelines.train_forecast import evaluate_forecaster
+
+        return evaluate_forecaster(ref, classifier, snapshot_dir, settings, baseline=baseline)
     frame = labelled_logs(load_snapshot(snapshot_dir))
     if frame.empty:
         raise ValueError(f"snapshot {snapshot_dir}: no rows with the label field '{settings.fields.anomaly}'")

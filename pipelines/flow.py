@@ -63,6 +63,7 @@ def plan_night(settings: Settings, logical_date: str | datetime, source: str | N
     day = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
     fresh_start = day - timedelta(days=1)
     train_start = fresh_start - timedelta(days=settings.retrain.train_days)
+    metric_fresh = day - timedelta(days=settings.forecast.holdout_days)
     source = source or settings.retrain.log_source or embedded_source(settings)
     date = day.date().isoformat()
     return {
@@ -75,10 +76,13 @@ def plan_night(settings: Settings, logical_date: str | datetime, source: str | N
         "fresh_snapshot": str(settings.snapshot_root / "logs-fresh" / date),
         "scored_sink": None if source.startswith(("http", "elasticsearch://")) else f"file://{settings.home / 'scored' / date / 'logs.scored.ndjson'}",
         "summary_file": str(summary_path(settings, date)),
-        # The metric branch: the forecaster trains on the `forecast.train_days` days before D.
+        # The metric branch: the newest `forecast.holdout_days` are the forecaster's holdout (whole
+        # lookback-plus-horizon windows fit inside), it trains on the `forecast.train_days` before them.
         "metric_source": settings.prometheus.url or None,  # None: the embedded demo history, written when first read
-        "metric_window": [(day - timedelta(days=settings.forecast.train_days)).isoformat(), day.isoformat()],
+        "metric_window": [(metric_fresh - timedelta(days=settings.forecast.train_days)).isoformat(), metric_fresh.isoformat()],
+        "metric_fresh_window": [metric_fresh.isoformat(), day.isoformat()],
         "metric_snapshot": str(settings.snapshot_root / "metrics" / date),
+        "metric_fresh_snapshot": str(settings.snapshot_root / "metrics-fresh" / date),
     }
 
 
@@ -91,13 +95,14 @@ def ingest_window(plan: dict, which: str, settings: Settings) -> str:
                            dataset="logs" if which == "train" else "logs-fresh").path)
 
 
-def ingest_metric_window(plan: dict, settings: Settings) -> str:
-    """Snapshot the night's metric window (the named queries at `forecast.step`); returns the snapshot folder."""
+def ingest_metric_window(plan: dict, which: str, settings: Settings) -> str:
+    """Snapshot the night's `train` or `fresh` metric window (the named queries at `forecast.step`); returns the snapshot folder."""
     from pipelines.prometheus import ingest_metrics, named_queries
 
-    start, end = (datetime.fromisoformat(t) for t in plan["metric_window"])
+    key = "metric" if which == "train" else "metric_fresh"
+    start, end = (datetime.fromisoformat(t) for t in plan[f"{key}_window"])
     return str(ingest_metrics(plan["metric_source"] or embedded_metric_source(settings), named_queries(settings), start, end, settings.forecast.step,
-                              Path(plan["metric_snapshot"]), settings).path)
+                              Path(plan[f"{key}_snapshot"]), settings).path)
 
 
 def validate_window(plan: dict, snapshot: str, suite: str, settings: Settings) -> dict:
@@ -190,9 +195,11 @@ def run_in_process(settings: Settings, logical_date: str, source: str | None, ba
     outcome = gate_candidate("log-anomaly", outcome, plan["fresh_snapshot"], settings)
     root_causes = None if stop_if_invalid(validation, "failure-rca", settings) else train_candidate(plan, "failure-rca", train_snapshot, settings)
     root_causes = gate_candidate("failure-rca", root_causes, plan["fresh_snapshot"], settings)
-    metric_snapshot = ingest_metric_window(plan, settings)
+    metric_snapshot = ingest_metric_window(plan, "train", settings)
+    metric_holdout = ingest_metric_window(plan, "fresh", settings)
     stopped = stop_if_invalid(validate_window(plan, metric_snapshot, "metrics", settings), "metric-forecast", settings)
     forecaster = None if stopped else train_candidate(plan, "metric-forecast", metric_snapshot, settings)
+    forecaster = gate_candidate("metric-forecast", forecaster, metric_holdout, settings)
     return write_summary(plan, {"log-anomaly": outcome, "failure-rca": root_causes, "metric-forecast": forecaster}, score_fresh(plan, settings))
 
 

@@ -65,13 +65,13 @@ class GateSpec:
         return champion - challenger if metric in self.lower_is_better else challenger - champion
 
 
-# One line per registered model; the training helpers of the other models add theirs here.
+# One line per registered model.
 GATES: dict[str, GateSpec] = {
     "log-anomaly": GateSpec("pipelines.evaluate:evaluate", primary="f1", guards=("pr_auc", "recall"), options=(("baseline", False),)),
     "failure-rca": GateSpec("pipelines.evaluate:evaluate", primary="micro_f1", guards=("macro_f1",), options=(("baseline", False),)),
-    # The forecaster plugs in once it has a registry-level evaluate(model_ref, snapshot_dir, settings):
-    # "metric-forecast": GateSpec("pipelines.train_forecast:evaluate_version", primary="mae", guards=("mae_last", "smape"),
-    #                             lower_is_better=frozenset({"mae", "mae_last", "smape"}), holdout_dataset="metrics-fresh"),
+    "metric-forecast": GateSpec("pipelines.evaluate:evaluate", primary="mae", guards=("mae_last", "smape"),
+                                lower_is_better=frozenset({"mae", "mae_last", "smape"}), holdout_dataset="metrics-fresh",
+                                options=(("baseline", False),)),
 }
 
 

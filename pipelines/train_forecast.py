@@ -93,12 +93,14 @@ def split_windows(observed: np.ndarray, lookback: int, horizon: int, validation_
                                 f"validation fraction {validation_fraction} (need about {need}; settings forecast.lookback, "
                                 "forecast.horizon, forecast.validation_fraction)")
 
-    def pairs(ends: np.ndarray) -> Windows:
-        rows, e = np.repeat(np.arange(observed.shape[0]), len(ends)), np.tile(ends, observed.shape[0])
-        has_target = observed[rows[:, None], e[:, None] + np.arange(1, horizon + 1)].any(axis=1)
-        return Windows(rows[has_target], e[has_target])
+    return windows_ending(observed, train_ends, horizon), windows_ending(observed, val_ends, horizon), cut
 
-    return pairs(train_ends), pairs(val_ends), cut
+
+def windows_ending(observed: np.ndarray, ends: np.ndarray, horizon: int) -> Windows:
+    """Every (series, end) pair with at least one observed target in its horizon."""
+    rows, e = np.repeat(np.arange(observed.shape[0]), len(ends)), np.tile(ends, observed.shape[0])
+    has_target = observed[rows[:, None], e[:, None] + np.arange(1, horizon + 1)].any(axis=1)
+    return Windows(rows[has_target], e[has_target])
 
 
 def score(pred: np.ndarray, grid, w: Windows, horizon: int) -> dict[str, float]:
@@ -230,6 +232,40 @@ def evaluate_forecasts(grid, cfg, train: Windows, val: Windows, pred: np.ndarray
     return {"model": model_scores, "baselines": baselines, "seasonal_naive": seasonal, "ratios": ratios}
 
 
+def evaluate_forecaster(ref, forecaster, snapshot_dir: str | Path, settings: Settings, baseline: bool = True) -> dict:
+    """A registered forecaster (`ref`, its unwrapped pyfunc) on every window that fits inside a metric
+    snapshot (a fresh holdout): MAE, MAE at the last lead, sMAPE and p10..p90 coverage.
+
+    The errors are measured in the holdout's own robust scale, not in the scaling each version
+    stores, so that two versions (and the baselines) are judged on one yardstick.
+    """
+    from models.forecaster import SeriesGrid, predict_scaled, robust_scaling
+
+    cfg = forecaster.cfg
+    data = load_metric_snapshot(snapshot_dir, settings.prometheus.max_gap_fraction)
+    if abs(data.step - cfg.step) > 1e-6:
+        raise TrainingDataError(f"snapshot {data.snapshot.path}: step {data.step:g}s differs from {ref.name} v{ref.version}'s step "
+                                f"{cfg.step:g}s; ingest the holdout at the model's step (setting forecast.step)")
+    ends = np.arange(cfg.lookback - 1, data.raw.shape[1] - cfg.horizon)
+    if len(ends) < 1:
+        raise TrainingDataError(f"snapshot {data.snapshot.path}: {data.raw.shape[1]} steps hold no window of lookback {cfg.lookback} "
+                                f"plus horizon {cfg.horizon} (setting forecast.holdout_days)")
+    held = windows_ending(np.isfinite(data.raw), ends, cfg.horizon)
+    model_grid = SeriesGrid.build(data.ids, data.times, data.raw, *forecaster.scaling(data.ids, data.raw))
+    yardstick = [robust_scaling(v) for v in data.raw]
+    grid = SeriesGrid.build(data.ids, data.times, data.raw, np.array([c for c, _ in yardstick]), np.array([s for _, s in yardstick]))
+    shape = (-1, 1, 1)
+    original = model_grid.unscale(predict_scaled(forecaster.model, model_grid, held.rows, held.ends, device=forecaster.device), held.rows)
+    pred = (original - grid.center[held.rows].reshape(shape)) / grid.scale[held.rows].reshape(shape)
+    out = {"model": ref.name, "version": ref.version, "windows": int(len(held.rows)), "series": len(data.ids),
+           "model_metrics": score(pred, grid, held, cfg.horizon), "baseline_metrics": {}}
+    if baseline:  # the baselines' residual bands are fitted on the same windows: generous to them on coverage only
+        out["baseline_metrics"] = {name: score(p, grid, held, cfg.horizon)
+                                   for name, p in baseline_forecasts(grid, cfg, held, held, settings.forecast.seed).items()}
+    log.info("evaluated", extra={k: v for k, v in out.items() if k != "model"})
+    return out
+
+
 def train_metric_forecast(snapshot_dir: str | Path, settings: Settings) -> dict:
     """Train, log and register a `metric-forecast` candidate from a metric snapshot; return the outcome."""
     from models.forecaster import ForecasterConfig, SeriesGrid, predict_scaled, robust_scaling
@@ -273,9 +309,11 @@ def log_and_register_forecaster(data: MetricData, settings: Settings, cfg, *, fi
 
     from models.metric_forecaster import MetricForecaster, save_forecaster
     from pipelines.registry import ModelRef, mark_challenger, set_version_tags, use_store
+    from pipelines.validation import log_to_active_run, require_not_failed
 
-    client = use_store(settings)
     params, snapshot = settings.forecast, data.snapshot
+    require_not_failed(snapshot)  # the gate: a snapshot that failed validation trains nothing
+    client = use_store(settings)
     with mlflow.start_run(run_name=f"{TASK} {snapshot.manifest['window']['end'] or ''}".strip()) as run:
         mlflow.set_tags({"task": TASK, "data.snapshot_hash": snapshot.content_hash, "data.window": snapshot.window,
                          "data.snapshot": str(snapshot.path)})
@@ -286,6 +324,7 @@ def log_and_register_forecaster(data: MetricData, settings: Settings, cfg, *, fi
                            "validation_fraction": params.validation_fraction, "snapshot": str(snapshot.path),
                            "snapshot_hash": snapshot.content_hash, **dataset_params})
         mlflow.log_dict(snapshot.manifest, "data/manifest.json")
+        validation_status = log_to_active_run(snapshot)  # DIR/validation/* as artifacts, when present
         result, report = fit(lambda epoch, metrics: mlflow.log_metrics(
             {k if k in ("train_loss", "val_loss") else f"val_{k}": v for k, v in metrics.items() if np.isfinite(v)}, step=epoch))
         mlflow.log_metrics({**{f"best_{k}": v for k, v in report["model"].items()},
@@ -309,7 +348,7 @@ def log_and_register_forecaster(data: MetricData, settings: Settings, cfg, *, fi
             )
         ref = ModelRef(TASK, str(info.registered_model_version))
         set_version_tags(client, ref, {"data.snapshot_hash": snapshot.content_hash, "data.window": snapshot.window,
-                                       "validation.status": "not_run", "drift.status": "not_run"})
+                                       "validation.status": validation_status, "drift.status": "not_run"})
         decision = mark_challenger(client, ref)
     seasonal = report["seasonal_naive"] or "none"
     outcome = {"model": TASK, "version": ref.version, "run_id": run.info.run_id, "decision": decision,

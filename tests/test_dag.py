@@ -31,6 +31,9 @@ def test_dag_structure():
     # the metric branch is independent of the log branch: ingest -> validate -> train metric-forecast
     assert {t.task_id for t in dag.get_task("train_metric_forecast").upstream_list} == {"plan", "ingest_metric_window", "validate_metric_window"}
     assert {t.task_id for t in dag.get_task("ingest_metric_window").upstream_list} == {"plan"}
+    # all three models pass the gate; the forecaster's holdout is the newest metric days it never trained on
+    assert {t.task_id for t in dag.get_task("promote_metric_forecast").upstream_list} == {"train_metric_forecast", "ingest_metric_holdout"}
+    assert {t.task_id for t in dag.get_task("promote_failure_rca").upstream_list} == {"train_failure_rca", "ingest_fresh_window"}
 
 
 def test_retrain_runs_the_dag_with_airflow_dags_test(home, corpus, tiny_bert, capsys):
@@ -49,6 +52,7 @@ def test_retrain_runs_the_dag_with_airflow_dags_test(home, corpus, tiny_bert, ca
     forecaster = out["models"]["metric-forecast"]  # the metric branch, on the embedded demo metrics
     assert forecaster["version"] == "1" and forecaster["decision"] == "promoted" and out["validation"]["metrics"]["status"] == "passed"
     assert (home / "snapshots" / "metrics" / "2026-11-22" / "manifest.json").is_file()
+    assert (home / "snapshots" / "metrics-fresh" / "2026-11-22" / "manifest.json").is_file()  # the forecaster's holdout
     scored = Path(out["scoring"]["sink"].removeprefix("file://")).read_text().splitlines()
     assert len(scored) == out["scoring"]["scored"] > 0
     assert all(json.loads(l)["@timestamp"].startswith("2026-11-21") for l in scored)

@@ -4,6 +4,7 @@ snapshots, the baselines, the LSTM's shapes and loss, training and registration 
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -273,3 +274,40 @@ def test_forecaster_beats_both_baselines_on_the_demo_series(demo_history, settin
     assert report["ratios"]["mae_ratio_vs_seasonal_naive"] < 0.8, report
     assert report["ratios"]["mae_last_ratio_vs_seasonal_naive"] < 1.0, report
     assert 0.6 < report["model"]["coverage"] < 0.95, report
+
+
+def test_gate_promotes_the_better_forecaster_on_a_fresh_holdout(quick_forecaster, settings, demo_history, tmp_path, monkeypatch, capsys):
+    """v1 barely trained, v2 trained properly on the same days; both judged on the two days after."""
+    from pipelines.cli import main
+    from pipelines.config import load_settings
+    from pipelines.prometheus import ingest_metrics
+    from pipelines.promotion import promote
+    from pipelines.registry import alias_version, use_store
+    from pipelines.train_forecast import train_metric_forecast
+
+    queries = {"quota": "quota_group_use_ratio", "latency": "request_latency_p99_seconds"}
+    snap = ingest_metrics(f"file://{demo_history}", queries, T0 + timedelta(days=7), T0 + timedelta(days=12), "15m", tmp_path / "snap", settings)
+    holdout = ingest_metrics(f"file://{demo_history}", queries, T0 + timedelta(days=12), T0 + timedelta(days=14), "15m",
+                             tmp_path / "holdout", settings)
+    monkeypatch.setenv("NIGHTSHIFT_FORECAST_EPOCHS", "1")
+    monkeypatch.setenv("NIGHTSHIFT_FORECAST_WINDOWS_PER_EPOCH", "32")
+    assert train_metric_forecast(snap.path, load_settings())["decision"] == "promoted"  # v1: the first version
+    monkeypatch.setenv("NIGHTSHIFT_FORECAST_EPOCHS", "4")
+    monkeypatch.setenv("NIGHTSHIFT_FORECAST_WINDOWS_PER_EPOCH", "2048")
+    assert train_metric_forecast(snap.path, load_settings())["version"] == "2"
+
+    gate = promote("metric-forecast", settings, holdout=holdout.path)
+    assert gate["decision"] == "promoted", gate["reasons"]
+    assert gate["challenger_metrics"]["mae"] < gate["champion_metrics"]["mae"]  # lower is better for the forecaster
+    assert gate["reasons"][0].startswith("mae ") and "beats" in gate["reasons"][0]
+    client = use_store(settings)
+    assert alias_version(client, "metric-forecast", "champion") == "2" and alias_version(client, "metric-forecast", "previous") == "1"
+    assert client.get_model_version("metric-forecast", "2").tags["promotion.decision"] == "promoted"
+
+    worse = promote("metric-forecast", settings, holdout=holdout.path, version="1")  # the weak one cannot come back
+    assert worse["decision"] == "rejected" and "does not beat" in worse["reasons"][0]
+
+    assert main(["evaluate", "metric-forecast@champion", "--snapshot", str(holdout.path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["version"] == "2" and out["windows"] > 0 and set(out["model_metrics"]) == {"mae", "mae_last", "smape", "coverage"}
+    assert set(out["baseline_metrics"]) >= {"predict_linear", "seasonal_naive_daily"}
