@@ -1,5 +1,6 @@
 """Nightly retrain: snapshot yesterday's logs, validate them, train and register a candidate, score the fresh window.
-A second, independent branch snapshots the metric history, validates it and trains the forecaster.
+A second, independent branch snapshots the metric history, validates it, trains and gates the forecaster,
+and pushes the champion's forecasts to the Pushgateway.
 
 Only the task graph lives here; every task calls a function of `pipelines.flow`, imported inside
 the task so that this file parses without torch, transformers or mlflow.
@@ -125,11 +126,18 @@ def nightly_retrain():
 
         return score_fresh(night, _settings())
 
+    @task(trigger_rule="none_failed")  # with the champion the gate leaves, as scoring does
+    def publish_forecasts(night: dict, forecaster: dict | None) -> dict:
+        from pipelines.flow import publish_forecasts
+
+        return publish_forecasts(night, _settings())
+
     @task(trigger_rule="none_failed")
-    def summarise(night: dict, candidate: dict, scoring: dict, forecaster: dict | None = None, root_causes: dict | None = None) -> dict:
+    def summarise(night: dict, candidate: dict, scoring: dict, forecaster: dict | None = None, root_causes: dict | None = None,
+                  forecasts: dict | None = None) -> dict:
         from pipelines.flow import write_summary
 
-        return write_summary(night, {"log-anomaly": candidate, "failure-rca": root_causes, "metric-forecast": forecaster}, scoring)
+        return write_summary(night, {"log-anomaly": candidate, "failure-rca": root_causes, "metric-forecast": forecaster}, scoring, forecasts)
 
     night = plan()
     training = ingest_training_window(night)
@@ -143,7 +151,7 @@ def nightly_retrain():
     metrics = ingest_metric_window(night)
     forecaster = train_metric_forecast(night, metrics, validate_metric_window(night, metrics))
     forecaster = promote_candidate.override(task_id="promote_metric_forecast")("metric-forecast", forecaster, ingest_metric_holdout(night))
-    summarise(night, candidate, scoring, forecaster, root_causes)
+    summarise(night, candidate, scoring, forecaster, root_causes, publish_forecasts(night, forecaster))
 
 
 nightly_retrain()

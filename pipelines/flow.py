@@ -172,13 +172,28 @@ def score_fresh(plan: dict, settings: Settings) -> dict:
     return score_logs("log-anomaly@champion", plan["source"], plan["scored_sink"], settings, start=start, end=end)
 
 
-def write_summary(plan: dict, outcomes: dict, scoring: dict) -> dict:
+def publish_forecasts(plan: dict, settings: Settings) -> dict:
+    """Push the forecaster champion's forecasts to the Pushgateway, when one is configured. From a
+    real Prometheus they start now; from the embedded history, at the night's logical date."""
+    from pipelines.registry import CHAMPION, alias_version, use_store
+    from serving.forecast import forecast
+
+    if not settings.prometheus.pushgateway:
+        return {"skipped": "no Pushgateway configured (setting prometheus.pushgateway)"}
+    if alias_version(use_store(settings), "metric-forecast", CHAMPION) is None:
+        return {"skipped": "no metric-forecast champion yet"}
+    at = None if plan["metric_source"] else datetime.fromisoformat(plan["metric_fresh_window"][1])
+    return forecast("metric-forecast@champion", plan["metric_source"] or embedded_metric_source(settings), None, settings, at=at)
+
+
+def write_summary(plan: dict, outcomes: dict, scoring: dict, forecasts: dict | None = None) -> dict:
     night = Path(plan["summary_file"]).parent
     validation = {p.stem: json.loads(p.read_text()) for p in sorted((night / "validation").glob("*.json"))}
     failed = [suite for suite, v in validation.items() if v["status"] == "failed"]
     outcomes = {name: o if o is not None else {"decision": "skipped", "reason": f"not trained: validation failed ({', '.join(failed)})"
                                                if failed else "not trained"} for name, o in outcomes.items()}
-    summary = {"logical_date": plan["logical_date"], "models": outcomes, "scoring": scoring, "validation": validation}
+    summary = {"logical_date": plan["logical_date"], "models": outcomes, "scoring": scoring, "validation": validation,
+               "forecasts": forecasts}
     path = Path(plan["summary_file"])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2, default=str))
@@ -200,7 +215,8 @@ def run_in_process(settings: Settings, logical_date: str, source: str | None, ba
     stopped = stop_if_invalid(validate_window(plan, metric_snapshot, "metrics", settings), "metric-forecast", settings)
     forecaster = None if stopped else train_candidate(plan, "metric-forecast", metric_snapshot, settings)
     forecaster = gate_candidate("metric-forecast", forecaster, metric_holdout, settings)
-    return write_summary(plan, {"log-anomaly": outcome, "failure-rca": root_causes, "metric-forecast": forecaster}, score_fresh(plan, settings))
+    return write_summary(plan, {"log-anomaly": outcome, "failure-rca": root_causes, "metric-forecast": forecaster}, score_fresh(plan, settings),
+                         publish_forecasts(plan, settings))
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
@@ -275,4 +291,9 @@ def describe(summary: dict) -> str:
             r = s["rca"]
             lines.append(f"  root causes on {r['annotated']} docs of {r['jobs']} failed jobs with {r['model']} v{r['version']} "
                          f"({r['fallback']} from the knowledge base)")
+    f = summary.get("forecasts")
+    if f and f.get("skipped"):
+        lines.append(f"  forecasts not pushed: {f['skipped']}")
+    elif f:
+        lines.append(f"  pushed {f['horizon']} forecasts of {f['series']} series with {f['model']} v{f['version']} -> {f['pushgateway']}")
     return "\n".join(lines)

@@ -36,10 +36,16 @@ def test_dag_structure():
     assert {t.task_id for t in dag.get_task("promote_failure_rca").upstream_list} == {"train_failure_rca", "ingest_fresh_window"}
 
 
-def test_retrain_runs_the_dag_with_airflow_dags_test(home, corpus, tiny_bert, capsys):
-    from pipelines.cli import main
+def test_retrain_runs_the_dag_with_airflow_dags_test(home, corpus, tiny_bert, capsys, monkeypatch, tmp_path):
+    import requests
 
-    code = main(["retrain", "--source", f"file://{corpus}", "--base-model", str(tiny_bert), "--logical-date", "2026-11-22", "--json"])
+    from pipelines.cli import main
+    from tests.prom_servers import pushgateway
+
+    with pushgateway(tmp_path / "pg") as gateway:  # a real Pushgateway (Debian package) on a free loopback port
+        monkeypatch.setenv("NIGHTSHIFT_PROMETHEUS_PUSHGATEWAY", gateway)
+        code = main(["retrain", "--source", f"file://{corpus}", "--base-model", str(tiny_bert), "--logical-date", "2026-11-22", "--json"])
+        groups = requests.get(f"{gateway}/api/v1/metrics", timeout=5).json()["data"]
     out = json.loads(capsys.readouterr().out)
     assert code == 0
     assert out["logical_date"] == "2026-11-22"
@@ -53,6 +59,9 @@ def test_retrain_runs_the_dag_with_airflow_dags_test(home, corpus, tiny_bert, ca
     assert forecaster["version"] == "1" and forecaster["decision"] == "promoted" and out["validation"]["metrics"]["status"] == "passed"
     assert (home / "snapshots" / "metrics" / "2026-11-22" / "manifest.json").is_file()
     assert (home / "snapshots" / "metrics-fresh" / "2026-11-22" / "manifest.json").is_file()  # the forecaster's holdout
+    pushed = out["forecasts"]  # the champion's forecasts from the night's end, on the Pushgateway
+    assert pushed["model"] == "metric-forecast" and pushed["series"] == len(groups) > 0
+    assert all(any(name.startswith("ai_forecast_") for name in g) for g in groups)
     scored = Path(out["scoring"]["sink"].removeprefix("file://")).read_text().splitlines()
     assert len(scored) == out["scoring"]["scored"] > 0
     assert all(json.loads(l)["@timestamp"].startswith("2026-11-21") for l in scored)
