@@ -12,7 +12,9 @@ import importlib.util
 import json
 import platform
 import re
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +33,15 @@ def load(path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_module(path: Path, quick: bool) -> list[dict]:
+    """One module in its own process: MLflow's store, torch's threads and the peak RSS of one
+    benchmark never carry over into the next."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        cmd = [sys.executable, __file__, "--one", str(path), "--out", out.name] + (["--quick"] if quick else [])
+        subprocess.run(cmd, check=True)
+        return json.loads(Path(out.name).read_text())
 
 
 def table(rows: list[dict]) -> str:
@@ -52,12 +63,17 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="substrings of benchmark module names")
     parser.add_argument("--quick", action="store_true", help="smaller inputs, for a smoke run")
     parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # internal: run one module, rows to --out
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:
+        args.out.write_text(json.dumps(load(args.one).run(quick=args.quick)))
+        return 0
     rows: list[dict] = []
     for path in discover(args.only):
         started = time.perf_counter()
         print(f"== {path.stem}", flush=True)
-        for row in load(path).run(quick=args.quick):
+        for row in run_module(path, args.quick):
             row = {**row, "module": path.stem}
             rows.append(row)
             print(f"   {row['name']}: {row['value']:.4g} {row['unit']} vs {row['baseline']} {row['baseline_value']:.4g} -> ratio {row['ratio']:.3g}", flush=True)

@@ -190,7 +190,7 @@ class ForecastSettings:
     holdout_days: int = 2  # the newest days of metric history: never trained on, the promotion gate's holdout
     seed: int = 13
     device: str = "auto"  # auto | cpu | cuda
-    cpu_threads: int = 1  # torch threads on CPU: a small LSTM's per-step matmuls gain nothing from more
+    cpu_threads: int = 0  # torch threads on CPU (0: torch's default, one per core); 1 when the cores are shared with other jobs
 
 
 @dataclass(frozen=True)

@@ -65,3 +65,23 @@ def test_retrain_runs_the_dag_with_airflow_dags_test(home, corpus, tiny_bert, ca
     scored = Path(out["scoring"]["sink"].removeprefix("file://")).read_text().splitlines()
     assert len(scored) == out["scoring"]["scored"] > 0
     assert all(json.loads(l)["@timestamp"].startswith("2026-11-21") for l in scored)
+
+
+def test_retrain_in_process_runs_the_same_tasks_twice_and_gates_the_second_night(home, corpus, tiny_bert, capsys):
+    """Without Airflow: the first night registers v1 of each model; the second retrains and runs every gate."""
+    from pipelines.cli import main
+
+    args = ["retrain", "--in-process", "--source", f"file://{corpus}", "--base-model", str(tiny_bert), "--logical-date", "2026-11-22", "--json"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert {name: o["decision"] for name, o in first["models"].items()} == {name: "promoted" for name in ("log-anomaly", "failure-rca", "metric-forecast")}
+    assert first["forecasts"] == {"skipped": "no Pushgateway configured (setting prometheus.pushgateway)"}
+    assert main(args) == 0
+    second = json.loads(capsys.readouterr().out)
+    for name, outcome in second["models"].items():
+        assert outcome["version"] == "2" and outcome["decision"] in ("promoted", "rejected"), (name, outcome)
+        assert outcome["promotion"]["reason"], name  # every model went through the gate, with its reasons
+    assert "mae" in second["models"]["metric-forecast"]["promotion"]["challenger_metrics"]
+    from pipelines.flow import describe
+
+    assert "metric-forecast v2 " in describe(second)  # the printed night names each gate's decision
