@@ -250,6 +250,7 @@ class PromotionSettings:
 
     margin: float = 0.005  # the challenger must beat the champion's primary metric by at least this
     guard_tolerance: float = 0.05  # a guard metric may regress by at most this
+    guard_tolerances: str = "smape=2.0"  # per-metric overrides in the metric's own units (sMAPE is in percent)
     allow_not_run: bool = True  # promote when `validation.status` is not_run
     allow_warn: bool = True  # promote when `validation.status` is warn
     decay_tolerance: float = 0.1  # champion primary drop on the fresh window vs its own validation score

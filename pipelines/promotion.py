@@ -3,7 +3,8 @@ moves the `champion` alias.
 
 The gate judges the challenger and the champion on the same fresh holdout snapshot, which neither
 trained on. The challenger becomes champion only when it beats the champion's primary metric by
-`promotion.margin`, no guard metric regresses by more than `promotion.guard_tolerance`, its data
+`promotion.margin`, no guard metric regresses by more than its tolerance (`promotion.guard_tolerance`,
+or its own in `promotion.guard_tolerances`), its data
 validation passed, and its training data did not drift severely together with a label shift
 (which points at a labelling fault rather than a changed world). The decision and its reasons go
 into the version's tags and its run (`promotion/decision.json`); the replaced champion keeps the
@@ -69,7 +70,7 @@ class GateSpec:
 GATES: dict[str, GateSpec] = {
     "log-anomaly": GateSpec("pipelines.evaluate:evaluate", primary="f1", guards=("pr_auc", "recall"), options=(("baseline", False),)),
     "failure-rca": GateSpec("pipelines.evaluate:evaluate", primary="micro_f1", guards=("macro_f1",), options=(("baseline", False),)),
-    "metric-forecast": GateSpec("pipelines.evaluate:evaluate", primary="mae", guards=("mae_last",),  # sMAPE (%) would need its own tolerance
+    "metric-forecast": GateSpec("pipelines.evaluate:evaluate", primary="mae", guards=("mae_last", "smape"),
                                 lower_is_better=frozenset({"mae", "mae_last", "smape"}), holdout_dataset="metrics-fresh",
                                 options=(("baseline", False),)),
 }
@@ -107,10 +108,25 @@ def validation_allows(status: str, cfg: PromotionSettings) -> tuple[bool, str]:
     return False, f"validation.status is {status!r}"
 
 
+def guard_tolerances(cfg: PromotionSettings) -> dict[str, float]:
+    """`promotion.guard_tolerances` ("smape=2.0,recall=0.02") as {metric: tolerance}."""
+    out = {}
+    for item in filter(None, (i.strip() for i in cfg.guard_tolerances.split(","))):
+        name, _, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"setting promotion.guard_tolerances: cannot read {item!r} as metric=tolerance") from None
+        if out[name.strip()] < 0:
+            raise ConfigError(f"setting promotion.guard_tolerances: {item!r} must be >= 0")
+    return out
+
+
 def decide(spec: GateSpec, challenger: dict[str, float], champion: dict[str, float], validation: str,
            drift: dict, cfg: PromotionSettings) -> tuple[bool, list[str]]:
     """The gate's verdict and its reasons, from holdout metrics, validation status and drift."""
     ok, reasons = True, []
+    tolerances = guard_tolerances(cfg)
     p, c, k = spec.primary, challenger.get(spec.primary, math.nan), champion.get(spec.primary, math.nan)
     if not (math.isfinite(c) and math.isfinite(k)):
         ok = False
@@ -126,12 +142,12 @@ def decide(spec: GateSpec, challenger: dict[str, float], champion: dict[str, flo
         if not (math.isfinite(c) and math.isfinite(k)):
             reasons.append(f"guard {g} not comparable on the holdout (challenger {c}, champion {k})")
             continue
-        loss = -spec.gain(g, c, k)
-        if loss > cfg.guard_tolerance:
+        loss, tolerance = -spec.gain(g, c, k), tolerances.get(g, cfg.guard_tolerance)
+        if loss > tolerance:
             ok = False
-            reasons.append(f"guard {g} regressed {c:.4f} vs {k:.4f} (-{loss:.4f} > tolerance {cfg.guard_tolerance})")
+            reasons.append(f"guard {g} regressed {c:.4f} vs {k:.4f} (-{loss:.4f} > tolerance {tolerance})")
         else:
-            reasons.append(f"guard {g} {c:.4f} vs {k:.4f}: within tolerance {cfg.guard_tolerance}")
+            reasons.append(f"guard {g} {c:.4f} vs {k:.4f}: within tolerance {tolerance}")
     allowed, why = validation_allows(validation, cfg)
     ok &= allowed
     reasons.append(why)
@@ -323,6 +339,7 @@ def promote(name: str, settings: Settings, holdout: str | Path | None = None, ve
     for setting in ("margin", "guard_tolerance", "decay_tolerance"):
         if getattr(cfg, setting) < 0:
             raise ConfigError(f"setting promotion.{setting} must be >= 0 (is {getattr(cfg, setting)})")
+    guard_tolerances(cfg)  # a malformed setting fails before any evaluation runs
     client = use_store(settings)
     spec = gate_spec(name)
     challenger = resolve(client, f"{name}/{version}" if version else f"{name}@{CHALLENGER}")

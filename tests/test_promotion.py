@@ -135,7 +135,7 @@ def run_artifact(client, version: str, path: str, tmp_path: Path) -> str:
 
 
 def test_gate_rules():
-    from pipelines.config import PromotionSettings
+    from pipelines.config import ConfigError, PromotionSettings
     from pipelines.promotion import GateSpec, decide
 
     spec = GateSpec("unused:unused", primary="f1", guards=("recall",))
@@ -163,6 +163,14 @@ def test_gate_rules():
     errors = GateSpec("unused:unused", primary="mae", guards=("smape",), lower_is_better=frozenset({"mae", "smape"}))
     assert verdict({"mae": 0.20, "smape": 10.0}, spec=errors, champion={"mae": 0.25, "smape": 10.02})[0]
     assert not verdict({"mae": 0.30, "smape": 10.0}, spec=errors, champion={"mae": 0.25, "smape": 10.0})[0]
+    # sMAPE is in percent: its own tolerance (promotion.guard_tolerances), not the shared 0.05
+    percent = PromotionSettings(margin=0.01, guard_tolerance=0.05, guard_tolerances="smape=2.0")
+    ok, reasons = verdict({"mae": 0.20, "smape": 11.5}, spec=errors, champion={"mae": 0.25, "smape": 10.0}, cfg=percent)
+    assert ok and "within tolerance 2.0" in reasons[1]
+    assert not verdict({"mae": 0.20, "smape": 12.5}, spec=errors, champion={"mae": 0.25, "smape": 10.0}, cfg=percent)[0]
+    with pytest.raises(ConfigError, match="promotion.guard_tolerances: cannot read 'smape'"):
+        verdict({"mae": 0.20, "smape": 11.5}, spec=errors, champion={"mae": 0.25, "smape": 10.0},
+                cfg=PromotionSettings(guard_tolerances="smape"))
 
 
 def test_better_challenger_is_promoted(registry, capsys, tmp_path):
