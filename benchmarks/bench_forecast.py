@@ -45,7 +45,7 @@ def _training_and_inference(work: Path, quick: bool) -> list[dict]:
     import torch
 
     from models.forecast_baselines import predict_linear, seasonal_naive
-    from models.forecaster import ForecasterConfig, SeriesGrid, predict_scaled, robust_scaling
+    from models.forecaster import ForecasterConfig, SeriesGrid, predict_scaled
     from models.metric_forecaster import MetricForecaster, save_forecaster
     from pipelines.config import Settings
     from pipelines.demo_metrics import METRICS_END, write_demo_metrics
@@ -60,8 +60,7 @@ def _training_and_inference(work: Path, quick: bool) -> list[dict]:
     data = load_metric_snapshot(snap.path, 0.5)
     cfg = ForecasterConfig.build(data.step, params.lookback, params.horizon, params.hidden_size, params.layers)
     train, val, cut = split_windows(np.isfinite(data.raw), cfg.lookback, cfg.horizon, params.validation_fraction, "bench")
-    scaling = [robust_scaling(v) for v in data.raw[:, :cut]]
-    grid = SeriesGrid.build(data.ids, data.times, data.raw, np.array([c for c, _ in scaling]), np.array([s for _, s in scaling]))
+    grid = SeriesGrid.robust(data.ids, data.times, data.raw, fit_until=cut)
 
     fit = fit_forecaster(grid, cfg, params, train, val)
     label = f"{params.epochs} epochs x {min(params.windows_per_epoch, len(train.rows))} windows, {len(data.ids)} series"

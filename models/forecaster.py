@@ -96,6 +96,12 @@ class SeriesGrid:
         filled = np.where(last >= 0, np.take_along_axis(scaled, np.maximum(last, 0), axis=1), 0.0)
         return cls(ids, times, raw, center, scale, filled.astype(np.float32), observed.astype(np.float32))
 
+    @classmethod
+    def robust(cls, ids: list[str], times: np.ndarray, raw: np.ndarray, fit_until: int | None = None) -> "SeriesGrid":
+        """The grid with each series' robust scaling fitted on its first `fit_until` steps (all by default)."""
+        pairs = [robust_scaling(v) for v in raw[:, :fit_until]]
+        return cls.build(ids, times, raw, np.array([c for c, _ in pairs]), np.array([s for _, s in pairs]))
+
     def unscale(self, scaled: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Scaled predictions (B, ...) of series `rows` back to original units."""
         shape = (-1,) + (1,) * (scaled.ndim - 1)

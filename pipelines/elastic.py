@@ -28,6 +28,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
@@ -335,13 +336,11 @@ class ElasticsearchLogSource:
                 raise ConfigError(f"setting {_env(name)}: must be at least 1, got {getattr(self.es, name)}")
         self.extra_fields = tuple(f.strip() for f in self.es.extra_fields.split(",") if f.strip())
         self.stats = {"read": 0, "unlabelled": 0, "dropped": 0}
-        self._conn: Connection | None = None
 
-    @property
+    @cached_property
     def conn(self) -> Connection:
-        if self._conn is None:
-            self._conn = Connection(self.endpoint, self.es)
-        return self._conn
+        """Opened on first use: a source or sink that is only described never connects."""
+        return Connection(self.endpoint, self.es)
 
     @property
     def index(self) -> str:
@@ -615,13 +614,11 @@ class ElasticsearchLogSink:
         self.results_index: str | None = None
         self.checkpoint: ScoringCheckpoint | None = None
         self.resumed_from: int | None = None
-        self._conn: Connection | None = None
 
-    @property
+    @cached_property
     def conn(self) -> Connection:
-        if self._conn is None:
-            self._conn = Connection(self.endpoint, self.es)
-        return self._conn
+        """Opened on first use: a source or sink that is only described never connects."""
+        return Connection(self.endpoint, self.es)
 
     def bind(self, source: ElasticsearchLogSource) -> bool:
         """Write onto the source's own documents (True) when this sink names the source's index expression; otherwise

@@ -239,7 +239,7 @@ def evaluate_forecaster(ref, forecaster, snapshot_dir: str | Path, settings: Set
     The errors are measured in the holdout's own robust scale, not in the scaling each version
     stores, so that two versions (and the baselines) are judged on one yardstick.
     """
-    from models.forecaster import SeriesGrid, predict_scaled, robust_scaling
+    from models.forecaster import SeriesGrid, predict_scaled
 
     cfg = forecaster.cfg
     data = load_metric_snapshot(snapshot_dir, settings.prometheus.max_gap_fraction)
@@ -252,8 +252,7 @@ def evaluate_forecaster(ref, forecaster, snapshot_dir: str | Path, settings: Set
                                 f"plus horizon {cfg.horizon} (setting forecast.holdout_days)")
     held = windows_ending(np.isfinite(data.raw), ends, cfg.horizon)
     model_grid = SeriesGrid.build(data.ids, data.times, data.raw, *forecaster.scaling(data.ids, data.raw))
-    yardstick = [robust_scaling(v) for v in data.raw]
-    grid = SeriesGrid.build(data.ids, data.times, data.raw, np.array([c for c, _ in yardstick]), np.array([s for _, s in yardstick]))
+    grid = SeriesGrid.robust(data.ids, data.times, data.raw)
     shape = (-1, 1, 1)
     original = model_grid.unscale(predict_scaled(forecaster.model, model_grid, held.rows, held.ends, device=forecaster.device), held.rows)
     pred = (original - grid.center[held.rows].reshape(shape)) / grid.scale[held.rows].reshape(shape)
@@ -268,7 +267,7 @@ def evaluate_forecaster(ref, forecaster, snapshot_dir: str | Path, settings: Set
 
 def train_metric_forecast(snapshot_dir: str | Path, settings: Settings) -> dict:
     """Train, log and register a `metric-forecast` candidate from a metric snapshot; return the outcome."""
-    from models.forecaster import ForecasterConfig, SeriesGrid, predict_scaled, robust_scaling
+    from models.forecaster import ForecasterConfig, SeriesGrid, predict_scaled
     from pipelines.prometheus import format_duration, parse_duration
 
     params = settings.forecast
@@ -280,8 +279,7 @@ def train_metric_forecast(snapshot_dir: str | Path, settings: Settings) -> dict:
     if len(val.rows) > MAX_EVAL_WINDOWS:  # evaluation cost stays bounded on long windows and many series
         keep = np.random.default_rng(params.seed).choice(len(val.rows), MAX_EVAL_WINDOWS, replace=False)
         val = Windows(val.rows[np.sort(keep)], val.ends[np.sort(keep)])
-    scaling = [robust_scaling(v) for v in data.raw[:, :cut]]
-    grid = SeriesGrid.build(data.ids, data.times, data.raw, np.array([c for c, _ in scaling]), np.array([s for _, s in scaling]))
+    grid = SeriesGrid.robust(data.ids, data.times, data.raw, fit_until=cut)
     queries = data.snapshot.manifest.get("query", {}).get("queries", {})
 
     def fit(on_epoch):

@@ -257,7 +257,7 @@ def test_forecaster_beats_both_baselines_on_the_demo_series(demo_history, settin
     """The acceptance check at reduced size: 14 days of the demo, a 24h lookback, a 2h horizon, a few epochs."""
     import dataclasses
 
-    from models.forecaster import ForecasterConfig, SeriesGrid, predict_scaled, robust_scaling
+    from models.forecaster import ForecasterConfig, SeriesGrid, predict_scaled
     from pipelines.prometheus import ingest_metrics, named_queries
     from pipelines.train_forecast import evaluate_forecasts, fit_forecaster, load_metric_snapshot, split_windows
 
@@ -266,8 +266,7 @@ def test_forecaster_beats_both_baselines_on_the_demo_series(demo_history, settin
     data = load_metric_snapshot(snap.path, 0.5)
     cfg = ForecasterConfig.build(data.step, params.lookback, params.horizon, params.hidden_size, params.layers)
     train, val, cut = split_windows(np.isfinite(data.raw), cfg.lookback, cfg.horizon, params.validation_fraction, "demo")
-    scaling = [robust_scaling(v) for v in data.raw[:, :cut]]
-    grid = SeriesGrid.build(data.ids, data.times, data.raw, np.array([c for c, _ in scaling]), np.array([s for _, s in scaling]))
+    grid = SeriesGrid.robust(data.ids, data.times, data.raw, fit_until=cut)
     fit = fit_forecaster(grid, cfg, params, train, val)
     report = evaluate_forecasts(grid, cfg, train, val, predict_scaled(fit.model, grid, val.rows, val.ends), params.seed)
     assert report["ratios"]["mae_ratio_vs_predict_linear"] < 0.8, report
