@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from pipelines.config import PROJECT_ROOT, ConfigError, ElasticsearchSettings, Secret, Settings
-from pipelines.records import get_field
+from pipelines.records import batched, get_field
 from pipelines.telemetry import get_logger
 
 log = get_logger("elastic")
@@ -419,7 +419,7 @@ class ElasticsearchLogSource:
                 skipped[reason] = skipped.get(reason, 0) + already
             yield from self._docs(self.pull(self.query(start, end, after_ms=resume_ms, must_not=[done]), self.source_fields()))
             return
-        for page in _batches(self._docs(self.pull(self.query(start, end, after_ms=resume_ms), self.source_fields())), self.es.page_size):
+        for page in batched(self._docs(self.pull(self.query(start, end, after_ms=resume_ms), self.source_fields())), self.es.page_size):
             written = sink.already_written([ref for ref, _ in page], marker)
             if written:
                 skipped[reason] = skipped.get(reason, 0) + len(written)
@@ -544,17 +544,6 @@ class ElasticsearchLogSource:
             stop.set()
             for t in threads:
                 t.join(timeout=self.es.timeout + 5)
-
-
-def _batches(items: Iterator[T], size: int) -> Iterator[list[T]]:
-    batch: list[T] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _scored_by(marker: dict[str, str]) -> dict:

@@ -7,9 +7,19 @@ Documents may use nested objects (`{"service": {"name": ...}}`) or dotted keys
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from itertools import islice
+from typing import Any, Iterable, Iterator, TypeVar
 
 from pipelines.config import LogFields
+
+T = TypeVar("T")
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """A stream in lists of `size` (the last one shorter): windows, pages and chunks alike."""
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
 
 _MISSING = object()
 

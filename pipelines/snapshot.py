@@ -20,6 +20,8 @@ from typing import Any, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.records import batched
+
 LOG_SCHEMA = pa.schema([
     ("timestamp", pa.timestamp("ms", tz="UTC")),
     ("message", pa.string()),
@@ -99,7 +101,7 @@ def write_snapshot(
     count = 0
     try:
         with pq.ParquetWriter(tmp / DATA_FILE, schema, compression="zstd") as writer:
-            for chunk in _chunks(rows, chunk_rows):
+            for chunk in batched(rows, chunk_rows):
                 table = pa.Table.from_pylist(chunk, schema=schema)
                 for row in chunk:
                     digest.update(json.dumps(row, sort_keys=True, default=str).encode())
@@ -132,12 +134,3 @@ def write_snapshot(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _chunks(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    chunk: list[dict[str, Any]] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

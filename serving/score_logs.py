@@ -9,22 +9,15 @@ from __future__ import annotations
 import time
 from contextlib import closing
 from datetime import datetime, timezone
-from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from pipelines.config import Settings
-from pipelines.records import get_field, set_field
+from pipelines.records import batched, get_field, set_field
 from pipelines.sources import file_path, open_log_sink, open_log_source
 from pipelines.telemetry import get_logger
 
 log = get_logger("score")
-
-
-def windows(items: Iterable, size: int) -> Iterator[list]:
-    it = iter(items)
-    while chunk := list(islice(it, size)):
-        yield chunk
 
 
 def default_sink(source_uri: str) -> str:
@@ -40,7 +33,7 @@ def annotate(docs: Iterable[tuple[str, dict]], classifier, model_name: str, vers
     """Score documents window by window and set DESIGN.md's `ml.anomaly.*` and `ml.model.*` fields
     (and `ml.rca.*` through `rca`, a `serving.rca.RootCauseAnnotator`, in the same pass)."""
     fields = settings.fields
-    for window in windows(docs, settings.score.sort_window):
+    for window in batched(docs, settings.score.sort_window):
         counts["read"] += len(window)
         scorable = []
         for where, doc in window:
