@@ -58,31 +58,24 @@ def nightly_retrain():
         return ingest_window(night, "fresh", _settings())
 
     @task(retries=0)
-    def validate_training_window(night: dict, snapshot: str) -> dict:
+    def validate(night: dict, snapshot: str, suite: str) -> dict:
+        """The Great Expectations gate between ingest and train; one `.override(task_id=...)` per suite."""
         from pipelines.flow import validate_window
 
-        return validate_window(night, snapshot, "logs", _settings())
+        return validate_window(night, snapshot, suite, _settings())
 
-    @task(outlets=[LOG_ANOMALY_MODEL], retries=0, execution_timeout=timedelta(hours=3))
-    def train_log_anomaly(night: dict, snapshot: str, validation: dict) -> dict:
+    @task(retries=0, execution_timeout=timedelta(hours=3))
+    def train(model: str, night: dict, snapshot: str, validation: dict) -> dict:
+        """One model's candidate; one `.override(task_id=..., outlets=...)` per model. Skipped (the other
+        branches go on) when its snapshot failed validation or holds nothing that model learns from."""
         from airflow.sdk.exceptions import AirflowSkipException
 
         from pipelines.flow import stop_if_invalid, train_candidate
 
-        if reason := stop_if_invalid(validation, "log-anomaly", _settings()):
-            raise AirflowSkipException(reason)  # this branch stops before training; the others go on
-        return train_candidate(night, "log-anomaly", snapshot, _settings())
-
-    @task(outlets=[FAILURE_RCA_MODEL], retries=0, execution_timeout=timedelta(hours=1))
-    def train_failure_rca(night: dict, snapshot: str, validation: dict) -> dict:
-        from airflow.sdk.exceptions import AirflowSkipException
-
-        from pipelines.flow import stop_if_invalid, train_candidate
-
-        if reason := stop_if_invalid(validation, "failure-rca", _settings()):
+        if reason := stop_if_invalid(validation, model, _settings()):
             raise AirflowSkipException(reason)
-        if (outcome := train_candidate(night, "failure-rca", snapshot, _settings())) is None:
-            raise AirflowSkipException("no failed job with root causes in the training window")
+        if (outcome := train_candidate(night, model, snapshot, _settings())) is None:
+            raise AirflowSkipException(f"nothing in the training window that {model} learns from (e.g. no failed job with root causes)")
         return outcome
 
     @task(outlets=[METRIC_SNAPSHOTS])
@@ -96,22 +89,6 @@ def nightly_retrain():
         from pipelines.flow import ingest_metric_window
 
         return ingest_metric_window(night, "fresh", _settings())
-
-    @task(retries=0)
-    def validate_metric_window(night: dict, snapshot: str) -> dict:
-        from pipelines.flow import validate_window
-
-        return validate_window(night, snapshot, "metrics", _settings())
-
-    @task(outlets=[METRIC_FORECAST_MODEL], retries=0, execution_timeout=timedelta(hours=1))
-    def train_metric_forecast(night: dict, snapshot: str, validation: dict) -> dict:
-        from airflow.sdk.exceptions import AirflowSkipException
-
-        from pipelines.flow import stop_if_invalid, train_candidate
-
-        if reason := stop_if_invalid(validation, "metric-forecast", _settings()):
-            raise AirflowSkipException(reason)
-        return train_candidate(night, "metric-forecast", snapshot, _settings())
 
     @task(retries=0)
     def promote_candidate(model: str, candidate: dict, holdout: str) -> dict:
@@ -142,14 +119,16 @@ def nightly_retrain():
     night = plan()
     training = ingest_training_window(night)
     fresh = ingest_fresh_window(night)
-    validation = validate_training_window(night, training)
-    candidate = train_log_anomaly(night, training, validation)
+    validation = validate.override(task_id="validate_training_window")(night, training, "logs")
+    candidate = train.override(task_id="train_log_anomaly", outlets=[LOG_ANOMALY_MODEL])("log-anomaly", night, training, validation)
     candidate = promote_candidate.override(task_id="promote_log_anomaly")("log-anomaly", candidate, fresh)  # scoring follows the gate
-    root_causes = train_failure_rca(night, training, validation)  # same snapshot: failed jobs grouped by job id
+    root_causes = train.override(task_id="train_failure_rca", outlets=[FAILURE_RCA_MODEL], execution_timeout=timedelta(hours=1))(
+        "failure-rca", night, training, validation)  # same snapshot: failed jobs grouped by job id
     root_causes = promote_candidate.override(task_id="promote_failure_rca")("failure-rca", root_causes, fresh)
     scoring = score_fresh_window(night, fresh, candidate, root_causes)  # two models, one read of the fresh window
     metrics = ingest_metric_window(night)
-    forecaster = train_metric_forecast(night, metrics, validate_metric_window(night, metrics))
+    forecaster = train.override(task_id="train_metric_forecast", outlets=[METRIC_FORECAST_MODEL], execution_timeout=timedelta(hours=1))(
+        "metric-forecast", night, metrics, validate.override(task_id="validate_metric_window")(night, metrics, "metrics"))
     forecaster = promote_candidate.override(task_id="promote_metric_forecast")("metric-forecast", forecaster, ingest_metric_holdout(night))
     summarise(night, candidate, scoring, forecaster, root_causes, publish_forecasts(night, forecaster))
 
