@@ -8,7 +8,7 @@ export NIGHTSHIFT_HOME ?= $(CURDIR)/.nightshift
 # pip's site config lists local indexes that lack most packages; its notes about them are noise.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: setup system-deps demo demo-forecast test bench ui clean
+.PHONY: setup system-deps es-deps es demo demo-es demo-forecast test bench ui clean
 
 setup: $(VENV)/.installed
 
@@ -30,7 +30,27 @@ demo: setup
 	@echo
 	@echo "MLflow store: $(NIGHTSHIFT_HOME)/mlflow   UI: make ui, then open http://127.0.0.1:5000"
 
-test: setup system-deps
+# Elasticsearch for the tests, `make es` and `make demo-es`: Elastic's minimal distribution from Maven Central needs
+# Maven, unzip and a JDK >= 21 (the machine's default may be 17); the zip is fetched once into a cache outside git.
+es-deps:
+	@command -v mvn >/dev/null && command -v unzip >/dev/null && command -v curl >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq maven unzip curl >/dev/null; \
+	  else echo "need root to apt-get install maven unzip curl" >&2; exit 1; fi; }
+	@ls /usr/lib/jvm/*/bin/java 2>/dev/null | while read -r j; do "$$j" -XshowSettings:properties -version 2>&1 | \
+	  sed -n 's/.*java.specification.version = \([0-9]*\).*/\1/p'; done | awk '$$1 >= 21 {ok=1} END {exit !ok}' || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-21-jre-headless >/dev/null; \
+	  else echo "need a JDK >= 21 under /usr/lib/jvm" >&2; exit 1; fi; }
+
+# A real Elasticsearch node for a person, security on, on a free loopback port: prints its URL and credentials.
+# It keeps running; stop it with: infra/scripts/start_elasticsearch.sh --stop DIR (DIR is printed as ES_DIR).
+es: es-deps
+	@bash infra/scripts/start_elasticsearch.sh --security on $${ES_DIR:+--dir $$ES_DIR}
+
+# The nightly retrain against a real Elasticsearch: load the demo corpus, retrain, score back, score again (writes nothing).
+demo-es: setup es-deps
+	bash infra/scripts/demo_es.sh
+
+test: setup system-deps es-deps
 	$(PY) -m pytest -q
 
 # Forecasts on real servers: Prometheus (backfilled with the demo metrics) and a Pushgateway on free

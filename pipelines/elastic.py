@@ -354,8 +354,13 @@ class ElasticsearchLogSource:
     def check_fields(self) -> None:
         """The pattern must match something, and some index must map the timestamp and the text field."""
         wanted = [self.fields.timestamp, self.fields.message]
+        # A real node answers 404 both for a missing index (with an error naming it) and for a pattern that matches
+        # nothing (with an empty body).
         mapping = self.conn.call(f"read the mapping of '{self.index}'",
-                                 lambda c: c.indices.get_field_mapping(index=self.index, fields=wanted)).body
+                                 lambda c: c.options(ignore_status=404).indices.get_field_mapping(index=self.index, fields=wanted)).body
+        if isinstance(mapping.get("error"), dict):
+            missing = mapping["error"].get("index") or self.index
+            raise ElasticsearchError(f"source {self.uri}: no index or data stream '{missing}' at {self.conn.where}")
         if not mapping:
             raise ElasticsearchError(f"source {self.uri}: no index or data stream matches '{self.index}' at {self.conn.where}")
         for name, setting, role in ((self.fields.message, "message", "text"), (self.fields.timestamp, "timestamp", "timestamp")):

@@ -59,3 +59,23 @@ def train_snapshot(settings, corpus, tmp_path):
     from pipelines.ingest import ingest_logs
 
     return ingest_logs(f"file://{corpus}", parse_time("2026-11-16"), parse_time("2026-11-21"), tmp_path / "snap-train", settings)
+
+
+@pytest.fixture(scope="session")
+def es_node():
+    """A real Elasticsearch node with security on (basic auth for a file-realm user), started once per test session
+    by infra/scripts/start_elasticsearch.sh and stopped at the end."""
+    from es_cluster import EsNode
+
+    node = EsNode(security=True).start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture
+def es_credentials(es_node, monkeypatch):
+    """The node's user as nightshift's basic-auth settings, as a deployment would configure them."""
+    user, password = es_node.credential
+    monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_USERNAME", user)
+    monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_PASSWORD", password)
+    return user, password

@@ -1,4 +1,4 @@
-"""The demo flow against an Elasticsearch endpoint (the wire-level test server): index the demo corpus, ingest
+"""The demo flow against a real Elasticsearch node (security on, basic auth): index the demo corpus, ingest
 through `nightshift ingest logs --source http://…/logs-*`, train the tiny BERT, score back into the indices with
 `nightshift score logs`; a second run writes nothing, a killed run resumes losing nothing and scoring nothing twice,
 and a promotion re-scores."""
@@ -14,7 +14,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from es_cluster import ServerCluster
+from es_cluster import Cluster
+from es_proxy import FaultProxy
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,8 +25,8 @@ def day_docs(cluster, day: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, corpus, tiny_bert):
-    """A test server holding the demo corpus as daily indices, and log-anomaly v1 trained on a snapshot pulled from it."""
+def trained(tmp_path_factory, corpus, tiny_bert, es_node):
+    """A real node holding the demo corpus as daily indices, and log-anomaly v1 trained on a snapshot pulled from it."""
     from pipelines.cli import main
 
     root = tmp_path_factory.mktemp("es-flow")
@@ -35,18 +36,21 @@ def trained(tmp_path_factory, corpus, tiny_bert):
             mp.setenv(name, value)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.delenv("NIGHTSHIFT_CONFIG", raising=False)
+        user, password = es_node.credential
+        mp.setenv("NIGHTSHIFT_ELASTICSEARCH_USERNAME", user)
+        mp.setenv("NIGHTSHIFT_ELASTICSEARCH_PASSWORD", password)
         mp.chdir(root)
-        cluster = ServerCluster()
+        cluster = Cluster.on(es_node)
         cluster.load(json.loads(line) for line in corpus.read_text().splitlines())
         snapshot = root / "snap-train"
-        assert main(["ingest", "logs", "--source", f"{cluster.url}/logs-*", "--start", "2026-11-18", "--end", "2026-11-20",
+        assert main(["ingest", "logs", "--source", f"{cluster.url}/{cluster.name('logs-*')}", "--start", "2026-11-18", "--end", "2026-11-20",
                      "--out", str(snapshot)]) == 0
         assert main(["train", "log-anomaly", "--snapshot", str(snapshot), "--base-model", str(tiny_bert)]) == 0
         yield cluster, root / "home"
         cluster.close()
 
 
-def score(cluster, day: str, *extra: str) -> dict:
+def score(cluster, day: str, *extra: str, url: str | None = None) -> dict:
     import contextlib
     import io
 
@@ -54,7 +58,7 @@ def score(cluster, day: str, *extra: str) -> dict:
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(["score", "logs", "--source", f"{cluster.url}/logs-*", "--start", day, "--end", next_day(day), "--json", *extra])
+        code = main(["score", "logs", "--source", f"{url or cluster.url}/{cluster.name('logs-*')}", "--start", day, "--end", next_day(day), "--json", *extra])
     assert code == 0
     return json.loads(out.getvalue())
 
@@ -88,21 +92,22 @@ def test_demo_flow_scores_back_into_the_index_and_a_second_run_writes_nothing(tr
 
 
 def test_killed_scoring_run_resumes_losing_nothing_and_scoring_nothing_twice(trained):
+    """The scoring process is SIGKILLed as its third bulk is answered (the proxy in front of the node sees it)."""
     cluster, home = trained
     day = "2026-11-19"
     expected = set(day_docs(cluster, day))
-    server = cluster.server
+    proxy = FaultProxy(cluster.url).start()
     env = {**os.environ, "NIGHTSHIFT_HOME": str(home), "NIGHTSHIFT_ELASTICSEARCH_BULK_MAX_BYTES": "6000",
            "NIGHTSHIFT_SCORE_SORT_WINDOW": "64", "PYTHONPATH": PROJECT_ROOT}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "score", "logs", "--source", f"{cluster.url}/logs-*",
+    source = f"{proxy.url}/{cluster.name('logs-*')}"
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "score", "logs", "--source", source,
                              "--start", day, "--end", next_day(day)], env=env, cwd=PROJECT_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    bulks_before = server.bulks
-    server.faults.on_bulk = lambda n: os.kill(proc.pid, signal.SIGKILL) if n == bulks_before + 3 else None
+    proxy.faults.on_bulk = lambda n: os.kill(proc.pid, signal.SIGKILL) if n == 3 else None
     try:
         assert proc.wait(timeout=240) == -signal.SIGKILL
     finally:
-        server.faults.on_bulk = None
+        proxy.faults.on_bulk = None
         if proc.poll() is None:
             proc.kill()
     written_before = {k for k, d in day_docs(cluster, day).items() if "ml" in d}
@@ -110,7 +115,10 @@ def test_killed_scoring_run_resumes_losing_nothing_and_scoring_nothing_twice(tra
     checkpoint = json.loads(next((home / "checkpoints").glob("score-*.json")).read_text())
     assert checkpoint["written"] < len(written_before)  # the third bulk was applied but never acknowledged
 
-    resumed = score(cluster, day)
+    try:
+        resumed = score(cluster, day, url=proxy.url)  # the checkpoint is keyed by the source URI
+    finally:
+        proxy.close()
     assert resumed["resumed_from"] == checkpoint["watermark"]
     assert resumed["written"] == len(expected) - len(written_before) and resumed["failed"] == 0
     assert resumed["skipped_reasons"] == {"already scored by log-anomaly v1": len(written_before)}
