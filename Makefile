@@ -8,7 +8,7 @@ export NIGHTSHIFT_HOME ?= $(CURDIR)/.nightshift
 # pip's site config lists local indexes that lack most packages; its notes about them are noise.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: setup system-deps es-deps es demo demo-es demo-forecast test bench ui clean
+.PHONY: setup system-deps airflow es-deps es demo demo-es demo-forecast test bench serve ui clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,14 @@ system-deps:
 	@if ! command -v prometheus >/dev/null || ! command -v prometheus-pushgateway >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-pushgateway >/dev/null; \
 	  else echo "need root to apt-get install prometheus prometheus-pushgateway" >&2; fi; fi
+	@# PostgreSQL, the Airflow deployment's metadata database (make airflow, tests/test_airflow_e2e.py), and its drivers
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else echo "need root to apt-get install postgresql" >&2; fi; fi
+	@# Debian's Chromium, headless: the browser test renders the night, validation and drift reports (tests/test_report_browser.py)
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "need root to apt-get install chromium" >&2; fi; fi
 
 demo: setup
 	$(NS) demo-data --out $(NIGHTSHIFT_HOME)/demo
@@ -60,6 +68,17 @@ demo-forecast: setup system-deps
 
 bench: setup system-deps
 	$(PY) benchmarks/run.py
+
+# A local Airflow deployment of the nightly DAG on loopback: PostgreSQL, an MLflow server, the
+# api-server, scheduler (LocalExecutor) and dag-processor; prints the UI's URL and login. Ctrl-C stops it.
+airflow: setup system-deps
+	bash infra/scripts/start_airflow.sh --port $${PORT:-8080}
+
+# Online answers (after `make demo`): the three champions on http://127.0.0.1:$${PORT:-8000} (nightshift serve; /docs,
+# /v1/log-anomaly, /v1/failure-rca, /v1/metric-forecast, the seed's /predict). MODEL=NAME serves that one model with
+# `mlflow models serve` instead (POST /invocations); the script puts the venv's bin on PATH, which that needs.
+serve: setup
+	bash infra/scripts/start_server.sh --port $${PORT:-$(if $(MODEL),5001,8000)} $(if $(MODEL),--mlflow $(MODEL))
 
 ui: setup
 	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///$(NIGHTSHIFT_HOME)/mlflow/mlflow.db \

@@ -1,11 +1,13 @@
 """Metric forecasting: forecaster training time, inference time and accuracy, and Prometheus ingest throughput.
 
-- training: the LSTM on the demo snapshot (28 days, 14 series, 15m) with the default settings,
-  against fitting the baselines' bands on the same windows; and two epochs with torch's default
-  thread count against one thread (the default forecast.cpu_threads=0 is the decision checked);
-- inference: the pyfunc's forecast from the latest lookback of all series, against the two
-  baselines (predict_linear and seasonal naive) on the same lookbacks;
-- accuracy: validation MAE at the 2h horizon against each baseline (ratio < 1: the LSTM wins);
+- training: the LSTM and the statistical contenders with their committee (what a night trains) on
+  the demo snapshot (28 days, 14 series, 15m) with the default settings, against fitting the
+  baselines' bands on the same windows; and two epochs of the LSTM with torch's default thread
+  count against one thread (the default forecast.cpu_threads=0 is the decision checked);
+- inference: the pyfunc's forecast (the served family) from the latest lookback of all series,
+  against the two baselines (predict_linear and seasonal naive) on the same lookbacks;
+- accuracy: validation MAE at the 2h horizon of the served family against each baseline (ratio < 1:
+  it wins). Real data is `bench_real_metrics`;
 - ingest: points/s pulled from a real Prometheus (backfilled with promtool) by the chunked,
   concurrent `query_range`, against one plain request for the same window.
 """
@@ -50,7 +52,8 @@ def _training_and_inference(work: Path, quick: bool) -> list[dict]:
     from pipelines.config import Settings
     from pipelines.demo_metrics import METRICS_END, write_demo_metrics
     from pipelines.prometheus import ingest_metrics, named_queries
-    from pipelines.train_forecast import baseline_forecasts, evaluate_forecasts, fit_forecaster, load_metric_snapshot, split_windows
+    from pipelines.train_forecast import (baseline_forecasts, evaluate_forecasts, fit_committee, fit_forecaster, load_metric_snapshot,
+                                          split_windows)
 
     settings = Settings(home=work / "home")
     params = settings.forecast if not quick else dataclasses.replace(settings.forecast, epochs=3, windows_per_epoch=2048)
@@ -63,8 +66,12 @@ def _training_and_inference(work: Path, quick: bool) -> list[dict]:
     grid = SeriesGrid.robust(data.ids, data.times, data.raw, fit_until=cut)
 
     fit = fit_forecaster(grid, cfg, params, train, val)
-    label = f"{params.epochs} epochs x {min(params.windows_per_epoch, len(train.rows))} windows, {len(data.ids)} series"
-    rows = [_row(f"forecaster training ({label}, early stopping, validation each epoch)", fit.seconds, "s",
+    started = time.perf_counter()
+    committee = fit_committee(grid, cfg, fit, val, cut)
+    contenders_seconds = time.perf_counter() - started
+    label = f"LSTM {params.epochs} epochs x {min(params.windows_per_epoch, len(train.rows))} windows, {len(data.ids)} series"
+    rows = [_row(f"forecaster training ({label}, early stopping, validation each epoch; then the ETS/STL-ETS fits and the committee)",
+                 fit.seconds + contenders_seconds, "s",
                  "baselines: residual bands on the training windows + validation forecasts",
                  _best(lambda: baseline_forecasts(grid, cfg, train, val, params.seed), 1))]
     if not quick:  # the default forecast.cpu_threads=0 (torch's thread count) against one thread, on two epochs each
@@ -72,15 +79,16 @@ def _training_and_inference(work: Path, quick: bool) -> list[dict]:
         rows.append(_row(f"forecaster training, 2 epochs, torch default threads ({torch.get_num_threads()}, forecast.cpu_threads=0)",
                          fit_forecaster(grid, cfg, dataclasses.replace(two, cpu_threads=0), train, val).seconds, "s", "same, 1 CPU thread",
                          fit_forecaster(grid, cfg, dataclasses.replace(two, cpu_threads=1), train, val).seconds))
-    report = evaluate_forecasts(grid, cfg, train, val, predict_scaled(fit.model, grid, val.rows, val.ends), params.seed)
+    served = committee.forecast(grid, val.rows, val.ends, lambda r, e: predict_scaled(fit.model, grid, r, e))[committee.family]
+    report = evaluate_forecasts(grid, cfg, train, val, served, params.seed)
     seasonal = report["seasonal_naive"]
-    rows.append(_row(f"forecaster validation MAE over the {cfg.horizon}-step horizon (robust-scaled units)", report["model"]["mae"], "",
-                     "predict_linear (least squares, same lookback)", report["baselines"]["predict_linear"]["mae"]))
-    rows.append(_row(f"forecaster validation MAE over the {cfg.horizon}-step horizon (robust-scaled units)", report["model"]["mae"], "",
-                     f"seasonal naive ({seasonal.removeprefix('seasonal_naive_')})", report["baselines"][seasonal]["mae"]))
+    name = f"forecaster ({committee.family}) validation MAE over the {cfg.horizon}-step horizon (robust-scaled units)"
+    rows.append(_row(name, report["model"]["mae"], "", "predict_linear (least squares, same lookback)", report["baselines"]["predict_linear"]["mae"]))
+    rows.append(_row(name, report["model"]["mae"], "", f"seasonal naive ({seasonal.removeprefix('seasonal_naive_')})", report["baselines"][seasonal]["mae"]))
 
     # Inference: the pyfunc on the newest lookback of every series, as `nightshift forecast` calls it.
-    meta = {"config": cfg.to_dict(), "scaling": {sid: [float(grid.center[i]), float(grid.scale[i])] for i, sid in enumerate(data.ids)}}
+    meta = {"config": cfg.to_dict(), "scaling": {sid: [float(grid.center[i]), float(grid.scale[i])] for i, sid in enumerate(data.ids)},
+            "committee": committee.to_meta()}
     artifact = save_forecaster(fit.model, meta, work / "forecaster")
     pyfunc = MetricForecaster()
     pyfunc.load_context(type("Ctx", (), {"artifacts": {"forecaster": str(artifact)}})())
@@ -97,7 +105,7 @@ def _training_and_inference(work: Path, quick: bool) -> list[dict]:
         seasonal_naive(data.raw, rows_idx, ends, cfg.horizon, day)
 
     repeat = 5 if quick else 20
-    rows.append(_row(f"forecast inference, latest lookback of {len(data.ids)} series (pyfunc predict)",
+    rows.append(_row(f"forecast inference, latest lookback of {len(data.ids)} series (pyfunc predict, {committee.family})",
                      1000 * _best(lambda: pyfunc.predict(None, frame), repeat), "ms",
                      "predict_linear + seasonal naive on the same lookbacks", 1000 * _best(baselines, repeat)))
     return rows

@@ -2,7 +2,8 @@
 
 Each module exposes `run(quick: bool = False) -> list[dict]` with rows
 `{name, value, unit, baseline, baseline_value, ratio}`, each measured against its baseline in the
-same run, on the same machine and data.
+same run, on the same machine and data. A row may add `section` (its own table under that heading,
+e.g. "Real data") and `extra` ({column: number}: more columns of that table).
 """
 
 from __future__ import annotations
@@ -45,16 +46,26 @@ def run_module(path: Path, quick: bool) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| benchmark | value | baseline | baseline value | ratio |", "|---|---|---|---|---|"]
+    extra = list(dict.fromkeys(k for r in rows for k in r.get("extra", {})))
+    out = ["| benchmark | value | baseline | baseline value | ratio |" + "".join(f" {k} |" for k in extra), "|---|---|---|---|---|" + "---|" * len(extra)]
     for r in rows:
-        out.append(f"| {r['name']} | {r['value']:.4g} {r['unit']} | {r['baseline']} | {r['baseline_value']:.4g} {r['unit']} | {r['ratio']:.3g} |")
+        cells = "".join(f" {r['extra'][k]:.3g} |" if k in r.get("extra", {}) else " |" for k in extra)
+        out.append(f"| {r['name']} | {r['value']:.4g} {r['unit']} | {r['baseline']} | {r['baseline_value']:.4g} {r['unit']} | {r['ratio']:.3g} |{cells}")
     return "\n".join(out)
+
+
+def tables(rows: list[dict]) -> str:
+    """The main table, then one table per `section` under its own heading."""
+    sections = list(dict.fromkeys(r["section"] for r in rows if r.get("section")))
+    parts = [table([r for r in rows if not r.get("section")])]
+    parts += [f"### {name}\n\n{table([r for r in rows if r.get('section') == name])}" for name in sections]
+    return "\n\n".join(parts)
 
 
 def update_readme(rows: list[dict], meta: dict) -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
-    block = (f"<!-- bench:start -->\nLatest `make bench` ({meta['date']}, {meta['machine']}):\n\n{table(rows)}\n<!-- bench:end -->")
+    block = (f"<!-- bench:start -->\nLatest `make bench` ({meta['date']}, {meta['machine']}):\n\n{tables(rows)}\n<!-- bench:end -->")
     readme.write_text(re.sub(r"<!-- bench:start -->.*?<!-- bench:end -->", block, text, flags=re.S))
 
 
@@ -76,7 +87,9 @@ def main() -> int:
         for row in run_module(path, args.quick):
             row = {**row, "module": path.stem}
             rows.append(row)
-            print(f"   {row['name']}: {row['value']:.4g} {row['unit']} vs {row['baseline']} {row['baseline_value']:.4g} -> ratio {row['ratio']:.3g}", flush=True)
+            more = "".join(f", {k} {v:.3g}" for k, v in row.get("extra", {}).items())
+            print(f"   {row['name']}: {row['value']:.4g} {row['unit']} vs {row['baseline']} {row['baseline_value']:.4g} -> ratio {row['ratio']:.3g}{more}",
+                  flush=True)
         print(f"   ({time.perf_counter() - started:.0f}s)", flush=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, CPU"}
     results = HERE / "results.json"
@@ -86,7 +99,7 @@ def main() -> int:
     results.write_text(json.dumps(rows, indent=2))
     if not args.no_readme:
         update_readme(rows, meta)
-    print(table(rows))
+    print(tables(rows))
     return 0
 
 

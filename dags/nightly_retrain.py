@@ -4,6 +4,15 @@ and pushes the champion's forecasts to the Pushgateway.
 
 Only the task graph lives here; every task calls a function of `pipelines.flow`, imported inside
 the task so that this file parses without torch, transformers or mlflow.
+
+Failure handling: `plan` sets the MLflow store and experiment up once, before the fan-out. Tasks
+retry (`airflow.retries`, backoff from `airflow.retry_delay`), except validation and ingests of data
+that cannot be used (an empty window fails at once instead of retrying for a quarter of an hour).
+A training retry starts clean (its killed try's run is marked KILLED, a version it left without a
+decision is abandoned). Scoring, forecasts and the summary run whatever failed upstream
+(`all_done`), with the champions in place; the summary names the failed tasks. The three trainings
+share the pool `airflow.training_pool` (`airflow.training_pool_slots` slots, created by `make
+airflow` / `pipelines.flow.ensure_pool`).
 """
 
 from __future__ import annotations
@@ -12,6 +21,8 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Asset, dag, get_current_context, task
+
+from pipelines.config import load_settings  # stdlib only: parsing stays light
 
 LOG_SNAPSHOTS = Asset("nightshift://snapshots/logs")
 LOG_ANOMALY_MODEL = Asset("mlflow://models/log-anomaly")
@@ -22,40 +33,59 @@ METRIC_FORECAST_MODEL = Asset("mlflow://models/metric-forecast")
 
 
 def _settings():
-    from pipelines.config import load_settings
-
     return load_settings()
+
+
+_AIRFLOW = load_settings().airflow
+POOL = {"pool": _AIRFLOW.training_pool}
+
+
+def _ingest(fn, *args):
+    """Run an ingest; data that cannot be used fails the task at once (no retry storm on an empty window)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from pipelines.flow import permanent
+
+    try:
+        return fn(*args)
+    except Exception as exc:
+        if permanent(exc):
+            raise AirflowFailException(f"{exc.__class__.__name__}: {exc}") from exc
+        raise
 
 
 @dag(
     dag_id="nightly_retrain",
     schedule="0 2 * * *",
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
-    catchup=False,
+    catchup=False,  # unpausing runs the latest night only; older nights: `airflow backfill create`
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=5), "retry_exponential_backoff": True},
+    dagrun_timeout=timedelta(hours=12),
+    default_args={"retries": _AIRFLOW.retries, "retry_delay": timedelta(seconds=_AIRFLOW.retry_delay),
+                  "retry_exponential_backoff": 2.0, "max_retry_delay": timedelta(seconds=_AIRFLOW.max_retry_delay)},
     params={"source": None, "base_model": None},
     tags=["nightshift"],
 )
 def nightly_retrain():
     @task
     def plan() -> dict:
-        from pipelines.flow import plan_night
+        """The night's windows and folders, after setting the MLflow store and experiment up once."""
+        from pipelines.flow import setup_night
 
         ctx = get_current_context()
-        return plan_night(_settings(), ctx["logical_date"], ctx["params"].get("source"), ctx["params"].get("base_model"))
+        return setup_night(_settings(), ctx["logical_date"], ctx["params"].get("source"), ctx["params"].get("base_model"))
 
     @task(outlets=[LOG_SNAPSHOTS])
     def ingest_training_window(night: dict) -> str:
         from pipelines.flow import ingest_window
 
-        return ingest_window(night, "train", _settings())
+        return _ingest(ingest_window, night, "train", _settings())
 
     @task(outlets=[LOG_SNAPSHOTS])
     def ingest_fresh_window(night: dict) -> str:
         from pipelines.flow import ingest_window
 
-        return ingest_window(night, "fresh", _settings())
+        return _ingest(ingest_window, night, "fresh", _settings())
 
     @task(retries=0)
     def validate(night: dict, snapshot: str, suite: str) -> dict:
@@ -64,7 +94,7 @@ def nightly_retrain():
 
         return validate_window(night, snapshot, suite, _settings())
 
-    @task(retries=0, execution_timeout=timedelta(hours=3))
+    @task(execution_timeout=timedelta(hours=3), **POOL)
     def train(model: str, night: dict, snapshot: str, validation: dict) -> dict:
         """One model's candidate; one `.override(task_id=..., outlets=...)` per model. Skipped (the other
         branches go on) when its snapshot failed validation or holds nothing that model learns from."""
@@ -82,39 +112,51 @@ def nightly_retrain():
     def ingest_metric_window(night: dict) -> str:
         from pipelines.flow import ingest_metric_window
 
-        return ingest_metric_window(night, "train", _settings())
+        return _ingest(ingest_metric_window, night, "train", _settings())
 
     @task
     def ingest_metric_holdout(night: dict) -> str:
         from pipelines.flow import ingest_metric_window
 
-        return ingest_metric_window(night, "fresh", _settings())
+        return _ingest(ingest_metric_window, night, "fresh", _settings())
 
-    @task(retries=0)
+    @task
     def promote_candidate(model: str, candidate: dict, holdout: str) -> dict:
         """Drift checks and the promotion gate on the fresh holdout; one `.override(task_id=...)` per model."""
         from pipelines.flow import gate_candidate
 
         return gate_candidate(model, candidate, holdout, _settings())
 
-    @task(outlets=[SCORED_LOGS], trigger_rule="none_failed")  # runs with the champion when training was skipped
+    @task(outlets=[SCORED_LOGS], trigger_rule="all_done")  # with the champion in place, whatever training did
     def score_fresh_window(night: dict, fresh_snapshot: str, candidate: dict, root_causes: dict | None = None) -> dict:
         from pipelines.flow import score_fresh
 
         return score_fresh(night, _settings())
 
-    @task(trigger_rule="none_failed")  # with the champion the gate leaves, as scoring does
+    @task(trigger_rule="all_done")  # with the champion the gate leaves, as scoring does
     def publish_forecasts(night: dict, forecaster: dict | None) -> dict:
         from pipelines.flow import publish_forecasts
 
         return publish_forecasts(night, _settings())
 
-    @task(trigger_rule="none_failed")
-    def summarise(night: dict, candidate: dict, scoring: dict, forecaster: dict | None = None, root_causes: dict | None = None,
-                  forecasts: dict | None = None) -> dict:
+    @task(trigger_rule="all_done")  # a failed model still gets its night summarised, naming the failed task
+    def summarise(night: dict, candidate: dict | None, scoring: dict | None, forecaster: dict | None = None,
+                  root_causes: dict | None = None, forecasts: dict | None = None) -> dict:
         from pipelines.flow import write_summary
 
-        return write_summary(night, {"log-anomaly": candidate, "failure-rca": root_causes, "metric-forecast": forecaster}, scoring, forecasts)
+        ctx = get_current_context()
+        try:
+            states = ctx["ti"].get_task_states(dag_id=ctx["dag"].dag_id, run_ids=[ctx["run_id"]]).get(ctx["run_id"], {})
+        except Exception:  # noqa: BLE001 - a summary without the failed tasks beats no summary
+            states = {}
+        failed = [task_id for task_id, state in states.items() if state == "failed"]
+        summary = write_summary(night, {"log-anomaly": candidate, "failure-rca": root_causes, "metric-forecast": forecaster}, scoring,
+                                forecasts, failed, settings=_settings())
+        if failed:  # the summary is written; the run still shows red
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(f"night {night['logical_date']} finished with failed tasks: {', '.join(sorted(failed))}")
+        return summary
 
     night = plan()
     training = ingest_training_window(night)
@@ -130,7 +172,10 @@ def nightly_retrain():
     forecaster = train.override(task_id="train_metric_forecast", outlets=[METRIC_FORECAST_MODEL], execution_timeout=timedelta(hours=1))(
         "metric-forecast", night, metrics, validate.override(task_id="validate_metric_window")(night, metrics, "metrics"))
     forecaster = promote_candidate.override(task_id="promote_metric_forecast")("metric-forecast", forecaster, ingest_metric_holdout(night))
-    summarise(night, candidate, scoring, forecaster, root_causes, publish_forecasts(night, forecaster))
+    summary = summarise(night, candidate, scoring, forecaster, root_causes, publish_forecasts(night, forecaster)).operator
+    # Last of all: a failed ingest marks its branch upstream_failed at once, while a task of another
+    # branch may still be waiting for a retry; the summary must see how that one ended.
+    summary.set_upstream([t for t in summary.dag.tasks if t is not summary and t not in summary.upstream_list])
 
 
 nightly_retrain()

@@ -14,7 +14,10 @@ Read top to bottom:
    lead time's features to three quantiles (in scaled units). The median is the last value plus a learned change;
    the outer quantiles sit a softplus below and above it, so p10 <= p50 <= p90 always.
 6. `pinball_loss`: the quantile loss, over observed targets only.
-7. `predict_latest`: the forecast from each series' newest lookback, back in original units.
+7. `predict_scaled`: quantile forecasts for any windows, in scaled units.
+
+The LSTM is one contender of several: `models.forecast_contenders` adds the statistical ones and
+the per-series committee that the pyfunc (`models.metric_forecaster`) serves.
 """
 
 from __future__ import annotations
@@ -184,10 +187,3 @@ def predict_scaled(model: LSTMForecaster, grid: SeriesGrid, rows: np.ndarray, en
         past, future = windows(grid, rows[i:i + batch_size], ends[i:i + batch_size], model.cfg)
         out.append(model(past.to(device), future.to(device)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.cfg.horizon, len(QUANTILES)), dtype=np.float32)
-
-
-def predict_latest(model: LSTMForecaster, grid: SeriesGrid, device: str = "cpu") -> np.ndarray:
-    """Quantile forecasts (S, H, 3) in original units from the last `lookback` points of every series."""
-    rows = np.arange(len(grid.ids))
-    ends = np.full(len(rows), len(grid.times) - 1)
-    return grid.unscale(predict_scaled(model, grid, rows, ends, device=device), rows)

@@ -32,10 +32,10 @@ class LabelSpace:
 
 
 def load_label_space(path: str | Path | None = None) -> LabelSpace:
-    """Read a label-space file: `{"name", "version", "labels": {label: [action, ...]}}`."""
+    """Read a label-space file (either form of `label_space_from_json`); raises LabelSpaceError naming the file."""
     path = Path(path) if path else DEFAULT_LABEL_SPACE
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise LabelSpaceError(f"label space {path}: no such file") from None
     except json.JSONDecodeError as exc:
@@ -44,13 +44,25 @@ def load_label_space(path: str | Path | None = None) -> LabelSpace:
 
 
 def label_space_from_json(data: object, where: str, default_name: str = "label-space") -> LabelSpace:
-    """Check and build a label space from its JSON form (a file's content, or the copy inside a model)."""
+    """Check and build a label space from its JSON form (a file's content, or the copy inside a model).
+
+    Two forms are read:
+    - nightshift's: `{"name", "version", "labels": {label: [action, ...]}}`;
+    - the seed project's: `{"labels": [label, ...], "actions": {label: "action" | [action, ...]}}`, where a
+      label may have no action and a string is one action.
+    Raises LabelSpaceError naming `where` and the label at fault.
+    """
     labels = data.get("labels") if isinstance(data, dict) else None
+    if isinstance(labels, list):
+        labels = _from_label_list(labels, data.get("actions", {}), where)
     if not isinstance(labels, dict) or not labels:
-        raise LabelSpaceError(f"label space {where}: 'labels' must be a non-empty object of label -> [actions]")
+        raise LabelSpaceError(f"label space {where}: 'labels' must be a non-empty object of label -> [actions], "
+                              "or a list of labels with an 'actions' object")
     for label, actions in labels.items():
         if not label.strip():
             raise LabelSpaceError(f"label space {where}: a label name is empty")
+        if "," in label:  # commas separate labels in TSV and CSV cells (`OOM,Disk_Full`)
+            raise LabelSpaceError(f"label space {where}: label '{label}' contains a comma")
         if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
             raise LabelSpaceError(f"label space {where}: actions of label '{label}' must be a list of strings")
     return LabelSpace(
@@ -59,3 +71,22 @@ def label_space_from_json(data: object, where: str, default_name: str = "label-s
         labels=tuple(labels),
         actions={k: tuple(v) for k, v in labels.items()},
     )
+
+
+def _from_label_list(labels: list, actions: object, where: str) -> dict[str, list[str]]:
+    """The seed's form as nightshift's: label -> list of actions, in the list's order."""
+    if not all(isinstance(label, str) for label in labels):
+        raise LabelSpaceError(f"label space {where}: 'labels' must list label names (strings)")
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise LabelSpaceError(f"label space {where}: label(s) listed twice: {', '.join(duplicates)}")
+    if not isinstance(actions, dict):
+        raise LabelSpaceError(f"label space {where}: 'actions' must be an object of label -> action(s)")
+    unknown = sorted(set(actions) - set(labels))
+    if unknown:
+        raise LabelSpaceError(f"label space {where}: 'actions' names label(s) not in 'labels': {', '.join(unknown)}")
+    out = {}
+    for label in labels:
+        given = actions.get(label, [])
+        out[label] = [given] if isinstance(given, str) else given
+    return out

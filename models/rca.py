@@ -1,10 +1,12 @@
 """The root-cause model's answer: K sigmoid probabilities become labels, scores and suggested actions.
 
-A label is given when its probability passes its own threshold (tuned on validation). When none
+A label is given when its probability passes its own threshold (tuned on validation), or one
+threshold for every label when the caller gives one (the seed's `{"text", "threshold"}`). When none
 does, the text is matched against the remediation knowledge base instead, and the best entry comes
 back with its similarity, flagged as low confidence: an unknown failure gets a hint, not a
-confident wrong label. The label space and the knowledge base both come from the model's own
-`nightshift.json`, so every version answers with the labels it was trained on.
+confident wrong label. Below the knowledge base's floor (`min_similarity`) the answer is low
+confidence with no entry and no actions. The label space and the knowledge base both come from the
+model's own `nightshift.json`, so every version answers with the labels it was trained on.
 """
 
 from __future__ import annotations
@@ -37,22 +39,20 @@ class RootCauseHead:
         return cls(label_space_from_json(meta["label_space"], "in the model"), meta["thresholds"],
                    knowledge_base_from_json(meta["knowledge_base"], "in the model"))
 
-    @staticmethod
-    def check_texts(texts: pd.Series) -> None:
-        """A failure needs text to explain; say which input row has none."""
-        for i, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"input row {i}: 'message' has no text; a failure needs its text (a job's error lines)")
+    def decide(self, probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """(N, K) booleans: which labels pass their thresholds (or the one `threshold`, when given)."""
+        return probs >= (self.thresholds[None, :] if threshold is None else np.float32(threshold))
 
-    def decide(self, probs: np.ndarray) -> np.ndarray:
-        """(N, K) booleans: which labels pass their thresholds."""
-        return probs >= self.thresholds[None, :]
+    def format(self, probs: np.ndarray, texts: Sequence[str], threshold: float | None = None,
+               min_similarity: float | None = None) -> pd.DataFrame:
+        """One row per text: labels (most likely first), scores per label, actions; or the knowledge-base fallback.
 
-    def format(self, probs: np.ndarray, texts: Sequence[str]) -> pd.DataFrame:
-        """One row per text: labels (most likely first), scores per label, actions; or the knowledge-base fallback."""
-        chosen = self.decide(probs)
+        `threshold`: one threshold for every label instead of the tuned ones; `min_similarity`: the
+        knowledge base's floor instead of the version's own.
+        """
+        chosen = self.decide(probs, threshold)
         unknown = [i for i in range(len(texts)) if not chosen[i].any()]
-        matches = dict(zip(unknown, self.knowledge_base.match([texts[i] for i in unknown])))
+        matches = dict(zip(unknown, self.knowledge_base.match([texts[i] for i in unknown], min_similarity)))
         rows = []
         for i, p in enumerate(probs):
             scores = {label: round(float(v), 6) for label, v in zip(self.labels, p)}

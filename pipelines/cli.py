@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from pipelines.config import ConfigError, Settings, load_settings
+from pipelines.config import INPUT_FORMATS, ConfigError, Settings, load_settings
 from pipelines.telemetry import configure_logging, get_logger, log_context
 
 log = get_logger("cli")
@@ -30,17 +30,25 @@ def command(name: str):
 
 
 def parse_time(value: str) -> datetime:
-    """ISO-8601 date or date-time; naive values are UTC."""
+    """ISO-8601 date or date-time (naive values are UTC) or epoch seconds/ms/ns: `pipelines.records.parse_timestamp`."""
+    from pipelines.records import parse_timestamp
+
     try:
-        ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {value!r}") from None
-    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+        return parse_timestamp(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a time: {exc}") from None
+
+
+def with_format(settings: Settings, fmt: str | None) -> Settings:
+    """The settings with `inputs.format` replaced by a command's `--format`, when given."""
+    import dataclasses
+
+    return dataclasses.replace(settings, inputs=dataclasses.replace(settings.inputs, format=fmt)) if fmt else settings
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nightshift", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="a nightshift.toml (default: ./nightshift.toml or NIGHTSHIFT_CONFIG)")
+    parser.add_argument("--config", help="a nightshift.toml (default: NIGHTSHIFT_CONFIG, else $NIGHTSHIFT_HOME/nightshift.toml)")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,16 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
 
     ingest = sub.add_parser("ingest", help="snapshot one window of a source").add_subparsers(dest="kind", required=True)
-    p = ingest.add_parser("logs", parents=[common], help="logs from file://…ndjson|parquet or http(s)://host:port/INDEX")
+    p = ingest.add_parser("logs", parents=[common], help="logs from file://FILE|DIR|GLOB (read by content) or http(s)://host:port/INDEX")
     p.add_argument("--source", required=True)
-    p.add_argument("--start", type=parse_time, required=True)
-    p.add_argument("--end", type=parse_time, required=True)
+    p.add_argument("--format", choices=INPUT_FORMATS, help="how to read file sources (default: setting inputs.format, auto: by content)")
+    p.add_argument("--start", type=parse_time, help="required for Elasticsearch; for files default: the first timestamp")
+    p.add_argument("--end", type=parse_time, help="required for Elasticsearch; for files default: just after the last timestamp")
     p.add_argument("--out", type=Path, required=True, help="the snapshot folder to create")
-    p = ingest.add_parser("metrics", parents=[common], help="metrics from http(s)://prometheus:9090 (query_range) or file://…om")
+    p = ingest.add_parser("metrics", parents=[common], help="metrics from http(s)://prometheus:9090 (query_range) or file://…om|csv[.gz]")
     p.add_argument("--source", help="default: setting prometheus.url, else the embedded demo metrics")
-    p.add_argument("--query", action="append", metavar="[NAME=]PROMQL", help="repeatable; default: the named queries of settings prometheus.queries")
-    p.add_argument("--start", type=parse_time, required=True)
-    p.add_argument("--end", type=parse_time, required=True)
+    p.add_argument("--query", action="append", metavar="[NAME=]PROMQL",
+                   help="repeatable; default: the named queries of settings prometheus.queries (for a CSV: each metric in it)")
+    p.add_argument("--start", type=parse_time, help="required for Prometheus; for files default: the first sample")
+    p.add_argument("--end", type=parse_time, help="required for Prometheus; for files default: one step after the last sample")
     p.add_argument("--step", help="resolution, e.g. 15m (default: setting forecast.step)")
     p.add_argument("--out", type=Path, required=True, help="the snapshot folder to create")
 
@@ -93,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="log-anomaly@champion")
     p.add_argument("--rca-model", help="root-cause model for ml.rca.* (default: failure-rca@champion when one exists; none: off)")
     p.add_argument("--source", required=True)
+    p.add_argument("--format", choices=INPUT_FORMATS, help="how to read a file source (default: setting inputs.format, auto: by content)")
     p.add_argument("--sink", help="file://…ndjson (default for Elasticsearch: the documents' own index)")
     p.add_argument("--start", type=parse_time)
     p.add_argument("--end", type=parse_time)
@@ -116,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-process", action="store_true", help="run the same tasks in this process, without Airflow")
 
     p = sub.add_parser("info", parents=[common], help="where the state lives, and each model's aliases")
+
+    p = sub.add_parser("report", parents=[common], help="write the night's HTML report (decisions, numbers, validation, drift, MLflow links)")
+    p.add_argument("--night", required=True, metavar="D", help="the night's logical date, e.g. 2026-11-22")
+    p.add_argument("--out", type=Path, help="where to write it (default: NIGHTSHIFT_HOME/runs/D/report.html)")
+    p.add_argument("--ui-url", help="the MLflow UI the links open (default: setting ui_url, http://127.0.0.1:5000)")
+
+    p = sub.add_parser("serve", parents=[common], help="answer online: the champions over HTTP (FastAPI + uvicorn) until Ctrl-C")
+    p.add_argument("--host", help="default: setting serve.host (127.0.0.1)")
+    p.add_argument("--port", type=int, help="default: setting serve.port (8000); 0: a free port, printed")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return parser
 
 
@@ -134,7 +155,7 @@ def _demo_data(args, settings):
 def _ingest_logs(args, settings):
     from pipelines.ingest import ingest_logs
 
-    snap = ingest_logs(args.source, args.start, args.end, args.out, settings)
+    snap = ingest_logs(args.source, args.start, args.end, args.out, with_format(settings, args.format))
     m = snap.manifest
     stats = m.get("source_stats") or {}
     return {"snapshot": str(snap.path), "rows": m["row_count"], "content_hash": m["content_hash"], "window": m["window"],
@@ -218,22 +239,40 @@ def _rollback(args, settings):
 def _score_logs(args, settings):
     from serving.score_logs import score_logs
 
-    out = score_logs(args.model, args.source, args.sink, settings, start=args.start, end=args.end, rca_model=args.rca_model)
+    out = score_logs(args.model, args.source, args.sink, with_format(settings, args.format), start=args.start, end=args.end,
+                     rca_model=args.rca_model)
     return {**out, "summary": f"scored {out['scored']} of {out['read']} documents with {out['model']} v{out['version']} "
-                              f"({out['docs_per_s']:.0f} docs/s) -> {out['sink']}: written {out['written']}, "
-                              f"skipped {out['skipped']}, failed {out.get('failed', 0)}"
-                              + "".join(f"\n  {n} {why}" for why, n in {**out['skipped_reasons'], **out.get('failed_reasons', {})}.items())
+                              f"({out['docs_per_s']:.0f} docs/s) -> {out['sink']}: written {out['written']}"
+                              + (f" after {out['resumed_docs']} written by the interrupted run" if out.get("resumed_docs") else "")
+                              + f", unscored {out['unscored']}, skipped {out['skipped']}, failed {out.get('failed', 0)}"
+                              + "".join(f"\n  {n} {why}" for why, n in {**out['unscored_reasons'], **out['skipped_reasons'],
+                                                                         **out.get('failed_reasons', {})}.items())
                               + (f"\n  root causes on {out['rca']['annotated']} documents of {out['rca']['jobs']} failed jobs with "
                                  f"{out['rca']['model']} v{out['rca']['version']} ({out['rca']['fallback']} from the knowledge base)" if out.get("rca") else "")}
 
 
 @command("ingest metrics")
 def _ingest_metrics(args, settings):
-    from pipelines.flow import embedded_metric_source
-    from pipelines.prometheus import ingest_metrics, parse_queries
+    from datetime import timedelta
 
-    snap = ingest_metrics(args.source or settings.prometheus.url or embedded_metric_source(settings), parse_queries(args.query, settings),
-                          args.start, args.end, args.step or settings.forecast.step, args.out, settings)
+    from pipelines.flow import embedded_metric_source
+    from pipelines.prometheus import CsvMetricSource, ingest_metrics, open_metric_source, parse_duration, parse_queries
+
+    uri = args.source or settings.prometheus.url or embedded_metric_source(settings)
+    step = args.step or settings.forecast.step
+    queries = parse_queries(args.query, settings)
+    start, end = args.start, args.end
+    if not args.query or start is None or end is None:
+        source = open_metric_source(uri, settings)
+        if not args.query and isinstance(source, CsvMetricSource):  # its own metrics, not the configured queries
+            queries = {name: name for name in source.metric_names()}
+        if start is None or end is None:
+            if not hasattr(source, "span"):
+                raise ValueError(f"metric source {source.uri}: --start and --end are required (only a file is read whole)")
+            first, last = source.span(queries.values())
+            start = start or datetime.fromtimestamp(first, timezone.utc)
+            end = end or datetime.fromtimestamp(last, timezone.utc) + timedelta(seconds=parse_duration(step))
+    snap = ingest_metrics(uri, queries, start, end, step, args.out, settings)
     m = snap.manifest
     return {"snapshot": str(snap.path), "rows": m["row_count"], "series": m["series_count"], "content_hash": m["content_hash"],
             "window": m["window"], "summary": f"snapshot {snap.path}: {m['series_count']} series, {m['row_count']} points, {m['content_hash'][:19]}…"}
@@ -268,6 +307,14 @@ def _retrain(args, settings):
     return {**out, "summary": out.get("summary", "retrain finished")}
 
 
+@command("report")
+def _report(args, settings):
+    from pipelines.report import write_night_report
+
+    path = write_night_report(settings, args.night, out=args.out, ui_url=args.ui_url)
+    return {"night": args.night, "report": str(path), "summary": f"night report {args.night}: {path}"}
+
+
 @command("info")
 def _info(args, settings):
     from pipelines.registry import CHALLENGER, CHAMPION, MODEL_NAMES, PREVIOUS, alias_version, use_store
@@ -277,6 +324,18 @@ def _info(args, settings):
     return {"home": str(settings.home), "tracking_uri": settings.mlflow_uri, "models": models,
             "summary": "\n".join([f"home {settings.home}", f"mlflow {settings.mlflow_uri}"] +
                                  [f"  {n}: " + ", ".join(f"{a}=v{v}" for a, v in m.items() if v) for n, m in models.items()])}
+
+
+@command("serve")
+def _serve(args, settings):
+    from serving.server import serve
+
+    def listening(url: str) -> None:
+        print(f"nightshift serve: listening on {url} (models {settings.serve.models}, alias {settings.serve.alias}; "
+              f"docs {url}/docs)", file=sys.stderr, flush=True)
+
+    serve(settings, args.host, args.port, args.log_level, on_listen=listening)
+    return {"summary": "nightshift serve stopped"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,7 +65,7 @@ class TrainSettings:
     """Fine-tuning hyper-parameters shared by the BERT models."""
 
     base_model: str = ""  # empty: the packaged MiniLM-L6 checkpoint
-    epochs: int = 3
+    epochs: int = 8  # issue 13: early stopping on validation PR-AUC (patience) ends it; 3 had not converged on real logs
     batch_size: int = 32
     max_length: int = 64
     learning_rate: float = 5e-5
@@ -77,6 +77,7 @@ class TrainSettings:
     seed: int = 13
     device: str = "auto"  # auto | cpu | cuda
     pooling: str = "cls"  # what the new head reads: cls ([CLS] pooler) | mean (mean of token vectors)
+    cpu_threads: int = 0  # torch threads of one training task on CPU, any model (0: torch's default, one per core); with N trainings at once, cores / N
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,10 @@ class RcaSettings:
     max_length: int = 128  # tokens of a job text (several lines)
     patience: int = 4
     pooling: str = "mean"  # MiniLM is a sentence-embedding model: its mean generalises from few jobs, its [CLS] does not
+    # issue 17: below this TF-IDF cosine the knowledge-base fallback gives no entry and no actions (a benign
+    # "INFO Nginx request 200 OK" is 0.15 from "disk full"; the demo's real unknown causes match at 0.29 and up).
+    # Saved into each trained version; `nightshift serve` and the pyfunc param `kb_min_similarity` can override it.
+    kb_min_similarity: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,7 @@ class PrometheusSettings:
     max_points: int = 10_000  # points per series per request; Prometheus refuses more than 11,000
     max_gap_fraction: float = 0.5  # a series with more gaps than this in its window is refused
     forecast_job: str = "nightshift_forecast"  # Pushgateway job of the pushed forecasts
+    deployment: str = ""  # label `nightshift_deployment` of every pushed group; cleanup deletes only this deployment's groups (empty: derived from the home folder)
     queries: MetricQueries = field(default_factory=MetricQueries)
 
 
@@ -244,6 +250,74 @@ class DriftSettings:
     seed: int = 13
 
 
+# ---- inputs: how local files are read (issue 16) -------------------------------------------------------
+
+INPUT_FORMATS = ("auto", "ndjson", "parquet", "csv", "tsv", "anomaly-tsv", "rca-tsv")
+EPOCH_UNITS = ("auto", "s", "ms", "us", "ns")
+
+
+@dataclass(frozen=True)
+class InputSettings:
+    """How `file://` sources are read: their format, numeric timestamps, and the spellings of the anomaly label.
+
+    The column mapping of CSV/TSV files is `[fields]`: each field names the column it is read from.
+    """
+
+    format: str = "auto"  # auto (from the content) | ndjson | parquet | csv | tsv | anomaly-tsv | rca-tsv
+    epoch_unit: str = "auto"  # numeric timestamps: auto (by magnitude) | s | ms | us | ns
+    anomaly_true: str = "true,1,abnormal,anomaly,anomalous,yes"  # label values read as anomalous (comma-separated, any case)
+    anomaly_false: str = "false,0,normal,-,no"  # label values read as normal ("-": BGL's mark for a non-alert line)
+    metric_timestamp: str = "timestamp"  # metric CSV: the timestamp column
+    metric_value: str = "value"  # metric CSV: the value column (other columns are labels; `__name__` names the metric)
+
+# ---- end of inputs --------------------------------------------------------------------------------------
+
+
+# ---- serve: the online server, `nightshift serve` (issue 17) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """`nightshift serve`: one HTTP process answering with the champions (`serving/server.py`)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    alias: str = "champion"  # the alias each model is served from
+    models: str = "log-anomaly,failure-rca,metric-forecast"  # comma-separated registered models to serve
+    refresh_seconds: float = 30.0  # how often the aliases are re-read; a moved alias is loaded, then swapped in
+    max_batch: int = 64  # texts per forward pass when concurrent requests are batched together
+    max_wait_ms: float = 2.0  # how long a forward pass waits for more requests once one is queued (what queued during the last pass goes in anyway)
+    max_body_bytes: int = 1_000_000  # larger request bodies get 413
+    max_rows: int = 1024  # texts, or metric points, per request (more: 413)
+    max_text_chars: int = 20_000  # characters of one text (more: that row is refused)
+    min_history: float = 0.5  # share of the forecaster's lookback that must be observed (prometheus.max_gap_fraction's complement)
+    short_history: str = "refuse"  # a forecast from a shorter history: refuse (422 / per-series error) | flag (answer, marked)
+    threads: int = 0  # torch threads for the forward passes (0: torch's default)
+
+# ---- end of serve ---------------------------------------------------------------------------------------
+
+
+# ---- candidates: model families chosen on validation, language, the baseline gate (issue 13) -----------
+
+
+@dataclass(frozen=True)
+class CandidateSettings:
+    """Which model families compete for `log-anomaly` each night, how they are validated, and the baseline gate.
+
+    Every family trains on the same snapshot and split; the one best on the primary metric (F1) on
+    validation is registered (a tie goes to the cheaper: tfidf, then embedding, then bert).
+    """
+
+    families: str = "tfidf,embedding,bert"  # comma-separated: tfidf (word + char n-grams), embedding (frozen encoder + LR), bert (fine-tuned)
+    context_fields: str = ""  # snapshot columns prefixed to the text, e.g. "level,service" -> "[error] [kernel] message"; callers must then send them
+    template_holdout: float = 0.2  # share of message templates (per class) held out of training into validation, besides the newest rows
+    early_stopping_metric: str = "pr_auc"  # the BERT epoch kept: best validation PR-AUC (threshold-free; F1 jumps with few positives)
+    max_unk_rate: float = 0.05  # [UNK] share of word pieces under the BERT tokenizer above which the run warns (language mismatch)
+    baseline_tolerance: float = 0.02  # the gate: the challenger may trail the TF-IDF baseline trained on its snapshot by at most this (primary metric)
+
+# ---- end of candidates ----------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class PromotionSettings:
     """The champion/challenger gate (`pipelines.promotion`)."""
@@ -254,16 +328,28 @@ class PromotionSettings:
     allow_not_run: bool = True  # promote when `validation.status` is not_run
     allow_warn: bool = True  # promote when `validation.status` is warn
     decay_tolerance: float = 0.1  # champion primary drop on the fresh window vs its own validation score
-    lock_timeout: float = 60.0  # seconds to wait for the promotion lock
-    lock_lease: float = 120.0  # a remote lock older than this is taken as abandoned
+    lock_timeout: float = 300.0  # seconds to wait for the promotion lock; longer than lock_lease, so a retried gate outlasts a crashed one's lock
+    lock_lease: float = 120.0  # a remote lock held by the same owner this long is taken as abandoned and broken
+
+
+@dataclass(frozen=True)
+class AirflowSettings:
+    """How the nightly DAG runs under Airflow (read when the DAG file is parsed, and by `make airflow`)."""
+
+    training_pool: str = "nightshift_training"  # Airflow pool of the three training tasks
+    training_pool_slots: int = 1  # size of that pool: trainings that run at once (each may use train.cpu_threads cores)
+    retries: int = 2  # tries after the first of every task (training and promotion restart clean)
+    retry_delay: float = 300.0  # seconds before the first retry; doubles each time
+    max_retry_delay: float = 1800.0  # seconds, the most a retry waits
 
 
 @dataclass(frozen=True)
 class Settings:
-    home: Path = PROJECT_ROOT / ".nightshift"
+    home: Path = Path.home() / ".nightshift"  # NIGHTSHIFT_HOME; never inside the source tree or site-packages
     service: str = "nightshift"
     tracking_uri: str = ""  # empty: SQLite under home; MLFLOW_TRACKING_URI overrides
     experiment: str = "nightshift"
+    ui_url: str = "http://127.0.0.1:5000"  # the MLflow UI that reports link into (`make ui` serves it here)
     fields: LogFields = field(default_factory=LogFields)
     train: TrainSettings = field(default_factory=TrainSettings)
     score: ScoreSettings = field(default_factory=ScoreSettings)
@@ -275,6 +361,10 @@ class Settings:
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     drift: DriftSettings = field(default_factory=DriftSettings)
     promotion: PromotionSettings = field(default_factory=PromotionSettings)
+    inputs: InputSettings = field(default_factory=InputSettings)  # issue 16: how local files are read
+    serve: ServeSettings = field(default_factory=ServeSettings)  # issue 17: nightshift serve
+    candidates: CandidateSettings = field(default_factory=CandidateSettings)  # issue 13: families, language, baseline gate
+    airflow: AirflowSettings = field(default_factory=AirflowSettings)
 
     @property
     def mlflow_uri(self) -> str:
@@ -283,6 +373,14 @@ class Settings:
         if self.tracking_uri:
             return self.tracking_uri
         return f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def deployment_id(self) -> str:
+        """Names this deployment among others sharing a Pushgateway: `prometheus.deployment`, else a
+        short hash of the home folder (stable for one deployment, distinct between two)."""
+        import hashlib
+
+        return self.prometheus.deployment or hashlib.sha1(str(self.home).encode()).hexdigest()[:12]
 
     @property
     def artifact_root(self) -> Path:
@@ -347,9 +445,23 @@ def _build(cls: type, toml: dict, env_prefix: str, path: str) -> typing.Any:
     return cls(**values)
 
 
+def config_path(config_file: str | Path | None = None) -> Path:
+    """The settings file: `config_file`, else `NIGHTSHIFT_CONFIG`, else `nightshift.toml` in the home
+    (`NIGHTSHIFT_HOME`, default ~/.nightshift). Never the working directory: an Airflow task's
+    working directory is not the deployment's."""
+    if config_file or os.environ.get("NIGHTSHIFT_CONFIG"):
+        return Path(config_file or os.environ["NIGHTSHIFT_CONFIG"])
+    home = Path(os.environ["NIGHTSHIFT_HOME"]) if os.environ.get("NIGHTSHIFT_HOME") else Settings.home
+    return home / "nightshift.toml"
+
+
 def load_settings(config_file: str | Path | None = None) -> Settings:
-    """Read the settings: `NIGHTSHIFT_CONFIG` or ./nightshift.toml, then `NIGHTSHIFT_*` variables."""
-    path = Path(config_file or os.environ.get("NIGHTSHIFT_CONFIG") or "nightshift.toml")
+    """Read the settings: defaults < the file of `config_path` < `NIGHTSHIFT_*` variables.
+
+    Raises:
+        ConfigError: the named file is missing or malformed, or a setting is unknown or of the wrong type.
+    """
+    path = config_path(config_file)
     toml: dict = {}
     if path.is_file():
         try:

@@ -9,11 +9,15 @@ Each check has warn and severe thresholds from the `[drift]` settings. A differe
 significant at `drift.alpha` never raises a status, so small windows do not cry wolf. The report's
 status is the worst of its checks; `label_shift` says whether a label check moved, which the
 promotion gate reads together with a severe status as a sign of a labelling fault.
+
+Each check keeps in its `detail` the small tables its picture is drawn from (shares of the most
+moved categories, length histograms on shared bins, a 2-D projection of the embeddings, the worst
+series' value histograms and hour-of-day profiles), so `render_html` draws the report from the
+report alone: one HTML page with a matplotlib PNG per check, embedded as base64.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import re
 import tempfile
@@ -32,6 +36,9 @@ from pipelines.telemetry import get_logger
 log = get_logger("drift")
 
 STATUSES = ("none", "warn", "severe")
+HISTOGRAM_BINS = 30
+PLOTTED_SERIES = 3  # series drawn per metric check (the worst ones); the table lists five
+PROJECTED_POINTS = 200  # embeddings per side kept in the report's 2-D projection
 Embedder = Callable[[Sequence[str]], np.ndarray]
 _TOKEN = re.compile(r"<[A-Z]+>|[A-Za-z_]+")
 
@@ -150,6 +157,42 @@ def template(text: str) -> str:
     return " ".join("<*>" if any(ch.isdigit() for ch in tok) else tok for tok in normalize(text).split())
 
 
+def histogram(reference: np.ndarray, current: np.ndarray, bins: int = HISTOGRAM_BINS) -> dict:
+    """Both samples' shares on one set of bins (from the pooled 1st to 99th percentile; values beyond
+    fall in the end bins, so one huge outlier does not squash the picture).
+
+    Returns {"edges": [bins + 1 floats], "reference": [bins shares], "current": [bins shares]}.
+    """
+    pooled = np.concatenate([reference, current]).astype(np.float64)
+    pooled = pooled[np.isfinite(pooled)]
+    if not len(pooled):
+        return {"edges": [], "reference": [], "current": []}
+    low, high = np.percentile(pooled, [1, 99])
+    if high <= low:
+        low, high = low - 0.5, high + 0.5
+    edges = np.linspace(low, high, bins + 1)
+
+    def shares(x: np.ndarray) -> list[float]:
+        x = x[np.isfinite(x)]
+        counts, _ = np.histogram(np.clip(x, low, high), bins=edges)
+        return [round(float(c), 5) for c in counts / max(len(x), 1)]
+
+    return {"edges": [round(float(e), 6) for e in edges], "reference": shares(np.asarray(reference, dtype=np.float64)),
+            "current": shares(np.asarray(current, dtype=np.float64))}
+
+
+def projection(x: np.ndarray, y: np.ndarray, limit: int = PROJECTED_POINTS) -> dict:
+    """Both embedding samples on the first two principal axes of the pooled sample, up to `limit` points each.
+
+    Returns {"reference": [[a, b], ...], "current": [[a, b], ...]}.
+    """
+    z = np.concatenate([x, y]).astype(np.float64)
+    z -= z.mean(axis=0)
+    _, _, vt = np.linalg.svd(z, full_matrices=False)
+    flat = z @ vt[:2].T
+    return {"reference": np.round(flat[:len(x)][:limit], 4).tolist(), "current": np.round(flat[len(x):][:limit], 4).tolist()}
+
+
 # ---- log snapshots ---------------------------------------------------------------------------
 
 def _sample(frame: pd.DataFrame, limit: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -195,7 +238,8 @@ def log_checks(ref: pd.DataFrame, cur: pd.DataFrame, cfg: DriftSettings, embed: 
     ref_len, cur_len = ref["message"].str.len().to_numpy(), cur["message"].str.len().to_numpy()
     ks = ks_2samp(ref_len, cur_len)
     checks.append(grade(cfg, "message.length", "ks", ks.statistic, "length_ks", float(ks.pvalue),
-                        detail={"median_reference": float(np.median(ref_len)), "median_current": float(np.median(cur_len))}))
+                        detail={"median_reference": float(np.median(ref_len)), "median_current": float(np.median(cur_len)),
+                                "histogram": histogram(ref_len, cur_len)}))
 
     if embed is not None and cfg.embedding_sample > 1:
         from models.normalize import normalize
@@ -205,22 +249,33 @@ def log_checks(ref: pd.DataFrame, cur: pd.DataFrame, cfg: DriftSettings, embed: 
         y = embed([normalize(m) for m in _sample(cur, n, rng)["message"]])
         value, p, bandwidth = mmd2(x, y, perms, rng)
         checks.append(grade(cfg, "message.embedding", "mmd2", value, "embedding_mmd", p,
-                            detail={"sample": [len(x), len(y)], "dimensions": int(x.shape[1]), "bandwidth": bandwidth}))
+                            detail={"sample": [len(x), len(y)], "dimensions": int(x.shape[1]), "bandwidth": bandwidth,
+                                    "projection": projection(x, y)}))
     return checks
 
 
 # ---- metric snapshots ------------------------------------------------------------------------
 
+def hour_profile(frame: pd.DataFrame) -> pd.Series:
+    """Mean value per UTC hour of day, centred on the frame's own mean (index: hour 0..23)."""
+    by_hour = frame.groupby(pd.to_datetime(frame["timestamp"], utc=True).dt.hour)["value"].mean()
+    return by_hour - frame["value"].mean()
+
+
 def seasonal_distance(ref: pd.DataFrame, cur: pd.DataFrame) -> float:
     """Mean absolute difference of the two hour-of-day profiles (each centred on its own mean), in reference std units."""
-    def profile(f: pd.DataFrame) -> pd.Series:
-        by_hour = f.groupby(pd.to_datetime(f["timestamp"], utc=True).dt.hour)["value"].mean()
-        return by_hour - f["value"].mean()
-
-    a, b = profile(ref), profile(cur)
+    a, b = hour_profile(ref), hour_profile(cur)
     hours = a.index.intersection(b.index)
     scale = float(ref["value"].std()) or abs(float(ref["value"].mean())) or 1.0
     return float(np.mean(np.abs(a[hours] - b[hours]))) / scale if len(hours) else float("nan")
+
+
+def profiles(ref: pd.DataFrame, cur: pd.DataFrame) -> dict:
+    """Both hour-of-day profiles of one series, for the picture: {"hours", "reference", "current"} (None where a side has no sample)."""
+    a, b = hour_profile(ref), hour_profile(cur)
+    hours = sorted(set(a.index) | set(b.index))
+    side = lambda p: [round(float(p[h]), 6) if h in p.index else None for h in hours]  # noqa: E731
+    return {"hours": [int(h) for h in hours], "reference": side(a), "current": side(b)}
 
 
 def metric_checks(ref: pd.DataFrame, cur: pd.DataFrame, cfg: DriftSettings) -> list[Check]:
@@ -240,11 +295,15 @@ def metric_checks(ref: pd.DataFrame, cur: pd.DataFrame, cfg: DriftSettings) -> l
         return [grade(cfg, "metric.value", "ks", float("nan"), "metric_value_ks", detail=detail)]
     by_ks = sorted(per_series, key=lambda s: -s[1])
     by_season = sorted(per_series, key=lambda s: 1 if np.isnan(s[3]) else -s[3])
+    side = lambda f, series: f[f["series"] == series]  # noqa: E731
     return [
         grade(cfg, "metric.value", "ks", by_ks[0][1], "metric_value_ks", by_ks[0][2],
-              detail={**detail, "worst_series": [{"series": s[0], "ks": round(s[1], 4), "p_value": s[2]} for s in by_ks[:5]]}),
+              detail={**detail, "worst_series": [{"series": s[0], "ks": round(s[1], 4), "p_value": s[2]} for s in by_ks[:5]],
+                      "histograms": [{"series": s[0], **histogram(side(ref, s[0])["value"].to_numpy(), side(cur, s[0])["value"].to_numpy())}
+                                     for s in by_ks[:PLOTTED_SERIES]]}),
         grade(cfg, "metric.seasonal", "profile", by_season[0][3], "seasonal",
-              detail={"worst_series": [{"series": s[0], "distance": round(s[3], 4)} for s in by_season[:5]]}),
+              detail={"worst_series": [{"series": s[0], "distance": round(s[3], 4)} for s in by_season[:5]],
+                      "profiles": [{"series": s[0], **profiles(side(ref, s[0]), side(cur, s[0]))} for s in by_season[:PLOTTED_SERIES]]}),
     ]
 
 
@@ -289,27 +348,166 @@ def compare_snapshots(reference: Snapshot, current: Snapshot, settings: Settings
     return report
 
 
+# ---- the report a person reads -----------------------------------------------------------------
+
+_PLOTTED = {"top_moves", "histogram", "histograms", "profiles", "projection", "worst_series"}  # drawn or tabled, not listed
+
+
+def _short(text: str, limit: int = 48) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _shares_figure(moves: list[dict], title: str) -> str:
+    """Horizontal bars: the most moved categories' shares, reference against current."""
+    from pipelines.report import CURRENT_COLOUR, REFERENCE_COLOUR, figure, png
+
+    moves = moves[::-1]  # largest move on top
+    fig = figure(7.5, 0.9 + 0.38 * len(moves))
+    ax = fig.add_subplot()
+    y = np.arange(len(moves))
+    ax.barh(y + 0.2, [m["reference"] for m in moves], height=0.4, color=REFERENCE_COLOUR, label="reference")
+    ax.barh(y - 0.2, [m["current"] for m in moves], height=0.4, color=CURRENT_COLOUR, label="current")
+    ax.set_yticks(y, [_short(str(m["category"])) for m in moves], fontsize=8)
+    ax.set_xlabel("share")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    return png(fig, f"{title}: shares of the most moved categories, reference against current")
+
+
+def _histogram_axes(ax, hist: dict, title: str, xlabel: str) -> None:
+    from pipelines.report import CURRENT_COLOUR, REFERENCE_COLOUR
+
+    edges = hist["edges"]
+    ax.stairs(hist["reference"], edges, fill=True, alpha=0.45, color=REFERENCE_COLOUR, label="reference")
+    ax.stairs(hist["current"], edges, color=CURRENT_COLOUR, linewidth=1.8, label="current")
+    ax.set_title(_short(title, 60), fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel("share", fontsize=8)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=7)
+
+
+def _histograms_figure(items: list[dict], xlabel: str, what: str) -> str:
+    """Overlaid distributions (reference filled, current outlined), one panel per item."""
+    from pipelines.report import figure, png
+
+    items = [h for h in items if h.get("edges")]
+    fig = figure(4.2 * max(len(items), 1) if len(items) > 1 else 7.0, 3.0)
+    for i, h in enumerate(items):
+        _histogram_axes(fig.add_subplot(1, len(items), i + 1), h, h.get("series") or what, xlabel)
+    return png(fig, f"{what}: distributions overlaid, reference against current")
+
+
+def _projection_figure(proj: dict) -> str:
+    """Both embedding samples on their first two principal axes."""
+    from pipelines.report import CURRENT_COLOUR, REFERENCE_COLOUR, figure, png
+
+    fig = figure(5.0, 4.0)
+    ax = fig.add_subplot()
+    for side, colour in (("reference", REFERENCE_COLOUR), ("current", CURRENT_COLOUR)):
+        points = np.asarray(proj.get(side) or [], dtype=float).reshape(-1, 2)
+        ax.scatter(points[:, 0], points[:, 1], s=9, alpha=0.6, color=colour, label=side)
+    ax.set_xlabel("principal axis 1", fontsize=8)
+    ax.set_ylabel("principal axis 2", fontsize=8)
+    ax.set_title("sentence embeddings (champion's encoder)", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=8)
+    return png(fig, "embeddings of sampled messages, reference against current, on two principal axes")
+
+
+def _profiles_figure(items: list[dict]) -> str:
+    """Hour-of-day profiles (centred means) of the worst series, reference against current."""
+    from pipelines.report import CURRENT_COLOUR, REFERENCE_COLOUR, figure, png
+
+    fig = figure(4.2 * max(len(items), 1) if len(items) > 1 else 7.0, 3.0)
+    for i, p in enumerate(items):
+        ax = fig.add_subplot(1, len(items), i + 1)
+        hours = p["hours"]
+        for side, colour, style in (("reference", REFERENCE_COLOUR, "--"), ("current", CURRENT_COLOUR, "-")):
+            ax.plot(hours, [np.nan if v is None else v for v in p[side]], style, color=colour, marker="o", markersize=3, label=side)
+        ax.set_title(_short(p["series"], 60), fontsize=9)
+        ax.set_xlabel("hour of day (UTC)", fontsize=8)
+        ax.set_ylabel("mean minus series mean", fontsize=8)
+        ax.set_xticks(range(0, 24, 3))
+        ax.tick_params(labelsize=8)
+        ax.legend(fontsize=7)
+    return png(fig, "hour-of-day profiles of the worst series, reference against current")
+
+
+def check_picture(check: dict) -> str:
+    """The picture of one check as an `<img>` (inline PNG), or "" when its detail holds nothing to draw."""
+    d, name = check.get("detail") or {}, check["name"]
+    if d.get("top_moves"):
+        return _shares_figure(d["top_moves"], {"label.anomaly": "anomaly label", "label.root_cause": "root-cause labels (per failed job)",
+                                              "message.template": "message templates", "message.token": "tokens"}.get(name, name))
+    if (d.get("histogram") or {}).get("edges"):
+        return _histograms_figure([d["histogram"]], "characters per message" if name == "message.length" else "value", name)
+    if d.get("projection"):
+        return _projection_figure(d["projection"])
+    if d.get("histograms"):
+        return _histograms_figure(d["histograms"], "value", "metric values of the worst series")
+    if d.get("profiles"):
+        return _profiles_figure(d["profiles"])
+    return ""
+
+
+def _facts(detail: dict) -> str:
+    """The detail's plain numbers as a line: `anomaly rate 0.15 → 0.31 · categories 2`."""
+    from pipelines.report import esc, fmt
+
+    parts = []
+    for key, value in detail.items():
+        if key in _PLOTTED or value in (None, [], {}):
+            continue
+        label = key.replace("_", " ")
+        if isinstance(value, dict) and {"reference", "current"} <= set(value):
+            parts.append(f"{label}: {fmt(value['reference'])} → {fmt(value['current'])}")
+        elif isinstance(value, list):
+            parts.append(f"{label}: {_short(', '.join(map(str, value)), 200)}")
+        else:
+            parts.append(f"{label}: {fmt(value)}")
+    return f"<p class='small'>{esc(' · '.join(parts))}</p>" if parts else ""
+
+
+def _worst_table(detail: dict) -> str:
+    """The worst series of a metric check, as a table."""
+    from pipelines.report import table
+
+    rows = detail.get("worst_series") or []
+    if not rows:
+        return ""
+    columns = list(rows[0])
+    return table(columns, [[r.get(c) for c in columns] for r in rows], numeric=range(1, len(columns)))
+
+
 def render_html(report: dict) -> str:
-    """A self-contained HTML page of the report, for the MLflow artifact viewer."""
-    colour = {"none": "#2e7d32", "warn": "#ef6c00", "severe": "#c62828", "not_run": "#616161"}
-    esc = lambda v: html.escape(str(v))  # noqa: E731
-    rows = "".join(
-        f"<tr><td>{esc(c['name'])}</td><td>{esc(c['statistic'])}</td><td>{c['value']:.4f}</td><td>{c['warn']}</td><td>{c['severe']}</td>"
-        f"<td>{'' if c['p_value'] is None else format(c['p_value'], '.4f')}</td>"
-        f"<td style='color:{colour[c['status']]};font-weight:bold'>{esc(c['status'])}</td>"
-        f"<td><pre>{esc(json.dumps(c['detail'], indent=1, default=str))}</pre></td></tr>"
-        for c in report.get("checks", []))
+    """The drift report as one self-contained HTML page: the verdict, a table of every check against
+    its thresholds, then per check its picture (label bars, overlaid distributions, hour-of-day
+    profiles, the embedding projection) and, for metrics, a table of the worst series."""
+    from pipelines.report import badge, esc, fmt, page, table
+
+    checks = report.get("checks", [])
     ref, cur = report.get("reference") or {}, report.get("current") or {}
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>drift report</title>"
-            "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px;vertical-align:top}"
-            "table{border-collapse:collapse}pre{margin:0;font-size:11px}</style></head><body>"
-            f"<h2>Drift: <span style='color:{colour.get(report['status'], '#000')}'>{esc(report['status'])}</span>"
-            f"{' (label shift)' if report.get('label_shift') else ''}</h2>"
+    overview = table(["check", "statistic", "value", "warn at", "severe at", "p-value", "status"],
+                     [[c["name"], c["statistic"], c["value"], c["warn"], c["severe"], c["p_value"], badge(c["status"])] for c in checks],
+                     numeric=(2, 3, 4, 5), raw=(6,))
+    sections = []
+    for c in checks:
+        p = "" if c["p_value"] is None else f", p = {fmt(c['p_value'], 3)}"
+        sections.append(f"<div class='card check' id='{esc(c['name'])}'><h3>{esc(c['name'])} {badge(c['status'])}</h3>"
+                        f"<p>{esc(c['statistic'])} = <b>{esc(fmt(c['value']))}</b> (warn at {esc(fmt(c['warn']))}, severe at "
+                        f"{esc(fmt(c['severe']))}{esc(p)})</p>{_facts(c.get('detail') or {})}"
+                        f"<div class='figs'>{check_picture(c)}</div>{_worst_table(c.get('detail') or {})}</div>")
+    model = f" of {report['model']} v{report['version']}" if report.get("model") else ""
+    side = lambda s: (f"<span class='mono'>{esc(s.get('snapshot'))}</span> {esc(s.get('window'))} ({esc(fmt(s.get('rows')))} rows)"  # noqa: E731
+                      if s else "—")
+    body = (f"<h1>Drift{esc(model)}: {badge(report.get('status'))}{' <b>label shift</b>' if report.get('label_shift') else ''}</h1>"
             f"<p>{esc(report.get('reason', ''))}</p>"
-            f"<p>reference: {esc(ref.get('snapshot'))} {esc(ref.get('window'))} ({esc(ref.get('rows'))} rows)<br>"
-            f"current: {esc(cur.get('snapshot'))} {esc(cur.get('window'))} ({esc(cur.get('rows'))} rows)</p>"
-            "<table><tr><th>check</th><th>statistic</th><th>value</th><th>warn</th><th>severe</th><th>p</th><th>status</th><th>detail</th></tr>"
-            f"{rows}</table></body></html>")
+            f"<p>reference: {side(ref)}<br>current: {side(cur)}</p>"
+            + (f"<h2>Checks</h2>{overview}{''.join(sections)}<p class='small muted'>A check warns or is severe only when its "
+               f"difference is also significant at alpha = {esc(fmt((report.get('thresholds') or {}).get('alpha')))}; the numbers "
+               "behind every picture are in report.json.</p>" if checks else "<p class='muted'>No check ran.</p>"))
+    return page(f"drift{model} {report.get('status')}", body)
 
 
 # ---- the registry side -----------------------------------------------------------------------

@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from pipelines.config import PROJECT_ROOT, ConfigError, ElasticsearchSettings, Secret, Settings
-from pipelines.records import batched, get_field
+from pipelines.records import batched, get_field, json_default
 from pipelines.telemetry import get_logger
 
 log = get_logger("elastic")
@@ -646,7 +646,7 @@ class ElasticsearchLogSink:
         if not isinstance(where, DocRef):  # a document from a file: indexed whole into the sink's index
             if any(c in self.endpoint.index for c in "*?,"):
                 raise ConfigError(f"sink {self.uri}: documents from a file are indexed into one concrete index, not a pattern")
-            return (json.dumps({"index": {"_index": self.endpoint.index}}) + "\n" + json.dumps(doc, default=str) + "\n").encode()
+            return (json.dumps({"index": {"_index": self.endpoint.index}}) + "\n" + json.dumps(doc, default=json_default) + "\n").encode()
         ml = {k: v for k, v in doc.items() if k == "ml" or k.startswith("ml.")}
         if self.results_index:
             action = {"update": {"_index": self.results_index, "_id": self._result_id(where), "retry_on_conflict": self.es.retry_on_conflict}}
@@ -657,7 +657,7 @@ class ElasticsearchLogSink:
             if where.routing is not None:
                 action["update"]["routing"] = where.routing
             body = {"doc": ml}
-        return (json.dumps(action) + "\n" + json.dumps(body, default=str) + "\n").encode()
+        return (json.dumps(action) + "\n" + json.dumps(body, default=json_default) + "\n").encode()
 
     def write(self, docs: Iterator[tuple[str, dict]]) -> dict:
         """Bulk-write the documents in batches of at most `bulk_max_bytes`; returns written / failed counts with reasons."""
@@ -668,6 +668,8 @@ class ElasticsearchLogSink:
         size = 0
         try:
             for where, doc in docs:
+                if isinstance(where, DocRef) and not any(k == "ml" or k.startswith("ml.") for k in doc):
+                    continue  # not scored (no text to read): nothing to write back; scoring counts it as unscored
                 line = self._action(where, doc)
                 if batch and size + len(line) > self.es.bulk_max_bytes:
                     sender.send(batch)

@@ -86,8 +86,39 @@ def plan_night(settings: Settings, logical_date: str | datetime, source: str | N
     }
 
 
+def setup_night(settings: Settings, logical_date: str | datetime, source: str | None = None, base_model: str | None = None) -> dict:
+    """The night's plan, after the MLflow store and experiment are set up once, before the tasks fan
+    out (three trainings creating them at once would race).
+
+    Raises:
+        StoreUnreachable: the tracking server does not answer.
+    """
+    from pipelines.registry import prepare_store
+
+    store = prepare_store(settings)
+    return {**plan_night(settings, logical_date, source, base_model), "store": store}
+
+
+class DataProblem(RuntimeError):
+    """The night's data cannot be used as it is (an empty window, a bad record, no series): retrying the
+    same window gives the same answer, so a task fails at once rather than retrying."""
+
+
+def permanent(exc: BaseException) -> bool:
+    """Whether an ingest error is about the data, not a passing fault (a server down, a timeout)."""
+    from pipelines.prometheus import MetricDataError
+    from pipelines.records import RecordError
+    from pipelines.snapshot import SnapshotError
+
+    return isinstance(exc, (DataProblem, SnapshotError, MetricDataError, RecordError, ValueError, FileNotFoundError))
+
+
 def ingest_window(plan: dict, which: str, settings: Settings) -> str:
-    """Snapshot the night's `train` or `fresh` window; returns the snapshot folder."""
+    """Snapshot the night's `train` or `fresh` window; returns the snapshot folder.
+
+    Raises:
+        SnapshotError: the window is empty, or the snapshot exists with other data (see `permanent`).
+    """
     from pipelines.ingest import ingest_logs
 
     start, end = (datetime.fromisoformat(t) for t in plan[f"{which}_window"])
@@ -129,14 +160,56 @@ def stop_if_invalid(validation: dict, model: str, settings: Settings) -> str | N
     return f"{model} not trained: the {validation['suite']} snapshot failed validation: {brief(validation)} (MLflow run {run_id})"
 
 
+def clean_stale_attempts(model: str, snapshot: str, settings: Settings) -> dict:
+    """Start a (re)try of `model`'s training on the night's snapshot from a clean registry.
+
+    A killed try leaves its MLflow run `RUNNING` and may leave a version registered without a
+    decision: this night's such runs (same model, same snapshot content) are marked `KILLED`, and
+    such versions are tagged `promotion.decision = abandoned`, lose the `challenger` alias and are
+    never promoted (the gate refuses them). Returns what was cleaned.
+    """
+    from pipelines.registry import ABANDONED, CHALLENGER, alias_version, use_store
+    from pipelines.snapshot import load_snapshot
+
+    client = use_store(settings)
+    digest = load_snapshot(snapshot).content_hash
+    experiment = client.get_experiment_by_name(settings.experiment)
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.task = '{model}' and tags.`data.snapshot_hash` = '{digest}'")
+    killed = [r.info.run_id for r in runs if r.info.status == "RUNNING"]
+    for run_id in killed:  # Airflow starts a retry only after the previous try ended, so these are dead
+        client.set_terminated(run_id, "KILLED")
+    night_runs, abandoned = {r.info.run_id for r in runs}, []
+    for mv in client.search_model_versions(f"name='{model}'"):
+        if mv.tags.get("promotion.decision", "pending") != "pending":
+            continue
+        if mv.run_id in night_runs or mv.tags.get("data.snapshot_hash") == digest:
+            client.set_model_version_tag(model, mv.version, "promotion.decision", ABANDONED)
+            client.set_model_version_tag(model, mv.version, "promotion.reason",
+                                         "its training task died before the gate decided; a retry trained another version")
+            if alias_version(client, model, CHALLENGER) == str(mv.version):
+                client.delete_registered_model_alias(model, CHALLENGER)
+            abandoned.append(str(mv.version))
+    if killed or abandoned:
+        log.warning("cleaned up after a killed try", extra={"model": model, "killed_runs": killed, "abandoned_versions": abandoned})
+    return {"killed_runs": killed, "abandoned_versions": abandoned}
+
+
 def train_candidate(plan: dict, model: str, snapshot: str, settings: Settings) -> dict | None:
     """Train and register one model's candidate from the night's training snapshot; None when the
-    window has nothing that model learns from (a night without labelled failed jobs, for failure-rca)."""
+    window has nothing that model learns from (a night without labelled failed jobs, for failure-rca).
+
+    A retry starts clean (`clean_stale_attempts`); torch uses `train.cpu_threads` threads when set.
+    """
     from pipelines.train import train_log_anomaly
 
     from pipelines.rca import NoFailuresError, train_failure_rca
     from pipelines.train_forecast import train_metric_forecast
 
+    clean_stale_attempts(model, snapshot, settings)
+    if settings.train.cpu_threads > 0:
+        import torch
+
+        torch.set_num_threads(settings.train.cpu_threads)
     trainers = {"log-anomaly": train_log_anomaly, "metric-forecast": lambda snap, s, _base: train_metric_forecast(snap, s),
                 "failure-rca": train_failure_rca}
     try:
@@ -186,22 +259,41 @@ def publish_forecasts(plan: dict, settings: Settings) -> dict:
     return forecast("metric-forecast@champion", plan["metric_source"] or embedded_metric_source(settings), None, settings, at=at)
 
 
-def write_summary(plan: dict, outcomes: dict, scoring: dict, forecasts: dict | None = None) -> dict:
+def write_summary(plan: dict, outcomes: dict, scoring: dict | None, forecasts: dict | None = None,
+                  failed_tasks: list[str] | None = None, settings: Settings | None = None) -> dict:
+    """The night's summary (`summary.json` under the night's folder): each model's outcome, scoring,
+    validation, forecasts, and the tasks that failed (a model whose task failed says which). With
+    `settings`, the night's HTML report is written beside it too (`report`: its path, or None)."""
     night = Path(plan["summary_file"]).parent
     validation = {p.stem: json.loads(p.read_text()) for p in sorted((night / "validation").glob("*.json"))}
     failed = [suite for suite, v in validation.items() if v["status"] == "failed"]
-    outcomes = {name: o if o is not None else {"decision": "skipped", "reason": f"not trained: validation failed ({', '.join(failed)})"
-                                               if failed else "not trained"} for name, o in outcomes.items()}
+    failed_tasks = sorted(failed_tasks or [])
+
+    def missing(name: str) -> dict:
+        tasks = [t for t in failed_tasks if t.endswith(name.replace("-", "_"))]
+        if tasks:
+            return {"decision": "failed", "reason": f"task {', '.join(tasks)} failed; the champion stays", "failed_tasks": tasks}
+        if failed:
+            return {"decision": "skipped", "reason": f"not trained: validation failed ({', '.join(failed)})"}
+        return {"decision": "skipped", "reason": f"not trained: task {', '.join(failed_tasks)} failed" if failed_tasks else "not trained"}
+
+    outcomes = {name: o if o is not None else missing(name) for name, o in outcomes.items()}
+    if scoring is None:
+        scoring = {"skipped": f"scoring failed ({', '.join(failed_tasks) or 'no result'})"}
     summary = {"logical_date": plan["logical_date"], "models": outcomes, "scoring": scoring, "validation": validation,
-               "forecasts": forecasts}
+               "forecasts": forecasts, "failed_tasks": failed_tasks}
     path = Path(plan["summary_file"])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2, default=str))
+    if settings is not None:
+        from pipelines.report import try_night_report
+
+        summary["report"] = try_night_report(settings, plan["logical_date"])
     return summary
 
 
 def run_in_process(settings: Settings, logical_date: str, source: str | None, base_model: str | None) -> dict:
-    plan = plan_night(settings, logical_date, source, base_model)
+    plan = setup_night(settings, logical_date, source, base_model)
     train_snapshot = ingest_window(plan, "train", settings)
     ingest_window(plan, "fresh", settings)
     validation = validate_window(plan, train_snapshot, "logs", settings)
@@ -216,7 +308,7 @@ def run_in_process(settings: Settings, logical_date: str, source: str | None, ba
     forecaster = None if stopped else train_candidate(plan, "metric-forecast", metric_snapshot, settings)
     forecaster = gate_candidate("metric-forecast", forecaster, metric_holdout, settings)
     return write_summary(plan, {"log-anomaly": outcome, "failure-rca": root_causes, "metric-forecast": forecaster}, score_fresh(plan, settings),
-                         publish_forecasts(plan, settings))
+                         publish_forecasts(plan, settings), settings=settings)
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
@@ -242,13 +334,20 @@ def airflow_bin() -> str:
 
 def run_retrain(settings: Settings, logical_date: str | None = None, source: str | None = None,
                 base_model: str | None = None, in_process: bool = False) -> dict:
-    """Run the nightly flow once: through `airflow dags test` (default) or in this process."""
+    """Run the nightly flow once: through `airflow dags test` (default; tasks do not retry unless
+    NIGHTSHIFT_AIRFLOW_RETRIES says so) or in this process.
+
+    Raises:
+        RuntimeError: the DAG run failed (the message holds the last lines of its log).
+    """
     date = logical_date or default_logical_date(settings, source)
     if in_process:
         summary = run_in_process(settings, date, source, base_model)
     else:
-        env = airflow_env(settings)
+        # one run, watched by a person: a failed task fails the run now rather than retrying for minutes
+        env = {"NIGHTSHIFT_AIRFLOW_RETRIES": "0", **airflow_env(settings)}
         subprocess.run([airflow_bin(), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+        ensure_pool(settings, env)
         conf = json.dumps({"source": source, "base_model": base_model})
         summary_file = summary_path(settings, datetime.fromisoformat(date).date().isoformat())
         airflow_log = summary_file.with_name("airflow.log")
@@ -279,7 +378,9 @@ def describe(summary: dict) -> str:
         lines.append(f"  validation {suite}: {v['status']} ({v['statistics']['successful']}/{v['statistics']['evaluated']} expectations met) -> {v['data_docs']}")
         lines += [f"    failed {f['check']} ({f['expectation']}) on {f['rows']} of {f['of']} rows, e.g. {json.dumps(f['examples'][:2], default=str)}"
                   for f in v["failed"]]
-    lines += [f"  {name} skipped: {o['reason']}" for name, o in summary["models"].items() if o.get("decision") == "skipped"]
+    lines += [f"  {name} {o['decision']}: {o['reason']}" for name, o in summary["models"].items() if o.get("decision") in ("skipped", "failed")]
+    if summary.get("failed_tasks"):
+        lines.append(f"  failed tasks: {', '.join(summary['failed_tasks'])}")
     lines += [f"  {name} v{o['version']} {o['decision']}: {o['promotion']['reason']}" for name, o in summary["models"].items()
               if o.get("promotion")]
     s = summary.get("scoring")
@@ -297,3 +398,16 @@ def describe(summary: dict) -> str:
     elif f:
         lines.append(f"  pushed {f['horizon']} forecasts of {f['series']} series with {f['model']} v{f['version']} -> {f['pushgateway']}")
     return "\n".join(lines)
+
+
+def ensure_pool(settings: Settings, env: dict[str, str] | None = None) -> None:
+    """Create or resize the Airflow pool of the training tasks (`airflow.training_pool`,
+    `airflow.training_pool_slots` slots) in the Airflow that `env` points at.
+
+    Raises:
+        subprocess.CalledProcessError: `airflow pools set` failed.
+    """
+    cfg = settings.airflow
+    subprocess.run([airflow_bin(), "pools", "set", cfg.training_pool, str(cfg.training_pool_slots),
+                    "nightshift trainings that run at once (setting airflow.training_pool_slots)"],
+                   env=env or os.environ.copy(), check=True, stdout=subprocess.DEVNULL)

@@ -23,13 +23,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Iterable, Iterator, Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import numpy as np
 import pyarrow as pa
 
-from pipelines.config import PrometheusSettings, Settings
+from pipelines.config import InputSettings, PrometheusSettings, Settings
+from pipelines.formats import iter_lines, metric_csv_samples, sniff_metric_format
+from pipelines.records import epoch_divisor
 from pipelines.snapshot import Snapshot, write_snapshot
 from pipelines.sources import file_path, public_uri
 from pipelines.telemetry import get_logger
@@ -286,15 +288,11 @@ def _matches(labels: dict[str, str], matchers: list[tuple[str, str, str]]) -> bo
 
 
 class FileMetricSource:
-    """An OpenMetrics text file of timestamped samples, queried like Prometheus would query it."""
-
-    SUFFIXES = (".om", ".txt", ".prom", ".openmetrics")
+    """An OpenMetrics text file of timestamped samples (plain or gzip), queried like Prometheus would query it."""
 
     def __init__(self, uri: str):
         self.path = file_path(uri)
         self.uri = f"file://{self.path.resolve()}"
-        if self.path.suffix not in self.SUFFIXES:
-            raise ValueError(f"metric source {uri}: expected an OpenMetrics text file ({', '.join(self.SUFFIXES)})")
         if not self.path.is_file():
             raise FileNotFoundError(f"metric source {uri}: no such file {self.path}")
         self._series: list[tuple[dict[str, str], np.ndarray, np.ndarray]] | None = None
@@ -305,33 +303,32 @@ class FileMetricSource:
             return self._series
         ids: dict[str, str] = {}  # the line's `name{...}` text -> series id
         found: dict[str, tuple[dict[str, str], list[float], list[float]]] = {}
-        with self.path.open() as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip() or line.startswith("#"):
-                    continue
-                m = _SAMPLE.match(line)
-                where = f"{self.path.name}:{lineno}"
-                if not m:
-                    raise MetricDataError(f"{where}: not an OpenMetrics sample line")
-                if m[4] is None:
-                    raise MetricDataError(f"{where}: sample without a timestamp; a history file needs one on every sample")
-                try:
-                    value, ts = float(m[3]), float(m[4])
-                except ValueError:
-                    raise MetricDataError(f"{where}: cannot read value {m[3]!r} or timestamp {m[4]!r}") from None
-                key = m[1] + (m[2] or "")
-                sid = ids.get(key)
-                if sid is None:
-                    labels = {**(_parse_labels(m[2], where) if m[2] else {}), "__name__": m[1]}
-                    sid = ids[key] = series_id(labels)
-                    found.setdefault(sid, (labels, [], []))
-                found[sid][1].append(ts)
-                found[sid][2].append(value)
+        # gzip, a BOM and CRLF line ends are handled by `iter_lines`
+        for lineno, line in iter_lines(self.path):
+            if not line.strip() or line.startswith("#"):
+                continue
+            m = _SAMPLE.match(line)
+            where = f"{self.path.name}:{lineno}"
+            if not m:
+                raise MetricDataError(f"{where}: not an OpenMetrics sample line")
+            if m[4] is None:
+                raise MetricDataError(f"{where}: sample without a timestamp; a history file needs one on every sample")
+            try:
+                value, ts = float(m[3]), float(m[4])
+            except ValueError:
+                raise MetricDataError(f"{where}: cannot read value {m[3]!r} or timestamp {m[4]!r}") from None
+            key = m[1] + (m[2] or "")
+            sid = ids.get(key)
+            if sid is None:
+                labels = {**(_parse_labels(m[2], where) if m[2] else {}), "__name__": m[1]}
+                sid = ids[key] = series_id(labels)
+                found.setdefault(sid, (labels, [], []))
+            found[sid][1].append(ts)
+            found[sid][2].append(value)
         self._series = []
         for labels, ts_list, value_list in found.values():
             ts, values = np.asarray(ts_list), np.asarray(value_list)
-            if ts.max() > 1e11:  # the Prometheus text format counts milliseconds, OpenMetrics seconds
-                ts = ts / 1000.0
+            ts = ts / epoch_divisor(ts.max())  # OpenMetrics counts seconds, the Prometheus text format milliseconds
             order = np.argsort(ts, kind="stable")
             self._series.append((labels, ts[order], values[order]))
         return self._series
@@ -351,12 +348,52 @@ class FileMetricSource:
                 out.append(Series(dict(labels), grid[seen], values[idx[seen]]))
         return out
 
+    def span(self, queries: Iterable[str]) -> tuple[float, float]:
+        """(first, last) sample time in epoch seconds over the series the queries select.
+        Raises MetricDataError when they select nothing."""
+        chosen = [_matchers(q, self.uri) for q in queries]
+        times = [(ts[0], ts[-1]) for labels, ts, _ in self._load() if len(ts) and any(_matches(labels, m) for m in chosen)]
+        if not times:
+            raise MetricDataError(f"metric source {self.uri}: no series matches {', '.join(map(repr, queries))}")
+        return min(t[0] for t in times), max(t[1] for t in times)
+
+    def metric_names(self) -> list[str]:
+        """The metric names the file holds, in order of first appearance."""
+        return list(dict.fromkeys(labels["__name__"] for labels, _, _ in self._load()))
+
+
+class CsvMetricSource(FileMetricSource):
+    """A metric CSV/TSV (`timestamp,value[,label columns]`, `pipelines.formats.metric_csv_samples`),
+    queried like an OpenMetrics file; the metric name is a `__name__` column, else the file name."""
+
+    def __init__(self, uri: str, inputs: InputSettings):
+        super().__init__(uri)
+        self.inputs = inputs
+
+    def _load(self) -> list[tuple[dict[str, str], np.ndarray, np.ndarray]]:
+        if self._series is None:
+            found: dict[str, tuple[dict[str, str], list[float], list[float]]] = {}
+            for labels, ts, value in metric_csv_samples(self.path, self.inputs):
+                entry = found.setdefault(series_id(labels), (labels, [], []))
+                entry[1].append(ts)
+                entry[2].append(value)
+            self._series = []
+            for labels, ts_list, value_list in found.values():
+                ts, values = np.asarray(ts_list), np.asarray(value_list)
+                order = np.argsort(ts, kind="stable")
+                self._series.append((labels, ts[order], values[order]))
+        return self._series
+
 
 def open_metric_source(uri: str, settings: Settings) -> MetricSource:
-    """`http(s)://host:port[/prefix]` for Prometheus, `file://…om` for an OpenMetrics history file."""
+    """`http(s)://host:port[/prefix]` for Prometheus; `file://…` for a history file, OpenMetrics or CSV by
+    its content (plain or gzip)."""
     if uri.startswith(("http://", "https://")):
         return PrometheusSource(uri, settings.prometheus)
     if uri.startswith("file://") or "://" not in uri:
+        path = file_path(uri)
+        if path.is_file() and sniff_metric_format(path, settings.inputs) == "csv":
+            return CsvMetricSource(uri, settings.inputs)
         return FileMetricSource(uri)
     raise ValueError(f"metric source {public_uri(uri)}: expected http(s)://host:port or file://…om")
 

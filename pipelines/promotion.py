@@ -13,7 +13,9 @@ alias `previous`, so `rollback` can restore it.
 Moving `champion` is a compare-and-set: under a lock, the current champion is re-read and the
 alias moves only when it is still the version the challenger was judged against. The lock is a
 file lock beside a local SQLite store, and for a remote tracking server a registered model created
-as a mutex (the registry refuses a second one with the same name, atomically).
+as a mutex with an owner token (the registry refuses a second one with the same name, atomically);
+see `promotion_lock` for how a holder releases it and how a waiter breaks an abandoned one. A gate
+that loses writes its decision under the lock too, and never onto a version another gate promoted.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ import importlib
 import json
 import math
 import os
+import random
+import socket
 import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from pipelines.config import ConfigError, PromotionSettings, Settings
-from pipelines.registry import CHALLENGER, CHAMPION, PREVIOUS, ModelRef, alias_version, resolve, set_version_tags, use_store
+from pipelines.registry import ABANDONED, CHALLENGER, CHAMPION, PREVIOUS, ModelRef, alias_version, resolve, set_version_tags, use_store
 from pipelines.snapshot import Snapshot, load_snapshot
 from pipelines.telemetry import get_logger
 
@@ -184,10 +189,119 @@ def _local_lock_dir(tracking_uri: str) -> Path | None:
     return None
 
 
+class LockLost(PromotionError):
+    """The holder ran past its lease: a waiter may have broken the lock, so nothing more is written."""
+
+
+class Lease:
+    """What a holder of the promotion lock knows: its owner token and how long it has held the lock.
+
+    `check()` before each write inside the lock: a waiter breaks a lock only after seeing the same
+    owner for a whole lease on its own clock, so a holder that is still inside `lease - margin` of
+    its own clock is still the only holder.
+    """
+
+    def __init__(self, owner: str, lease: float | None):
+        self.owner, self.lease, self.acquired = owner, lease, time.monotonic()
+        # the margin covers a waiter's poll interval and one registry round trip
+        self.margin = 0.0 if lease is None else min(10.0, lease / 4)
+
+    @property
+    def held(self) -> float:
+        return time.monotonic() - self.acquired
+
+    def alive(self) -> bool:
+        return self.lease is None or self.held < self.lease - self.margin
+
+    def check(self) -> None:
+        """Raises `LockLost` when the lease has run out."""
+        if not self.alive():
+            raise LockLost(f"promotion lock held {self.held:.1f}s, past its lease of {self.lease}s less a margin of "
+                           f"{self.margin:.1f}s (setting promotion.lock_lease): another gate may hold it now; nothing written")
+
+
+def _mlflow_code(exc: Exception) -> str | None:
+    return getattr(exc, "error_code", None)
+
+
+def _owner_of(client, model: str) -> str | None:
+    """The owner token on a registry mutex, or None when there is none (released meanwhile)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(model).tags.get("owner", "")
+    except MlflowException as exc:
+        if _mlflow_code(exc) == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
+def _try_create(client, model: str, owner: str, description: str) -> bool:
+    """Create the registered model `model` owned by `owner` (name and tag in one transaction); False when it exists."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(model, tags={"owner": owner, "host": socket.gethostname(), "pid": str(os.getpid())},
+                                       description=description)
+        return True
+    except MlflowException as exc:
+        if _mlflow_code(exc) in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
+            return False  # exists; or raced a delete inside the server: look again
+        raise
+
+
+def _delete_if_owner(client, model: str, owner: str) -> bool:
+    """Delete the registered model `model` when `owner` still owns it; True when deleted."""
+    from mlflow.exceptions import MlflowException
+
+    if _owner_of(client, model) != owner:
+        return False
+    try:
+        client.delete_registered_model(model)
+        return True
+    except MlflowException as exc:
+        if _mlflow_code(exc) == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+
+
+def _break_abandoned(client, mutex: str, owner: str) -> bool:
+    """Delete `mutex` held by `owner`, whom the caller has seen hold it for a whole lease.
+
+    Of several waiters breaking the same lease only one may delete, or the second would delete the
+    mutex the first has just created. A marker `MUTEX.break-OWNER`, created atomically, picks that
+    one; it re-reads the owner before deleting. Returns True when this waiter broke it.
+    """
+    marker, me = f"{mutex}.break-{owner}", uuid.uuid4().hex
+    if not _try_create(client, marker, me, f"a waiter is breaking the abandoned lock of {owner}"):
+        return False
+    try:
+        broken = _delete_if_owner(client, mutex, owner)
+    finally:
+        # safe after the delete: a later breaker of `owner` re-reads the mutex and finds a new owner
+        _delete_if_owner(client, marker, me)
+    if broken:
+        log.warning("broke an abandoned promotion lock", extra={"lock": mutex, "owner": owner})
+    return broken
+
+
 @contextmanager
-def promotion_lock(client, name: str, timeout: float = 60.0, lease: float = 120.0) -> Iterator[None]:
-    """Exclusive across processes for one registered model: a file lock for a local store, a
-    registry mutex (a registered model `NAME.promotion-lock`, created atomically) for a server."""
+def promotion_lock(client, name: str, timeout: float | None = None, lease: float | None = None) -> Iterator[Lease]:
+    """Exclusive across processes for one registered model; yields the holder's `Lease`.
+
+    A local store: `fcntl.flock` on `locks/NAME.lock` beside it (released by the OS if the process
+    dies, so no lease). A tracking server: the registered model `NAME.promotion-lock`, created with
+    an owner token (the registry's unique name makes the create atomic). The holder deletes it only
+    while it still names its own token and its lease has not run out; a waiter that sees the same
+    owner for a whole lease (on its own clock) breaks it through `_break_abandoned`.
+
+    Raises:
+        PromotionError: the lock is still held after `timeout` seconds.
+        ConfigError: `timeout` is not longer than `lease` (a waiter would give up before it may break an abandoned lock).
+    """
+    defaults = PromotionSettings()
+    timeout = defaults.lock_timeout if timeout is None else timeout
+    lease = defaults.lock_lease if lease is None else lease
     deadline = time.monotonic() + timeout
     where = _local_lock_dir(client.tracking_uri)
     if where is not None:
@@ -203,50 +317,61 @@ def promotion_lock(client, name: str, timeout: float = 60.0, lease: float = 120.
                                              "(setting promotion.lock_timeout)") from None
                     time.sleep(0.05)
             try:
-                yield
+                yield Lease(uuid.uuid4().hex, None)
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
         return
 
-    from mlflow.exceptions import MlflowException
-
-    mutex = f"{name}.promotion-lock"
-    while True:
-        try:
-            client.create_registered_model(mutex, description=f"held while nightshift moves the champion of {name}")
-            break
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        try:  # a holder that died leaves its mutex behind; past the lease it is taken as abandoned
-            if time.time() - client.get_registered_model(mutex).creation_timestamp / 1000 > lease:
-                log.warning("breaking an abandoned promotion lock", extra={"model": name, "lock": mutex})
-                client.delete_registered_model(mutex)
-                continue
-        except MlflowException:
-            continue  # released meanwhile
-        if time.monotonic() > deadline:
-            raise PromotionError(f"registered model {mutex!r} (the promotion lock) still held after {timeout}s "
+    if timeout <= lease:
+        raise ConfigError(f"setting promotion.lock_timeout ({timeout}s) must be longer than promotion.lock_lease ({lease}s): "
+                          "a gate retried after a crash would give up before the crashed gate's lock may be broken")
+    mutex, me = f"{name}.promotion-lock", uuid.uuid4().hex
+    seen: tuple[str, float] | None = None  # (owner, since when on this clock)
+    while not _try_create(client, mutex, me, f"held while nightshift moves the champion of {name}"):
+        owner = _owner_of(client, mutex)
+        now = time.monotonic()
+        if owner is None and now <= deadline:  # released meanwhile: create again at once
+            seen = None
+            continue
+        if seen is None or seen[0] != owner:
+            seen = (owner, now)
+        elif now - seen[1] >= lease and owner is not None and _break_abandoned(client, mutex, owner):
+            seen = None
+            continue
+        if now > deadline:
+            raise PromotionError(f"registered model {mutex!r} (the promotion lock) still held by {owner} after {timeout}s "
                                  "(setting promotion.lock_timeout)")
-        time.sleep(0.1)
+        time.sleep(0.1 + random.random() * 0.1)  # jitter: waiters do not hit the registry in step
+    held = Lease(me, lease)
     try:
-        yield
+        yield held
     finally:
-        client.delete_registered_model(mutex)
+        if held.alive():
+            _delete_if_owner(client, mutex, me)
+        else:  # a waiter may be breaking it right now; deleting could remove the next holder's mutex
+            log.warning("promotion lock held past its lease; left for a waiter to break", extra={"lock": mutex, "held_s": round(held.held, 1)})
 
 
 def compare_and_set_champion(client, name: str, expected: str | None, new: str, *, on_commit: Callable[[], None] | None = None,
-                             timeout: float = 60.0, lease: float = 120.0) -> tuple[bool, str | None]:
+                             timeout: float | None = None, lease: float | None = None) -> tuple[bool, str | None]:
     """Move `champion` to `new` only if it still is `expected` (None: no champion yet); the replaced
-    champion becomes `previous`. Returns (moved, the champion now). `on_commit` runs under the lock."""
-    with promotion_lock(client, name, timeout, lease):
+    champion becomes `previous`. Returns (moved, the champion now). `on_commit` runs under the lock,
+    after the alias moved.
+
+    Raises:
+        LockLost: the lock's lease ran out before a write (nothing more is written).
+        PromotionError: the lock could not be had within `timeout`.
+    """
+    with promotion_lock(client, name, timeout, lease) as held:
         current = alias_version(client, name, CHAMPION)
         if current != expected:
             return False, current
+        held.check()
         if expected is not None and expected != new:
             client.set_registered_model_alias(name, PREVIOUS, expected)
         client.set_registered_model_alias(name, CHAMPION, new)
         if on_commit:
+            held.check()
             on_commit()
         return True, new
 
@@ -359,6 +484,9 @@ def promote(name: str, settings: Settings, holdout: str | Path | None = None, ve
 
     champion = ModelRef(name, champion_version)
     tags = client.get_model_version(name, challenger.version).tags
+    if tags.get("promotion.decision") == ABANDONED:  # its training task died before deciding; a retry registered another
+        reason = f"v{challenger.version} was abandoned: {tags.get('promotion.reason', 'its training task died')}"
+        return {**base, "decision": REJECTED, "reason": reason, "reasons": [reason], "champion_now": champion_version}
     if "rollback.at" in tags:  # refused without touching its tags: they keep saying who rolled it back and why
         reason = (f"v{challenger.version} was rolled back at {tags['rollback.at']} by {tags.get('rollback.by')}: "
                   f"{tags.get('rollback.reason')}; train a new candidate")
@@ -371,9 +499,15 @@ def promote(name: str, settings: Settings, holdout: str | Path | None = None, ve
     champion_metrics = holdout_metrics(spec, f"{name}/{champion.version}", snapshot.path, settings)
     decay = champion_decay(client, champion, champion_metrics, spec, cfg)
     ok, reasons = decide(spec, challenger_metrics, champion_metrics, validation, drift, cfg)
+    from pipelines.evaluate import face_baseline  # evaluate reaches back into training code; kept off this module's import
+
+    versus = face_baseline(name, f"{name}/{challenger.version}", snapshot.path, settings, challenger_metrics, spec.primary)
+    ok &= versus["ok"]
+    reasons.append(versus["reason"])
     record = {**base, "primary": spec.primary, "guards": list(spec.guards),
               "holdout": {"snapshot": str(snapshot.path), "content_hash": snapshot.content_hash, "window": snapshot.window},
               "challenger_metrics": challenger_metrics, "champion_metrics": champion_metrics,
+              "contenders": {**versus["contenders"], "champion": champion_metrics},
               "validation": validation, "drift": drift, "champion_decay": decay,
               "settings": {"margin": cfg.margin, "guard_tolerance": cfg.guard_tolerance}}
     _record_decay(client, champion, champion_metrics, decay, snapshot)
@@ -393,7 +527,15 @@ def promote(name: str, settings: Settings, holdout: str | Path | None = None, ve
                            "run the gate again against the new champion")
     if decision != PROMOTED:
         record.update(decision=decision, reasons=reasons, reason="; ".join(reasons))
-        _record(client, challenger, record, challenger_metrics, champion_metrics)
+        # Under the lock too: a gate that lost must not overwrite the record of one that promoted this very version.
+        with promotion_lock(client, name, cfg.lock_timeout, cfg.lock_lease) as held:
+            now = alias_version(client, name, CHAMPION)
+            if now == challenger.version:
+                decision = KEPT
+                record.update(decision=KEPT, reason=f"v{challenger.version} was promoted by another gate while this one ran; its record stands")
+            else:
+                held.check()
+                _record(client, challenger, record, challenger_metrics, champion_metrics)
     log.info("gate decided", extra={"model": name, "challenger": challenger.version, "champion": champion_version,
                                     "decision": decision, "champion_now": now})
     return {**record, "champion_now": now}
@@ -433,12 +575,13 @@ def rollback(name: str, settings: Settings, reason: str, user: str | None = None
     client = use_store(settings)
     cfg = settings.promotion
     user, at = user or current_user(), _now()
-    with promotion_lock(client, name, cfg.lock_timeout, cfg.lock_lease):
+    with promotion_lock(client, name, cfg.lock_timeout, cfg.lock_lease) as held:
         current, previous = alias_version(client, name, CHAMPION), alias_version(client, name, PREVIOUS)
         if current is None:
             raise PromotionError(f"model {name!r} has no champion to roll back")
         if previous is None or previous == current:
             raise PromotionError(f"model {name!r}: champion v{current} has no previous champion (alias '{PREVIOUS}') to roll back to")
+        held.check()
         before = client.get_model_version(name, previous).tags.get("promotion.replaced")
         client.set_registered_model_alias(name, CHAMPION, previous)
         # `previous` follows the chain of replaced champions, so a second rollback goes one further back.

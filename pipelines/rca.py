@@ -49,9 +49,9 @@ def configured_label_space(settings: Settings) -> LabelSpace:
 
 
 def configured_knowledge_base(settings: Settings) -> KnowledgeBase:
-    """The knowledge base of setting `rca.knowledge_base`, else the packaged default."""
+    """The knowledge base of setting `rca.knowledge_base`, else the packaged default, with the floor `rca.kb_min_similarity`."""
     try:
-        return load_knowledge_base(settings.rca.knowledge_base or None)
+        return load_knowledge_base(settings.rca.knowledge_base or None, settings.rca.kb_min_similarity)
     except ValueError as exc:
         raise ConfigError(f"setting rca.knowledge_base: {exc}") from None
 

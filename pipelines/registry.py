@@ -2,14 +2,22 @@
 
 Registered models are `log-anomaly`, `failure-rca` and `metric-forecast`; the alias `champion`
 is what serving uses and `challenger` the latest candidate that passed validation.
+
+`prepare_store` sets the store and the experiment up once, before a night fans out into parallel
+tasks; `use_store` is idempotent and safe to call from many processes at once anyway (a SQLite
+store is created under a file lock, so Alembic migrates it once; a second `create_experiment`
+that loses the race reads the winner's experiment).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from pipelines.config import Settings
 from pipelines.telemetry import get_logger
@@ -18,11 +26,17 @@ log = get_logger("registry")
 
 MODEL_NAMES = ("log-anomaly", "failure-rca", "metric-forecast")
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+ABANDONED = "abandoned"  # `promotion.decision` of a version whose training task died before deciding
 _REF = re.compile(r"^(?P<name>[\w.-]+?)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
+REACH_TIMEOUT = 5.0  # seconds a tracking server gets to answer /health before it counts as unreachable
 
 
 class RegistryError(LookupError):
     pass
+
+
+class StoreUnreachable(RuntimeError):
+    """Nothing answers at the tracking URI; the message names it (the CLI prints it and exits 2)."""
 
 
 @dataclass(frozen=True)
@@ -35,23 +49,84 @@ class ModelRef:
         return f"models:/{self.name}/{self.version}"
 
 
+def check_reachable(uri: str, timeout: float = REACH_TIMEOUT) -> None:
+    """Fail fast when an http(s) tracking URI has no server behind it.
+
+    MLflow's own client retries a refused connection for minutes before its traceback.
+
+    Raises:
+        StoreUnreachable: no HTTP answer from `uri` within `timeout` seconds.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:  # any HTTP answer (even 401 behind an auth proxy) means a server listens
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as exc:
+        raise StoreUnreachable(f"MLflow tracking server {uri} is unreachable ({exc.__class__.__name__}); "
+                               "check MLFLOW_TRACKING_URI or setting tracking_uri") from None
+
+
+@contextmanager
+def _store_init_lock(uri: str) -> Iterator[None]:
+    """Serialise the first touch of a SQLite store across processes: Alembic's migration of a new
+    file is not safe to run twice at once ("expected to match one row ... 0 found")."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / f".{db.name}.init.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released by the OS if this process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def use_store(settings: Settings):
-    """Point MLflow at the configured store (SQLite under NIGHTSHIFT_HOME by default); return a client."""
+    """Point MLflow at the configured store (SQLite under NIGHTSHIFT_HOME by default) and its
+    experiment, creating either when missing; returns an `MlflowClient`.
+
+    Raises:
+        StoreUnreachable: the tracking URI is a server that does not answer.
+    """
     import mlflow
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     uri = settings.mlflow_uri
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    check_reachable(uri)
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    if mlflow.get_experiment_by_name(settings.experiment) is None:
-        location = settings.artifact_root.as_uri() if not uri.startswith("http") else None
-        mlflow.create_experiment(settings.experiment, artifact_location=location)
-    mlflow.set_experiment(settings.experiment)
-    return MlflowClient(uri, registry_uri=uri)
+    with _store_init_lock(uri):
+        client = MlflowClient(uri, registry_uri=uri)  # opening a SQLite store creates and migrates its tables
+        client.search_registered_models(max_results=1)  # the registry's tables too, under the same lock
+        experiment = client.get_experiment_by_name(settings.experiment)
+        if experiment is None:
+            location = settings.artifact_root.as_uri() if not uri.startswith("http") else None
+            try:
+                client.create_experiment(settings.experiment, artifact_location=location)
+            except MlflowException as exc:  # another process created it between the read and the create
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            experiment = client.get_experiment_by_name(settings.experiment)
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    return client
+
+
+def prepare_store(settings: Settings) -> dict:
+    """Set the store and experiment up once, before the night's tasks fan out; returns where they are.
+
+    Raises:
+        StoreUnreachable: the tracking URI is a server that does not answer.
+    """
+    client = use_store(settings)
+    experiment = client.get_experiment_by_name(settings.experiment)
+    return {"tracking_uri": settings.mlflow_uri, "experiment": settings.experiment, "experiment_id": experiment.experiment_id}
 
 
 def resolve(client, ref: str) -> ModelRef:

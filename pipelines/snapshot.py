@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.records import batched
+from pipelines.records import batched, format_timestamp
 
 LOG_SCHEMA = pa.schema([
     ("timestamp", pa.timestamp("ms", tz="UTC")),
@@ -64,7 +64,7 @@ class Snapshot:
 
 
 def _iso(ts: datetime | None) -> str | None:
-    return ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if ts else None
+    return format_timestamp(ts) if ts else None
 
 
 def load_snapshot(path: str | Path) -> Snapshot:

@@ -1,21 +1,32 @@
-"""Log sources and sinks, chosen by URI: `file://…ndjson|parquet` here, Elasticsearch in `pipelines.elastic`.
+"""Log sources and sinks, chosen by URI: `file://…` here, Elasticsearch in `pipelines.elastic`.
 
 A source streams `(where, document)` pairs, `where` naming the record for error messages
 (`logs.ndjson:42`). For Elasticsearch `where` is a `pipelines.elastic.DocRef` (a str, `index/id`, that also
 carries the index, id and routing the sink writes back to). Nothing here holds a whole window in memory.
+
+A file source is one file, a folder (its visible files, by name) or a glob (`file:///exports/*.ndjson.gz`);
+each file is read by its content (`pipelines.formats`). The file sink writes NDJSON all or nothing and
+resumes after a kill (`FileLogSink`).
 """
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import json
 import os
-from datetime import datetime
+import re
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator, Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pipelines.config import LogFields, Settings
-from pipelines.records import RecordError, get_field, parse_timestamp
+from pipelines.formats import LOG_READERS, ReadContext, sniff_log_format
+from pipelines.records import RecordError, doc_timestamp, format_timestamp, json_default
+from pipelines.telemetry import get_logger
+
+log = get_logger("sources")
 
 
 class LogSource(Protocol):
@@ -50,80 +61,196 @@ def file_path(uri: str) -> Path:
     return Path(uri)
 
 
-def in_window(doc: dict, fields: LogFields, where: str, start: datetime | None, end: datetime | None) -> bool:
+def in_window(doc: dict, fields: LogFields, where: str, start: datetime | None, end: datetime | None,
+              epoch_unit: str = "auto") -> bool:
+    """Whether the document's timestamp lies in [start, end) (always, without a window); RecordError when it has none."""
     if start is None and end is None:
         return True
-    raw = get_field(doc, fields.timestamp)
-    if raw is None:
-        raise RecordError(where, fields.timestamp, "is missing")
-    try:
-        ts = parse_timestamp(raw)
-    except ValueError as exc:
-        raise RecordError(where, fields.timestamp, f"is not an ISO-8601 timestamp ({exc})") from None
+    ts = doc_timestamp(doc, fields, where, epoch_unit)
     return (start is None or ts >= start) and (end is None or ts < end)
 
 
-class FileLogSource:
-    """NDJSON (one document per line) or Parquet (one document per row)."""
+def expand_files(path: Path) -> list[Path]:
+    """The files a path names: itself, a folder's visible files (not recursive), or a glob's matches; by name."""
+    if any(c in str(path) for c in "*?["):
+        files = [Path(p) for p in glob.glob(str(path))]
+    elif path.is_dir():
+        files = [p for p in path.iterdir() if not p.name.startswith(".")]
+    else:
+        files = [path]
+    return sorted(p for p in files if p.is_file())
 
-    def __init__(self, uri: str, fields: LogFields):
-        self.path = file_path(uri)
-        self.uri = f"file://{self.path.resolve()}"
-        self.fields = fields
-        if self.path.suffix not in (".ndjson", ".jsonl", ".json", ".parquet"):
-            raise ValueError(f"source {uri}: expected a .ndjson or .parquet file")
-        if not self.path.is_file():
-            raise FileNotFoundError(f"source {uri}: no such file {self.path}")
+
+class FileLogSource:
+    """Local files, each read by its content or as setting `inputs.format` says (`pipelines.formats`)."""
+
+    def __init__(self, uri: str, settings: Settings):
+        path = file_path(uri)
+        self.fields = settings.fields
+        self.ctx = ReadContext.from_settings(settings.fields, settings.inputs)
+        self.files = expand_files(path)
+        if not self.files:
+            raise FileNotFoundError(f"source {uri}: no such file {path}")
+        self.uri = f"file://{path.resolve()}"
+        forced = settings.inputs.format
+        self.formats = {f: forced if forced != "auto" else sniff_log_format(f, self.ctx) for f in self.files}
+
+    def fingerprint(self) -> list[list]:
+        """(path, size, mtime in ns) of each file: what a resumed scoring run must find unchanged."""
+        return [[str(f), (st := f.stat()).st_size, st.st_mtime_ns] for f in self.files]
 
     def iter_docs(self, start: datetime | None = None, end: datetime | None = None) -> Iterator[tuple[str, dict]]:
-        docs = self._parquet() if self.path.suffix == ".parquet" else self._ndjson()
-        for where, doc in docs:
-            if not isinstance(doc, dict):
-                raise RecordError(where, "(document)", f"must be a JSON object, got {type(doc).__name__}")
-            if in_window(doc, self.fields, where, start, end):
-                yield where, doc
+        """The documents in [start, end) (all of them without a window), file by file in name order."""
+        for path in self.files:
+            for where, doc in LOG_READERS[self.formats[path]](path, self.ctx):
+                if not isinstance(doc, dict):
+                    raise RecordError(where, "(document)", f"must be a JSON object, got {type(doc).__name__}")
+                if in_window(doc, self.fields, where, start, end, self.ctx.epoch_unit):
+                    yield where, doc
 
-    def _ndjson(self) -> Iterator[tuple[str, dict]]:
-        with self.path.open() as fh:
-            for number, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                where = f"{self.path.name}:{number}"
-                try:
-                    yield where, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise RecordError(where, "(line)", f"is not valid JSON: {exc.msg} at column {exc.colno}") from None
-
-    def _parquet(self) -> Iterator[tuple[str, dict]]:
-        import pyarrow.parquet as pq
-
-        row = 0
-        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=4096):
-            for doc in batch.to_pylist():
-                row += 1
-                yield f"{self.path.name}:row {row}", doc
+    def span(self) -> tuple[datetime, datetime]:
+        """[first, last + 1 ms): the window that holds every document (one extra pass over the files).
+        Raises ValueError when there are no documents."""
+        first = last = None
+        for where, doc in self.iter_docs():
+            ts = doc_timestamp(doc, self.fields, where, self.ctx.epoch_unit)
+            first, last = (ts, ts) if first is None else (min(first, ts), max(last, ts))
+        if first is None:
+            raise ValueError(f"source {self.uri}: holds no documents")
+        return first, last + timedelta(milliseconds=1)
 
 
 class FileLogSink:
-    """Scored documents as NDJSON, written to a temporary file and renamed: all or nothing."""
+    """Documents as NDJSON, all or nothing, resumable after a kill.
 
-    def __init__(self, uri: str):
+    Documents go to `.NAME.partial` beside the destination, renamed into place once complete. Every
+    `checkpoint_every` documents the partial is flushed to disk and `.NAME.partial.json` records the
+    run's key, the documents and the bytes written so far. A run stopped by an error or a kill leaves
+    both; the next run with the same key (`resume`: same source files, model version and window) cuts
+    the partial back to the recorded bytes and learns how many source documents to skip. A run with
+    another key, or none, starts afresh. Whoever takes the sink removes the temp files that killed runs
+    left (`.NAME.<pid>.tmp`). A lock on the partial keeps two runs from writing one sink at once.
+    """
+
+    def __init__(self, uri: str, checkpoint_every: int = 2048):
         self.path = file_path(uri)
         self.uri = f"file://{self.path.resolve()}"
+        if self.path.suffix == ".gz":
+            raise ValueError(f"sink {uri}: the file sink writes plain NDJSON; name it .ndjson and compress it afterwards")
+        self.partial = self.path.with_name(f".{self.path.name}.partial")
+        self.state_file = self.path.with_name(f".{self.path.name}.partial.json")
+        self.checkpoint_every = max(1, checkpoint_every)
+        self._fh = None
+        self._key: dict | None = None
+        self._resumed_docs = 0
+        self._resumed_bytes = 0
+
+    def resume(self, key: dict | None) -> int:
+        """Take the sink for one run; returns how many documents an interrupted run with the same `key`
+        already wrote (skip that many from the source), 0 when starting afresh. `key` None: never resume.
+        Raises RuntimeError when another run holds the sink."""
+        self._take()
+        saved = self._saved()
+        size = os.fstat(self._fh.fileno()).st_size
+        if key is not None and saved and saved.get("key") == key and 0 <= saved.get("bytes", -1) <= size:
+            self._resumed_docs, self._resumed_bytes = int(saved["docs"]), int(saved["bytes"])
+            log.info("resuming the file sink", extra={"sink": self.uri, "documents": self._resumed_docs})
+        else:
+            self._resumed_docs = self._resumed_bytes = 0
+            self.state_file.unlink(missing_ok=True)
+        self._fh.truncate(self._resumed_bytes)  # drops what was written after the last checkpoint
+        self._key = key
+        return self._resumed_docs
 
     def write(self, docs: Iterator[tuple[str, dict]]) -> dict[str, int]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        written = 0
+        """Append the documents and put the file in place; returns `written` (this run) and `resumed_docs`.
+        On any error the written part is checkpointed for the next run (when resumable), then the error goes on."""
+        if self._fh is None:
+            self.resume(None)
+        fh, written, size = self._fh, 0, self._resumed_bytes
         try:
-            with tmp.open("w") as fh:
-                for _, doc in docs:
-                    fh.write(json.dumps(doc, default=str) + "\n")
-                    written += 1
-            tmp.replace(self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return {"written": written}
+            for _, doc in docs:
+                line = (json.dumps(doc, default=json_default) + "\n").encode()
+                fh.write(line)
+                written, size = written + 1, size + len(line)
+                if written % self.checkpoint_every == 0:
+                    self._checkpoint(self._resumed_docs + written, size)
+        except BaseException:
+            self._stop(self._resumed_docs + written, size)
+            raise
+        fh.flush()
+        os.fsync(fh.fileno())
+        os.replace(self.partial, self.path)
+        self.state_file.unlink(missing_ok=True)
+        self._release()
+        return {"written": written, "resumed_docs": self._resumed_docs}
+
+    # -- internals --
+    def _take(self) -> None:
+        """Lock the partial (created empty if absent) and clear what killed runs left."""
+        if self._fh is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.partial, "a+b")  # append mode: writes land after the truncation point
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise RuntimeError(f"sink {self.uri}: another run is writing it (it holds {self.partial.name}); let it finish") from None
+        self._fh = fh
+        leftover = re.compile(rf"\.{re.escape(self.path.name)}\..*?(\d+)\.tmp")
+        for other in self.path.parent.iterdir():
+            m = leftover.fullmatch(other.name)
+            if m and not _alive(int(m[1])):
+                other.unlink(missing_ok=True)
+                log.info("removed a killed run's temp file", extra={"file": str(other)})
+
+    def _saved(self) -> dict | None:
+        try:
+            saved = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return saved if isinstance(saved, dict) else None
+
+    def _checkpoint(self, docs: int, size: int) -> None:
+        """Make `size` bytes durable, then record them (atomically: a kill leaves the old record or the new)."""
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        if self._key is None:
+            return
+        tmp = self.state_file.with_name(f"{self.state_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"key": self._key, "docs": docs, "bytes": size,
+                                   "saved_at": format_timestamp(datetime.now(timezone.utc))}, default=str))
+        tmp.replace(self.state_file)
+
+    def _stop(self, docs: int, size: int) -> None:
+        """After an error: keep a resumable partial with its checkpoint, remove one that cannot be resumed."""
+        try:
+            if self._key is not None:
+                self._checkpoint(docs, size)
+            else:
+                self.partial.unlink(missing_ok=True)
+        except OSError as exc:  # the original error matters more; the next run starts from the last checkpoint
+            log.warning("could not checkpoint the file sink", extra={"sink": self.uri, "reason": str(exc)})
+        self._release()
+
+    def _release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # also releases the lock
+            self._fh = None
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id runs (a temp file named after it may still be in use)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def open_log_source(uri: str, settings: Settings) -> LogSource:
@@ -132,7 +259,7 @@ def open_log_source(uri: str, settings: Settings) -> LogSource:
         from pipelines.elastic import ElasticsearchLogSource
 
         return ElasticsearchLogSource(uri, settings)
-    return FileLogSource(uri, settings.fields)
+    return FileLogSource(uri, settings)
 
 
 def open_log_sink(uri: str, settings: Settings) -> LogSink:
@@ -140,4 +267,4 @@ def open_log_sink(uri: str, settings: Settings) -> LogSink:
         from pipelines.elastic import ElasticsearchLogSink
 
         return ElasticsearchLogSink(uri, settings)
-    return FileLogSink(uri)
+    return FileLogSink(uri, settings.score.sort_window)

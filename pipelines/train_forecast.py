@@ -3,11 +3,16 @@
 The snapshot's series go onto one step grid; the newest `forecast.validation_fraction` of it is
 validation (split by time, as for the log models), and the robust scaling comes from the training
 part only. Each epoch samples `forecast.windows_per_epoch` training windows; the epoch with the
-lowest validation pinball loss is kept. On the validation windows the model and both baselines are
-scored alike: MAE in robust-scaled units (so GPU memory in MiB and ratios in 0..1 weigh the same),
-MAE at the last lead time, sMAPE in percent, and the coverage of the p10..p90 band (0.8 is right).
+lowest validation pinball loss is kept. The statistical contenders (ETS, STL-ETS) are fitted on the
+training part too; on the validation windows every contender is weighed per series, the committee
+and the contenders get their conformal bands, and the committee is served unless one contender is
+clearly better on validation (`models.forecast_contenders.build_committee`). The served family, each contender and both baselines
+are scored alike: MAE in robust-scaled units (so GPU memory in MiB and ratios in 0..1 weigh the
+same), MAE at the last lead time, MASE (against the in-sample daily seasonal naive), sMAPE in
+percent, and the coverage of the p10..p90 band (0.8 is right).
 Logging and registration follow the log models: run params, per-epoch metrics, the snapshot's
-lineage tags, `metric-forecast` aliased challenger, and champion only when there is none.
+lineage tags, `metric-forecast` aliased challenger, and champion only when there is none; the
+served family is the run's param `family` and the version's tag `model.family`.
 """
 
 from __future__ import annotations
@@ -103,8 +108,28 @@ def windows_ending(observed: np.ndarray, ends: np.ndarray, horizon: int) -> Wind
     return Windows(rows[has_target], e[has_target])
 
 
-def score(pred: np.ndarray, grid, w: Windows, horizon: int) -> dict[str, float]:
-    """MAE (scaled units), MAE at the last lead, sMAPE (%, original units) and p10..p90 coverage of (B, H, 3) scaled quantiles."""
+def points_per_day(step: float) -> int:
+    """Grid points per day when the step divides a day (the daily season), else 0."""
+    per_day = 86400 / step
+    return int(per_day) if per_day == int(per_day) else 0
+
+
+def seasonal_naive_scale(grid, until: int, season: int) -> np.ndarray:
+    """(S,) MASE denominators: each series' in-sample MAE of the one-step seasonal naive forecast
+    (y_t - y_{t-m}, m = `season` when the first `until` steps hold more than one season, else m = 1)
+    over its first `until` steps, in the grid's scaled units (Hyndman and Koehler, "Another look at
+    measures of forecast accuracy", 2006). NaN for a series without a pair or with a zero scale."""
+    values = np.where(grid.observed[:, :until] > 0, grid.values[:, :until], np.nan).astype(np.float64)
+    m = season if 0 < season < values.shape[1] else 1
+    diff = np.abs(values[:, m:] - values[:, :-m])
+    ok = np.isfinite(diff)
+    scale = np.where(ok.any(axis=1), np.where(ok, diff, 0.0).sum(axis=1) / np.maximum(ok.sum(axis=1), 1), np.nan)
+    return np.where(scale > 0, scale, np.nan)
+
+
+def score(pred: np.ndarray, grid, w: Windows, horizon: int, mase_scale: np.ndarray | None = None) -> dict[str, float]:
+    """MAE (scaled units), MAE at the last lead, sMAPE (%, original units) and p10..p90 coverage of (B, H, 3) scaled
+    quantiles; MASE too when `mase_scale` (S,) is given (`seasonal_naive_scale`; series without one left out)."""
     from models.forecaster import targets
 
     y, m = (t.numpy().astype(np.float64) for t in targets(grid, w.rows, w.ends, horizon))
@@ -114,8 +139,13 @@ def score(pred: np.ndarray, grid, w: Windows, horizon: int) -> dict[str, float]:
     denom = np.abs(actual) + np.abs(point)
     smape = np.where(denom > 0, 2 * np.abs(actual - point) / np.where(denom > 0, denom, 1.0), 0.0)
     inside = (y >= pred[..., 0]) & (y <= pred[..., 2])
-    return {"mae": float(err[ok].mean()), "mae_last": float(err[:, -1][ok[:, -1]].mean()),
-            "smape": float(100 * smape[ok].mean()), "coverage": float(inside[ok].mean())}
+    out = {"mae": float(err[ok].mean()), "mae_last": float(err[:, -1][ok[:, -1]].mean()),
+           "smape": float(100 * smape[ok].mean()), "coverage": float(inside[ok].mean())}
+    if mase_scale is not None:
+        scale = mase_scale[w.rows][:, None]
+        scaled_ok = ok & np.isfinite(scale)
+        out["mase"] = float((err / np.where(np.isfinite(scale), scale, 1.0))[scaled_ok].mean()) if scaled_ok.any() else float("nan")
+    return out
 
 
 @dataclass
@@ -221,26 +251,81 @@ def baseline_forecasts(grid, cfg, train: Windows, val: Windows, seed: int) -> di
     return out
 
 
-def evaluate_forecasts(grid, cfg, train: Windows, val: Windows, pred: np.ndarray, seed: int) -> dict:
-    """The model's validation scores next to each baseline's, and the MAE ratios against both baselines."""
-    model_scores = score(pred, grid, val, cfg.horizon)
-    baselines = {name: score(p, grid, val, cfg.horizon) for name, p in baseline_forecasts(grid, cfg, train, val, seed).items()}
+def fit_committee(grid, cfg, fit: ForecastFit, val: Windows, cut: int):
+    """The statistical contenders fitted on the first `cut` steps, then weighed, calibrated and chosen
+    with the LSTM on the validation windows (`models.forecast_contenders.build_committee`)."""
+    from models.forecast_contenders import available_contenders, build_committee, fit_statistical
+    from models.forecaster import predict_scaled, targets
+
+    season = points_per_day(cfg.step)
+    started = time.perf_counter()
+    params = fit_statistical(grid, cut, cfg.step, season)
+    y, m = (t.numpy().astype(np.float64) for t in targets(grid, val.rows, val.ends, cfg.horizon))
+    committee = build_committee(grid, val.rows, val.ends, np.where(m > 0, y, np.nan), available_contenders(cfg.lookback, cfg.horizon, season),
+                                params, cfg.lookback, cfg.horizon, cfg.step, season,
+                                lambda r, e: predict_scaled(fit.model, grid, r, e, device=fit.device))
+    log.info("committee chosen", extra={"family": committee.family, "seconds": round(time.perf_counter() - started, 1),
+                                        **{f"val_mae_{k}": round(v["mae"], 4) for k, v in committee.validation.items()}})
+    return committee
+
+
+def evaluate_forecasts(grid, cfg, train: Windows, val: Windows, pred: np.ndarray, seed: int,
+                       contenders: dict[str, np.ndarray] | None = None, mase_until: int | None = None) -> dict:
+    """The model's validation scores next to each baseline's (and each contender's, given their (B, H, 3)
+    forecasts), and the MAE ratios against both baselines. MASE is scaled by the first `mase_until` steps."""
+    mase = seasonal_naive_scale(grid, mase_until or grid.values.shape[1], points_per_day(cfg.step))
+    model_scores = score(pred, grid, val, cfg.horizon, mase)
+    baselines = {name: score(p, grid, val, cfg.horizon, mase) for name, p in baseline_forecasts(grid, cfg, train, val, seed).items()}
     seasonal = min((n for n in baselines if n.startswith("seasonal_naive")), key=lambda n: baselines[n]["mae"], default=None)
     refs = {"predict_linear": "predict_linear", **({"seasonal_naive": seasonal} if seasonal else {})}
     ratios = {f"{metric}_ratio_vs_{name}": model_scores[metric] / baselines[ref][metric]
               for metric in ("mae", "mae_last") for name, ref in refs.items()}
-    return {"model": model_scores, "baselines": baselines, "seasonal_naive": seasonal, "ratios": ratios}
+    return {"model": model_scores, "baselines": baselines, "seasonal_naive": seasonal, "ratios": ratios,
+            "contenders": {name: score(p, grid, val, cfg.horizon, mase) for name, p in (contenders or {}).items()}}
+
+
+def evaluate_windows(forecaster, data: MetricData, ends: np.ndarray, seed: int, baseline: bool = True,
+                     families: tuple[str, ...] | None = None, history_until: int | None = None) -> dict:
+    """A loaded forecaster (the unwrapped pyfunc) on every window of `data` ending at `ends`.
+
+    Errors are in the robust scale of the data's first `history_until` steps (all by default), not
+    in the scaling each version stores, so that two versions and the baselines are judged on one
+    yardstick; MASE is scaled by the in-sample seasonal naive over the same steps. `families`: score
+    these too (`forecaster.families`), under `family_metrics`. The baselines' residual bands are
+    fitted on the windows whose targets end by `history_until`, or on the scored windows themselves
+    when there is no history before them (generous to the baselines on coverage only).
+    """
+    from models.forecaster import SeriesGrid
+
+    cfg = forecaster.cfg
+    held = windows_ending(np.isfinite(data.raw), ends, cfg.horizon)
+    model_grid = SeriesGrid.build(data.ids, data.times, data.raw, *forecaster.scaling(data.ids, data.raw))
+    grid = SeriesGrid.robust(data.ids, data.times, data.raw, fit_until=history_until)
+    mase = seasonal_naive_scale(grid, history_until or data.raw.shape[1], points_per_day(cfg.step))
+    wanted = (forecaster.family,) + tuple(f for f in (families or ()) if f != forecaster.family)
+    shape = (-1, 1, 1)
+    scored = {}
+    for family, pred in forecaster.forecast_windows(model_grid, held.rows, held.ends, wanted).items():
+        original = model_grid.unscale(pred, held.rows)
+        scored[family] = score((original - grid.center[held.rows].reshape(shape)) / grid.scale[held.rows].reshape(shape), grid, held, cfg.horizon, mase)
+    out = {"windows": int(len(held.rows)), "series": len(data.ids), "family": forecaster.family,
+           "model_metrics": scored[forecaster.family], "baseline_metrics": {}}
+    if families:
+        out["family_metrics"] = scored
+    if baseline:
+        fit = held
+        if history_until:
+            fit_ends = np.arange(cfg.lookback - 1, history_until - cfg.horizon)
+            fit = windows_ending(np.isfinite(data.raw), fit_ends, cfg.horizon) if len(fit_ends) else held
+        out["baseline_metrics"] = {name: score(p, grid, held, cfg.horizon, mase)
+                                   for name, p in baseline_forecasts(grid, cfg, fit, held, seed).items()}
+    return out
 
 
 def evaluate_forecaster(ref, forecaster, snapshot_dir: str | Path, settings: Settings, baseline: bool = True) -> dict:
     """A registered forecaster (`ref`, its unwrapped pyfunc) on every window that fits inside a metric
-    snapshot (a fresh holdout): MAE, MAE at the last lead, sMAPE and p10..p90 coverage.
-
-    The errors are measured in the holdout's own robust scale, not in the scaling each version
-    stores, so that two versions (and the baselines) are judged on one yardstick.
-    """
-    from models.forecaster import SeriesGrid, predict_scaled
-
+    snapshot (a fresh holdout): MAE, MAE at the last lead, MASE, sMAPE and p10..p90 coverage of the
+    family it serves, in the holdout's own robust scale (`evaluate_windows`)."""
     cfg = forecaster.cfg
     data = load_metric_snapshot(snapshot_dir, settings.prometheus.max_gap_fraction)
     if abs(data.step - cfg.step) > 1e-6:
@@ -250,17 +335,7 @@ def evaluate_forecaster(ref, forecaster, snapshot_dir: str | Path, settings: Set
     if len(ends) < 1:
         raise TrainingDataError(f"snapshot {data.snapshot.path}: {data.raw.shape[1]} steps hold no window of lookback {cfg.lookback} "
                                 f"plus horizon {cfg.horizon} (setting forecast.holdout_days)")
-    held = windows_ending(np.isfinite(data.raw), ends, cfg.horizon)
-    model_grid = SeriesGrid.build(data.ids, data.times, data.raw, *forecaster.scaling(data.ids, data.raw))
-    grid = SeriesGrid.robust(data.ids, data.times, data.raw)
-    shape = (-1, 1, 1)
-    original = model_grid.unscale(predict_scaled(forecaster.model, model_grid, held.rows, held.ends, device=forecaster.device), held.rows)
-    pred = (original - grid.center[held.rows].reshape(shape)) / grid.scale[held.rows].reshape(shape)
-    out = {"model": ref.name, "version": ref.version, "windows": int(len(held.rows)), "series": len(data.ids),
-           "model_metrics": score(pred, grid, held, cfg.horizon), "baseline_metrics": {}}
-    if baseline:  # the baselines' residual bands are fitted on the same windows: generous to them on coverage only
-        out["baseline_metrics"] = {name: score(p, grid, held, cfg.horizon)
-                                   for name, p in baseline_forecasts(grid, cfg, held, held, settings.forecast.seed).items()}
+    out = {"model": ref.name, "version": ref.version, **evaluate_windows(forecaster, data, ends, settings.forecast.seed, baseline)}
     log.info("evaluated", extra={k: v for k, v in out.items() if k != "model"})
     return out
 
@@ -284,8 +359,13 @@ def train_metric_forecast(snapshot_dir: str | Path, settings: Settings) -> dict:
 
     def fit(on_epoch):
         result = fit_forecaster(grid, cfg, params, train, val, on_epoch)
-        report = evaluate_forecasts(grid, cfg, train, val, predict_scaled(result.model, grid, val.rows, val.ends, device=result.device), params.seed)
-        return result, report
+        started = time.perf_counter()
+        committee = fit_committee(grid, cfg, result, val, cut)
+        result.seconds += time.perf_counter() - started  # the night's training time covers the contenders too
+        lstm = lambda r, e: predict_scaled(result.model, grid, r, e, device=result.device)  # noqa: E731
+        families = committee.forecast(grid, val.rows, val.ends, lstm, ("committee",) + committee.names)
+        report = evaluate_forecasts(grid, cfg, train, val, families[committee.family], params.seed, contenders=families, mase_until=cut)
+        return result, committee, report
 
     meta = {"task": TASK, "config": cfg.to_dict(), "quantiles": [0.1, 0.5, 0.9], "step": format_duration(cfg.step),
             "scaling": {sid: [float(grid.center[i]), float(grid.scale[i])] for i, sid in enumerate(data.ids)},
@@ -303,7 +383,6 @@ def log_and_register_forecaster(data: MetricData, settings: Settings, cfg, *, fi
     import mlflow
     import pandas as pd
     import torch
-    from mlflow.models import infer_signature
 
     from models.metric_forecaster import MetricForecaster, save_forecaster
     from pipelines.registry import ModelRef, mark_challenger, set_version_tags, use_store
@@ -323,13 +402,17 @@ def log_and_register_forecaster(data: MetricData, settings: Settings, cfg, *, fi
                            "snapshot_hash": snapshot.content_hash, **dataset_params})
         mlflow.log_dict(snapshot.manifest, "data/manifest.json")
         validation_status = log_to_active_run(snapshot)  # DIR/validation/* as artifacts, when present
-        result, report = fit(lambda epoch, metrics: mlflow.log_metrics(
+        result, committee, report = fit(lambda epoch, metrics: mlflow.log_metrics(
             {k if k in ("train_loss", "val_loss") else f"val_{k}": v for k, v in metrics.items() if np.isfinite(v)}, step=epoch))
-        mlflow.log_metrics({**{f"best_{k}": v for k, v in report["model"].items()},
-                            **{f"baseline_{name}_{k}": v for name, s in report["baselines"].items() for k, v in s.items()},
-                            **report["ratios"], "best_epoch": result.best_epoch, "train_seconds": result.seconds})
+        mlflow.log_metrics({k: v for k, v in {
+            **{f"best_{k}": v for k, v in report["model"].items()},
+            **{f"baseline_{name}_{k}": v for name, s in report["baselines"].items() for k, v in s.items()},
+            **{f"contender_{name}_{k}": v for name, s in report["contenders"].items() for k, v in s.items()},
+            **report["ratios"], "best_epoch": result.best_epoch, "train_seconds": result.seconds}.items() if np.isfinite(v)})
         mlflow.log_dict(report, "evaluation/forecast_report.json")
-        mlflow.log_param("device", result.device)
+        mlflow.log_params({"device": result.device, "family": committee.family, "contenders": ",".join(committee.names)})
+        mlflow.set_tag("model.family", committee.family)
+        meta = {**meta, "committee": committee.to_meta()}
 
         with tempfile.TemporaryDirectory() as tmp:
             artifact = save_forecaster(result.model, meta, Path(tmp) / "forecaster")
@@ -337,7 +420,7 @@ def log_and_register_forecaster(data: MetricData, settings: Settings, cfg, *, fi
             wrapper.load_context(type("Ctx", (), {"artifacts": {"forecaster": str(artifact)}})())
             example_frame = pd.DataFrame({"timestamp": pd.to_datetime(np.rint(example["timestamp"] * 1e9).astype("int64")),  # naive UTC: MLflow's datetime
                                           "series": example["series"], "value": example["value"]})
-            signature = infer_signature(example_frame, wrapper.predict(None, example_frame))
+            signature = wrapper.signature(example_frame)  # inferred from the example's prediction, with the pyfunc's params
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=wrapper, artifacts={"forecaster": str(artifact)},
                 code_paths=[str(MODELS_DIR)], signature=signature, input_example=example_frame,
@@ -346,12 +429,13 @@ def log_and_register_forecaster(data: MetricData, settings: Settings, cfg, *, fi
             )
         ref = ModelRef(TASK, str(info.registered_model_version))
         set_version_tags(client, ref, {"data.snapshot_hash": snapshot.content_hash, "data.window": snapshot.window,
-                                       "validation.status": validation_status, "drift.status": "not_run"})
+                                       "validation.status": validation_status, "drift.status": "not_run", "model.family": committee.family})
         decision = mark_challenger(client, ref)
     seasonal = report["seasonal_naive"] or "none"
     outcome = {"model": TASK, "version": ref.version, "run_id": run.info.run_id, "decision": decision,
                "best_epoch": result.best_epoch, "device": result.device, "train_seconds": round(result.seconds, 1),
-               "metrics": {k: round(v, 4) for k, v in report["model"].items()},
+               "family": committee.family, "metrics": {k: round(v, 4) for k, v in report["model"].items()},
+               "contenders": {name: {k: round(v, 4) for k, v in s.items()} for name, s in report["contenders"].items()},
                "baseline": {f"{name}_mae": round(report["baselines"][ref]["mae"], 4)
                             for name, ref in (("predict_linear", "predict_linear"), ("seasonal_naive", seasonal)) if ref in report["baselines"]},
                "baselines": {"predict_linear": {k: round(v, 4) for k, v in report["baselines"]["predict_linear"].items()},

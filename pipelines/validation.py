@@ -12,15 +12,19 @@ expectation names in `meta.view` the table it reads:
 - `summary`, `classes`, `series`: small aggregate tables built while streaming (anomaly and
   duplicate ratios, rows per class, per-series NaN/gap ratios and history), validated once.
 
-`validate_snapshot` writes `DIR/validation/result.json` and a Data Docs site `DIR/validation/data_docs/`
-beside the snapshot (atomically; the snapshot's data and manifest are never touched). Training logs
-that folder with its run and tags the registered version with `validation.status`.
+`validate_snapshot` writes `DIR/validation/result.json`, a Data Docs site `DIR/validation/data_docs/`
+and `DIR/validation/report.html` beside the snapshot (atomically; the snapshot's data and manifest are
+never touched). `report.html` is nightshift's own page, self-contained (inline CSS, no CDN): each
+measured value against its bound (the anomaly ratio as a ratio against its bounds, not "0%
+unexpected") and the failed rows with examples cut to a readable length. Training logs that folder
+with its run (`log_to_active_run`) and tags the registered version with `validation.status`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -48,6 +52,7 @@ SUITES = ("logs", "metrics")
 REPORT_DIR = "validation"
 RESULT_FILE = "result.json"
 DOCS_DIR = "data_docs"
+REPORT_HTML = "report.html"
 PASSED, FAILED, WARN, NOT_RUN = "passed", "failed", "warn", "not_run"
 # Columns that identify a log row: a row equal to an earlier one on all of them is a duplicate.
 DUPLICATE_KEY = ("timestamp", "message", "service", "level", "host", "anomaly", "job_id")
@@ -468,6 +473,7 @@ def validate_snapshot(snapshot_dir: str | Path, suite: str | None, settings: Set
     rows = profile.rows if views else snapshot.manifest.get("row_count", 0)
     results = [merged[c].result() for c in (_meta(e)["check"] for e in expectations) if c in merged]
     report = _report(suite, snapshot, results, skipped, parameters, warn_only, rows, profile, views, settings)
+    report["schema"] = {f.name: type_family(f.type) for f in schema}  # the measured side of the schema checks
     report["seconds"] = round(time.perf_counter() - started, 2)
     _write(snapshot, report, results, runner, gx_suite, expectations)
     log.info("snapshot validated", extra={"snapshot": str(snapshot.path), "suite": suite, "status": report["status"],
@@ -542,7 +548,7 @@ def _report(suite: str, snapshot: Snapshot, results: list, skipped: list[dict], 
         "statistics": {"evaluated": len(results), "successful": len(results) - len(failed), "unsuccessful": len(failed)},
         "failed": failed, "not_evaluated": skipped, "thresholds": _jsonable(parameters),
         "aggregates": {k: _jsonable(v.head(200).to_dict(orient="records")) for k, v in views.items()},
-        "data_docs": f"{DOCS_DIR}/index.html",
+        "data_docs": f"{DOCS_DIR}/index.html", "report_html": REPORT_HTML,
     }
     report["message"] = describe(report)
     report["expectations"] = [{"check": (d["expectation_config"].get("meta") or {}).get("check"), "expectation": d["expectation_config"]["type"],
@@ -605,12 +611,185 @@ def _write(snapshot: Snapshot, report: dict, results: list, runner: _Runner, gx_
         pages = sorted((tmp / DOCS_DIR / "validations").rglob("*.html"))
         report["data_docs_page"] = str(pages[0].relative_to(tmp)) if pages else None
         (tmp / RESULT_FILE).write_text(json.dumps(report, indent=2, default=str))
+        (tmp / REPORT_HTML).write_text(render_html(report))
         if final.exists():
             final.rename(old)
         tmp.rename(final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The report a person reads: each measured value against its bound, and the failed rows
+
+EXAMPLE_CHARS = 160  # an example's text is cut here: a 5,000-character log line would hide the table
+# What a whole-snapshot ratio is a share of, so the page says `0 anomalous rows of 1,516 labelled rows`.
+RATIO_PARTS = {"anomaly_ratio": ("anomalous_rows", "labelled_rows"), "duplicate_ratio": ("duplicate_rows", "rows")}
+
+
+def _number(value: Any) -> float | None:
+    """`value` as a float when it is a number (not a bool), else None."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _interval(kwargs: dict) -> str:
+    """The bound of a `…_between` expectation: `[a, b]`, `>= a` or `<= b` (`)` for a strict maximum)."""
+    from pipelines.report import fmt
+
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    if low is not None and high is not None:
+        return f"[{fmt(low)}, {fmt(high)}{')' if kwargs.get('strict_max') else ']'}"
+    if low is not None:
+        return f"{'>' if kwargs.get('strict_min') else '>='} {fmt(low)}"
+    return f"{'<' if kwargs.get('strict_max') else '<='} {fmt(high)}" if high is not None else "any"
+
+
+def _rule(kind: str, kwargs: dict) -> str:
+    """What one row must satisfy, in words: `length in [1, 20000]`, `matches /\\S/`, `one of 12 labels`…"""
+    if kind == "expect_column_values_to_not_be_null":
+        return "is present"
+    if kind == "expect_column_values_to_match_regex":
+        return f"matches /{kwargs.get('regex')}/"
+    if kind == "expect_column_value_lengths_to_be_between":
+        return f"length in {_interval(kwargs)}"
+    if kind == "expect_column_values_to_be_between":
+        return f"in {_interval(kwargs)}"
+    if kind == "expect_column_values_to_be_in_set":
+        values = list(kwargs.get("value_set") or [])
+        return f"one of {', '.join(map(str, values))}" if len(values) <= 4 else f"one of the {len(values)} allowed values"
+    if kind == "expect_column_pair_values_a_to_be_greater_than_b":
+        return f"{kwargs.get('column_A')} {'>=' if kwargs.get('or_equal') else '>'} {kwargs.get('column_B')}"
+    return kind.removeprefix("expect_").replace("_", " ")
+
+
+def _worst(values: list[float], low: float | None, high: float | None) -> int:
+    """Index of the value farthest outside [low, high] (or nearest its edge when all are inside)."""
+    def outside(v: float) -> float:
+        return max((low - v) if low is not None else -math.inf, (v - high) if high is not None else -math.inf)
+    return max(range(len(values)), key=lambda i: outside(values[i]))
+
+
+def measurement(result: dict, report: dict) -> dict:
+    """One expectation as a person reads it: what was measured, against which bound, and the verdict.
+
+    Returns {check, description, view, measured, bound, success, value, low, high}; `value`, `low` and
+    `high` are set for a single measured number (a ratio of the whole snapshot), which gets a gauge.
+    Row-level checks (`rows`, `labels`) measure how many rows break the rule; aggregate checks
+    (`summary`, `classes`, `series`) measure the aggregate itself (the anomaly ratio, rows per class,
+    each series' NaN ratio), read from the report's `aggregates`.
+    """
+    from pipelines.report import fmt
+
+    cfg = result["expectation_config"]
+    kind, kwargs, meta = cfg["type"], cfg.get("kwargs") or {}, cfg.get("meta") or {}
+    r, view = result.get("result") or {}, meta.get("view")
+    column = kwargs.get("column") or kwargs.get("column_A")
+    out = {"check": meta.get("check"), "description": cfg.get("description"), "view": view, "success": bool(result["success"]),
+           "measured": "", "bound": "", "value": None, "low": None, "high": None}
+    info = result.get("exception_info") or {}
+    if info.get("raised_exception"):
+        return {**out, "measured": f"error: {info.get('exception_message')}", "bound": _rule(kind, kwargs)}
+    if kind == "expect_table_columns_to_match_set":
+        observed = r.get("observed_value") or list((report.get("schema") or {}))
+        return {**out, "measured": f"{len(observed)} columns: {', '.join(map(str, observed))}",
+                "bound": f"{'exactly' if kwargs.get('exact_match') else 'includes'} {', '.join(kwargs.get('column_set') or [])}"}
+    if view == "schema":
+        schema = report.get("schema")
+        seen = schema.get(column, "absent") if schema is not None else ", ".join(map(str, r.get("partial_unexpected_list") or []))
+        return {**out, "measured": f"{column}: {seen or ('as required' if out['success'] else 'unknown')}",
+                "bound": " | ".join(map(str, kwargs.get("value_set") or []))}
+    table = (report.get("aggregates") or {}).get(view)
+    if view in ("rows", "labels") or table is None:
+        n, bad = int(r.get("element_count") or 0), int(r.get("unexpected_count") or 0)
+        unit = "labels" if view == "labels" else "rows"
+        mostly = kwargs.get("mostly") or 1.0
+        allowed = "none allowed" if mostly >= 1.0 else f"up to {100 * (1 - mostly):.2g}% allowed"
+        share = f" ({100.0 * bad / n:.2f}%)" if n else ""
+        return {**out, "measured": f"{fmt(bad)} of {fmt(n)} {unit} break it{share}",
+                "bound": f"{column} {_rule(kind, kwargs)}; {allowed}"}
+    # An aggregate: the measured value(s) themselves against the bound.
+    low, high = _number(kwargs.get("min_value")), _number(kwargs.get("max_value"))
+    values = [row.get(column) for row in table]
+    key = meta.get("index")
+    bound = f"{column} {_interval(kwargs)}"
+    if not key:  # one value for the whole snapshot (`summary`): the anomaly ratio, the duplicate ratio
+        value = _number(values[0]) if values else None
+        row = table[0] if table else {}
+        part, whole = RATIO_PARTS.get(column, (None, None))
+        context = (f"{fmt(row[part])} {part.replace('_', ' ')} of {fmt(row[whole])} {whole.replace('_', ' ')}"
+                   if part in row and whole in row else "")
+        return {**out, "measured": f"{column} {fmt(value)}" + (f" ({context})" if context else ""), "bound": bound,
+                "value": value, "low": low, "high": high}
+    numbers = [_number(v) for v in values]
+    keys = [row.get(key) for row in table]
+    if len(table) <= 4:
+        measured = ", ".join(f"{k}: {fmt(v)}" for k, v in zip(keys, values))
+    else:
+        finite = [i for i, v in enumerate(numbers) if v is not None]
+        worst = finite[_worst([numbers[i] for i in finite], low, high)] if finite else 0
+        measured = (f"{fmt(int(r.get('unexpected_count') or 0))} of {fmt(int(r.get('element_count') or len(table)))} {key} outside; "
+                    f"worst {keys[worst]}: {fmt(values[worst])}")
+    return {**out, "measured": measured, "bound": bound}
+
+
+def _examples_table(examples: list) -> str:
+    """Failed rows as a table (one column per field), every text cut to `EXAMPLE_CHARS`."""
+    from pipelines.report import esc, truncate
+
+    if not examples:
+        return "<p class='muted'>no examples kept</p>"
+    if all(isinstance(e, dict) for e in examples):
+        columns = list(dict.fromkeys(k for e in examples for k in e))
+        head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+        rows = "".join("<tr>" + "".join(f"<td class='mono'>{esc(truncate(e.get(c, ''), EXAMPLE_CHARS))}</td>" for c in columns) + "</tr>"
+                       for e in examples)
+        return f"<table class='examples'><tr>{head}</tr>{rows}</table>"
+    return "<ul>" + "".join(f"<li class='mono'>{esc(truncate(e, EXAMPLE_CHARS))}</li>" for e in examples) + "</ul>"
+
+
+def render_html(report: dict) -> str:
+    """The validation report as one self-contained HTML page (inline CSS, no scripts, no CDN):
+    the verdict, a table of every expectation (measured value, bound, verdict; a gauge for a
+    single ratio), the failed rows with truncated examples, and what was not evaluated."""
+    from pipelines.report import badge, esc, fmt, gauge, page
+
+    results = (report.get("great_expectations") or {}).get("results") or []
+    rows = []
+    for m in map(lambda d: measurement(d, report), results):
+        verdict_ = PASSED if m["success"] else (WARN if report.get("warn_only") else FAILED)
+        picture = gauge(m["value"], m["low"], m["high"]) if m["value"] is not None else ""
+        rows.append(f"<tr class='check-{'ok' if m['success'] else 'bad'}'><td><b>{esc(m['check'])}</b><br>"
+                    f"<span class='small muted'>{esc(m['description'])}</span></td><td>{esc(m['measured'])}<br>{picture}</td>"
+                    f"<td>{esc(m['bound'])}</td><td>{badge(verdict_)}</td></tr>")
+    failed = []
+    for f in report.get("failed", []):
+        count = f"{fmt(f['rows'])} of {fmt(f['of'])} rows" if f.get("rows") is not None else "error"
+        failed.append(f"<h3>{esc(f['check'])} <span class='small muted'>{esc(f['expectation'])}"
+                      f"{' on ' + esc(f['column']) if f.get('column') else ''}</span></h3>"
+                      f"<p>{esc(f.get('description'))} <b>{esc(count)}</b></p>{_examples_table(f.get('examples') or [])}")
+    skipped = "".join(f"<li><b>{esc(s['check'])}</b>: {esc(s['reason'])}</li>" for s in report.get("not_evaluated", []))
+    window = report.get("window") or {}
+    s = report.get("statistics") or {}
+    aggregates = "".join(
+        f"<h3>{esc(view)}</h3><table><tr>{''.join(f'<th>{esc(k)}</th>' for k in table_[0])}</tr>"
+        + "".join("<tr>" + "".join(f"<td class='num'>{esc(fmt(v))}</td>" for v in row.values()) + "</tr>" for row in table_[:20])
+        + "</table>" + (f"<p class='small muted'>first 20 of {len(table_)} rows</p>" if len(table_) > 20 else "")
+        for view, table_ in (report.get("aggregates") or {}).items() if table_)
+    docs = report.get("data_docs_page") or report.get("data_docs")
+    body = (f"<h1>Validation: {esc(report.get('suite'))} suite {badge(report.get('status'))}</h1>"
+            f"<p>{fmt(s.get('successful'))} of {fmt(s.get('evaluated'))} expectations met on {fmt(report.get('rows'))} rows "
+            f"of <span class='mono'>{esc(report.get('snapshot'))}</span><br>"
+            f"window {esc(window.get('start'))} – {esc(window.get('end'))}; content hash <span class='mono'>{esc(report.get('content_hash'))}</span>; "
+            f"validated {esc(report.get('validated_at'))}</p>"
+            "<h2>Expectations: measured against their bounds</h2>"
+            f"<table class='expectations'><tr><th>check</th><th>measured</th><th>bound</th><th>verdict</th></tr>{''.join(rows)}</table>"
+            + (f"<h2>Failed: the rows behind each failure</h2>{''.join(failed)}" if failed else "")
+            + (f"<h2>Not evaluated</h2><ul>{skipped}</ul>" if skipped else "")
+            + (f"<h2>Aggregates</h2>{aggregates}" if aggregates else "")
+            + (f"<p class='small muted'>Great Expectations' own result: <a href='{esc(docs)}'>Data Docs</a> and "
+               f"<span class='mono'>{RESULT_FILE}</span> in this folder.</p>" if docs else ""))
+    return page(f"validation {report.get('suite')} {report.get('status')}", body)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -648,7 +827,8 @@ def verdict(report: dict) -> dict:
     return {"suite": report["suite"], "status": report["status"], "snapshot": report["snapshot"], "rows": report["rows"],
             "statistics": report["statistics"], "failed": report["failed"], "not_evaluated": report["not_evaluated"],
             "result": str(out / RESULT_FILE), "data_docs": str(out / report["data_docs"]),
-            "data_docs_page": str(out / report["data_docs_page"]) if report.get("data_docs_page") else None}
+            "data_docs_page": str(out / report["data_docs_page"]) if report.get("data_docs_page") else None,
+            "report_html": str(out / report["report_html"]) if report.get("report_html") else None}
 
 
 def brief(report: dict) -> str:
@@ -658,7 +838,8 @@ def brief(report: dict) -> str:
 
 
 def log_to_active_run(snapshot: Snapshot) -> str:
-    """Inside an MLflow run: log `validation/` as artifacts and tag `validation.status`; return the status."""
+    """Inside an MLflow run: log `validation/` (result.json, report.html, Data Docs) as artifacts and tag
+    `validation.status`; return the status."""
     import mlflow
 
     report = read_report(snapshot)

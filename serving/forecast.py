@@ -2,10 +2,11 @@
 horizon with a registered `metric-forecast` version, and push
 `ai_forecast_<metric>{horizon="15m",quantile="0.9",…source labels}` for Prometheus to scrape.
 
-Each source series is its own Pushgateway group (grouping key: the job and a short id of the
-series) pushed with PUT, which replaces the whole group, so a new forecast never leaves an old
-value behind; groups of this job whose series got no forecast this time (gone from Prometheus, or
-too gappy) are deleted, so stale forecasts do not linger. Source labels that would clash with the
+Each source series is its own Pushgateway group (grouping key: the job, the deployment and a
+short id of the series) pushed with PUT, which replaces the whole group, so a new forecast never
+leaves an old value behind; groups of this job and deployment whose series got no forecast this
+time (gone from Prometheus, or too gappy) are deleted, so stale forecasts do not linger. Another
+deployment's groups on the same Pushgateway (another `nightshift_deployment`) are never touched. Source labels that would clash with the
 group's or the forecast's own (`job`, `instance`, `horizon`, `quantile`, `series`) are kept as
 `exported_<name>`, as Prometheus itself does.
 """
@@ -22,7 +23,8 @@ from pipelines.prometheus import PrometheusError, Series, format_duration, named
 from pipelines.telemetry import get_logger
 
 log = get_logger("forecast")
-RESERVED = ("job", "instance", "horizon", "quantile", "series")
+DEPLOYMENT_LABEL = "nightshift_deployment"
+RESERVED = ("job", "instance", "horizon", "quantile", "series", DEPLOYMENT_LABEL)
 QUANTILE_COLUMNS = {"0.1": "p10", "0.5": "p50", "0.9": "p90"}
 
 
@@ -58,8 +60,13 @@ def read_latest(source, queries: dict[str, str], at: datetime, step: float, look
     return kept, skipped
 
 
-def push_forecasts(pushgateway: str, job: str, series: list[Series], predictions, timeout: float) -> list[str]:
-    """PUT one group per series holding its forecast gauges; returns the group ids pushed."""
+def push_forecasts(pushgateway: str, job: str, series: list[Series], predictions, timeout: float, deployment: str) -> list[str]:
+    """PUT one group per series (grouping key: series id and `deployment`) holding its forecast gauges;
+    returns the group ids pushed.
+
+    Raises:
+        PrometheusError: the Pushgateway refused or did not answer.
+    """
     from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
     by_series = {sid: rows for sid, rows in predictions.groupby("series", sort=False)}
@@ -77,15 +84,20 @@ def push_forecasts(pushgateway: str, job: str, series: list[Series], predictions
                 gauge.labels(**labels, horizon=row.horizon_label, quantile=quantile).set(float(getattr(row, column)))
         gid = group_id(s.id)
         try:
-            push_to_gateway(pushgateway, job=job, grouping_key={"series": gid}, registry=registry, timeout=timeout)
+            push_to_gateway(pushgateway, job=job, grouping_key={"series": gid, DEPLOYMENT_LABEL: deployment}, registry=registry, timeout=timeout)
         except OSError as exc:
             raise PrometheusError(f"Pushgateway at {pushgateway} did not take the forecast of {s.id}: {exc}") from None
         pushed.append(gid)
     return pushed
 
 
-def delete_stale_groups(pushgateway: str, job: str, keep: set[str], timeout: float) -> list[str]:
-    """Delete this job's groups whose series got no forecast this time; returns their group ids."""
+def delete_stale_groups(pushgateway: str, job: str, keep: set[str], timeout: float, deployment: str) -> list[str]:
+    """Delete this job's and deployment's groups whose series got no forecast this time, and the job's
+    groups without a deployment (pushed before forecasts carried one); returns their group ids.
+
+    Raises:
+        PrometheusError: the Pushgateway's group list cannot be read.
+    """
     import requests
     from prometheus_client import delete_from_gateway
 
@@ -94,11 +106,15 @@ def delete_stale_groups(pushgateway: str, job: str, keep: set[str], timeout: flo
         groups = requests.get(f"{base.rstrip('/')}/api/v1/metrics", timeout=timeout).json().get("data", [])
     except (requests.RequestException, ValueError) as exc:
         raise PrometheusError(f"Pushgateway at {pushgateway}: cannot list its groups ({exc.__class__.__name__})") from None
-    stale = [g["labels"]["series"] for g in groups
-             if g.get("labels", {}).get("job") == job and g["labels"].get("series") and g["labels"]["series"] not in keep]
+    mine = [g["labels"] for g in groups if g.get("labels", {}).get("job") == job and g["labels"].get("series")]
+    stale = [gid for labels in mine if labels.get(DEPLOYMENT_LABEL) == deployment and (gid := labels["series"]) not in keep]
+    # Groups pushed before forecasts carried a deployment are nobody's now: stale, whatever their series.
+    legacy = [labels["series"] for labels in mine if not labels.get(DEPLOYMENT_LABEL)]
     for gid in stale:
+        delete_from_gateway(pushgateway, job=job, grouping_key={"series": gid, DEPLOYMENT_LABEL: deployment}, timeout=timeout)
+    for gid in legacy:
         delete_from_gateway(pushgateway, job=job, grouping_key={"series": gid}, timeout=timeout)
-    return sorted(stale)
+    return sorted(stale + legacy)
 
 
 def forecast(model_ref: str, prometheus_url: str | None, pushgateway_url: str | None, settings: Settings,
@@ -134,11 +150,12 @@ def forecast(model_ref: str, prometheus_url: str | None, pushgateway_url: str | 
     })
     predictions = model.predict(frame)
     predictions["horizon_label"] = [format_duration(h * cfg.step) for h in predictions["horizon"]]
-    pushed = push_forecasts(pushgateway_url, settings.prometheus.forecast_job, series, predictions, settings.prometheus.timeout)
-    deleted = delete_stale_groups(pushgateway_url, settings.prometheus.forecast_job, set(pushed), settings.prometheus.timeout)
+    job, deployment = settings.prometheus.forecast_job, settings.deployment_id
+    pushed = push_forecasts(pushgateway_url, job, series, predictions, settings.prometheus.timeout, deployment)
+    deleted = delete_stale_groups(pushgateway_url, job, set(pushed), settings.prometheus.timeout, deployment)
     out = {"model": ref.name, "version": ref.version, "at": at.isoformat(), "series": len(pushed), "skipped": skipped,
            "deleted_stale_groups": deleted, "horizon": format_duration(cfg.step * cfg.horizon), "step": format_duration(cfg.step),
            "metrics": sorted({forecast_metric_name(s.labels["__name__"]) for s in series}),
-           "pushgateway": pushgateway_url, "seconds": round(time.perf_counter() - started, 3)}
+           "pushgateway": pushgateway_url, "deployment": deployment, "seconds": round(time.perf_counter() - started, 3)}
     log.info("forecasts pushed", extra={k: v for k, v in out.items() if k != "skipped"})
     return out

@@ -2,18 +2,22 @@
 
 The model is loaded once. Documents stream through in windows of `score.sort_window`; inside a
 window the texts are length-sorted into batches, so memory stays flat however large the input.
+Every document read is written, in the order read: one without text to score is written unchanged
+and counted (`unscored`, by reason). A file sink resumes an interrupted run of the same model
+version over unchanged source files (`resume_key`, `pipelines.sources.FileLogSink`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import closing
 from datetime import datetime, timezone
-from pathlib import Path
+from itertools import islice
 from typing import Iterable, Iterator
 
 from pipelines.config import Settings
-from pipelines.records import batched, get_field, set_field
+from pipelines.records import batched, format_timestamp, get_field, message_text, set_field
 from pipelines.sources import file_path, open_log_sink, open_log_source
 from pipelines.telemetry import get_logger
 
@@ -21,41 +25,64 @@ log = get_logger("score")
 
 
 def default_sink(source_uri: str) -> str:
-    """For a file source, `<name>.scored.ndjson` beside it; for Elasticsearch, the documents' own index."""
+    """For a file source, `<name>.scored.ndjson` beside it (`logs.ndjson.gz` -> `logs.scored.ndjson`); for a folder
+    or glob, `scored.ndjson` in it; for Elasticsearch, the documents' own index."""
     if source_uri.startswith(("http://", "https://", "elasticsearch://")):
         return source_uri
     path = file_path(source_uri)
-    return f"file://{path.with_name(path.stem + '.scored.ndjson').resolve()}"
+    if path.is_dir() or any(c in path.name for c in "*?["):
+        folder = path if path.is_dir() else path.parent
+        return f"file://{(folder / 'scored.ndjson').resolve()}"
+    plain = path.with_suffix("") if path.suffix == ".gz" else path
+    return f"file://{path.with_name(plain.stem + '.scored.ndjson').resolve()}"
+
+
+def resume_key(source, model: tuple[str, str], rca, settings: Settings, start: datetime | None, end: datetime | None) -> dict | None:
+    """What a file sink's interrupted run must share with this one to be resumed: the source files unchanged
+    (size, mtime), the models, the window and the fields. None (never resume) for a source that cannot say
+    it is unchanged (Elasticsearch)."""
+    if not hasattr(source, "fingerprint"):
+        return None
+    return {"source": source.uri, "files": source.fingerprint(), "format": settings.inputs.format, "model": list(model),
+            "rca": [rca.name, rca.version] if rca is not None else None,
+            "window": [format_timestamp(t) if t else None for t in (start, end)], "fields": dataclasses.asdict(settings.fields)}
 
 
 def annotate(docs: Iterable[tuple[str, dict]], classifier, model_name: str, version: str, settings: Settings,
-             counts: dict[str, int], skipped: dict[str, int], rca=None) -> Iterator[tuple[str, dict]]:
+             counts: dict[str, int], unscored: dict[str, int], rca=None) -> Iterator[tuple[str, dict]]:
     """Score documents window by window and set DESIGN.md's `ml.anomaly.*` and `ml.model.*` fields
-    (and `ml.rca.*` through `rca`, a `serving.rca.RootCauseAnnotator`, in the same pass)."""
+    (and `ml.rca.*` through `rca`, a `serving.rca.RootCauseAnnotator`, in the same pass).
+
+    Yields every document, in the order read. One whose message field holds no text (missing, a number,
+    an object) is yielded unchanged and counted in `unscored` by reason; an array of strings is scored
+    as its lines joined.
+    """
     fields = settings.fields
     for window in batched(docs, settings.score.sort_window):
         counts["read"] += len(window)
-        scorable = []
+        scorable, texts = [], []
         for where, doc in window:
-            if isinstance(get_field(doc, fields.message), str):
-                scorable.append((where, doc))
-            else:
-                skipped[f"no text in field '{fields.message}'"] = skipped.get(f"no text in field '{fields.message}'", 0) + 1
-        if not scorable:
-            continue
-        probs = classifier.probabilities([get_field(d, fields.message) for _, d in scorable], settings.score.batch_size)
-        threshold = float(classifier.thresholds[0])
-        scored_at = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-        for (where, doc), p in zip(scorable, probs[:, 0]):
-            set_field(doc, "ml.anomaly.score", round(float(p), 6))
-            set_field(doc, "ml.anomaly.is_anomaly", bool(p >= threshold))
-            set_field(doc, "ml.model.name", model_name)
-            set_field(doc, "ml.model.version", version)
-            set_field(doc, "ml.scored_at", scored_at)
-            counts["scored"] += 1
-        if rca is not None:
-            rca.annotate(scorable)
-        yield from scorable
+            try:
+                texts.append(message_text(get_field(doc, fields.message)))
+            except ValueError as exc:
+                reason = f"field '{fields.message}' {exc}"
+                unscored[reason] = unscored.get(reason, 0) + 1
+                continue
+            scorable.append((where, doc))
+        if scorable:
+            probs = classifier.probabilities(texts, settings.score.batch_size)
+            threshold = float(classifier.thresholds[0])
+            scored_at = format_timestamp(datetime.now(timezone.utc).replace(microsecond=0))
+            for (where, doc), p in zip(scorable, probs[:, 0]):
+                set_field(doc, "ml.anomaly.score", round(float(p), 6))
+                set_field(doc, "ml.anomaly.is_anomaly", bool(p >= threshold))
+                set_field(doc, "ml.model.name", model_name)
+                set_field(doc, "ml.model.version", version)
+                set_field(doc, "ml.scored_at", scored_at)
+                counts["scored"] += 1
+            if rca is not None:
+                rca.annotate(scorable)
+        yield from window
 
 
 def score_logs(model_ref: str, source_uri: str, sink_uri: str | None, settings: Settings,
@@ -74,15 +101,20 @@ def score_logs(model_ref: str, source_uri: str, sink_uri: str | None, settings: 
     source = open_log_source(source_uri, settings)
     sink = open_log_sink(sink_uri or default_sink(source_uri), settings)
     counts = {"read": 0, "scored": 0}
-    skipped: dict[str, int] = {}
+    skipped: dict[str, int] = {}  # not read: already scored (Elasticsearch)
+    unscored: dict[str, int] = {}  # read and written unchanged: no text to score
     started = time.perf_counter()
     # Elasticsearch reads only the documents this version has not scored yet, resuming from the last checkpoint.
     marker = {"ml.model.name": ref.name, "ml.model.version": ref.version}
+    # A file sink resumes after the documents an interrupted run of this same pass already wrote.
+    done = sink.resume(resume_key(source, (ref.name, ref.version), rca, settings, start, end)) if hasattr(sink, "resume") else 0
     docs = source.iter_unscored(marker, sink, start, end, skipped) if hasattr(source, "iter_unscored") else source.iter_docs(start, end)
     with closing(docs):  # a failed run still releases what the source holds (an Elasticsearch point-in-time)
-        written = sink.write(annotate(docs, classifier, ref.name, ref.version, settings, counts, skipped, rca))
+        todo = islice(docs, done, None) if done else docs
+        written = sink.write(annotate(todo, classifier, ref.name, ref.version, settings, counts, unscored, rca))
     seconds = time.perf_counter() - started
     out = {"model": ref.name, "version": ref.version, "source": source.uri, "sink": sink.uri, **counts, **written,
+           "unscored": sum(unscored.values()), "unscored_reasons": unscored,
            "skipped": sum(skipped.values()), "skipped_reasons": skipped, "seconds": round(seconds, 2),
            "docs_per_s": counts["scored"] / seconds if seconds else 0.0}
     if rca is not None:

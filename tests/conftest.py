@@ -7,10 +7,15 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["fakes"]  # shared fakes and their fixtures (stand_in)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("NIGHTSHIFT_LOG_FORMAT", "console")
+# The suite trains the tiny BERT wherever it needs a log model (fast, and what the serving, drift and promotion
+# tests assert on); the competition between model families has its own tests (tests/test_families.py).
+os.environ.setdefault("NIGHTSHIFT_CANDIDATES_FAMILIES", "bert")
 
 
 @pytest.fixture

@@ -124,3 +124,36 @@ def test_thresholds_are_checked(settings, windows):
     bad = dataclasses.replace(settings, drift=dataclasses.replace(settings.drift, length_ks_warn=0.5, length_ks_severe=0.2))
     with pytest.raises(ConfigError, match="drift.length_ks_warn"):
         compare_snapshots(logs, logs, bad)
+
+
+def test_report_draws_a_picture_per_check_instead_of_json(settings, windows, tmp_path):
+    import base64
+    import re
+
+    from pipelines.drift import compare_snapshots, render_html
+
+    reference = windows("2026-11-16", "2026-11-18")
+    logs = compare_snapshots(reference, json_envelope(reference, tmp_path / "envelope"), settings)
+    metrics = compare_snapshots(metric_snapshot(tmp_path / "a", 3), metric_snapshot(tmp_path / "b", 3, phase_hours=6, seed=1), settings)
+    length = by_name(logs)["message.length"]["detail"]["histogram"]
+    assert len(length["edges"]) == 31 and all(abs(sum(length[side]) - 1) < 1e-3 for side in ("reference", "current"))
+    profile = by_name(metrics)["metric.seasonal"]["detail"]["profiles"][0]
+    assert profile["hours"] == list(range(24)) and len(profile["reference"]) == len(profile["current"]) == 24
+    assert len(by_name(metrics)["metric.value"]["detail"]["histograms"]) == 2
+    for report in (logs, metrics):
+        page = render_html(report)
+        images = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+        assert len(images) == len(report["checks"])  # one picture per check
+        assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+        assert "<pre>" not in page and '"top_moves"' not in page  # no raw JSON
+        assert not re.search(r"(src|href)=['\"](https?:)?//", page)
+    assert "latency{service=&quot;a&quot;}" in render_html(metrics)  # the worst-series table
+
+
+def test_embedding_projection_keeps_both_samples_on_two_axes():
+    from pipelines.drift import projection
+
+    rng = np.random.default_rng(0)
+    out = projection(rng.normal(size=(50, 8)), rng.normal(loc=3.0, size=(300, 8)), limit=200)
+    assert np.asarray(out["reference"]).shape == (50, 2) and np.asarray(out["current"]).shape == (200, 2)
+    assert np.mean(np.asarray(out["current"])[:, 0]) * np.mean(np.asarray(out["reference"])[:, 0]) < 0  # the shift lies on axis 1

@@ -15,11 +15,11 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from es_cluster import LIVE_URL, Cluster, EsNode, day_index, dotted
 from es_proxy import FaultProxy
+from fakes import StandInClassifier
 
 T0 = datetime(2026, 11, 17, tzinfo=timezone.utc)
 T1 = datetime(2026, 11, 19, tzinfo=timezone.utc)
@@ -501,45 +501,6 @@ def test_point_in_time_is_closed_when_the_pull_fails(faults_cluster, home, tmp_p
 
 # ---- write-back ------------------------------------------------------------------------------------------
 
-class StandInClassifier:
-    """Scores 0.9 for texts with 'fail' or 'error', else 0.1; can be told to crash on its n-th batch."""
-
-    thresholds = np.array([0.5], dtype=np.float32)
-
-    def __init__(self, crash_on_call: int | None = None):
-        self.calls, self.crash_on_call, self.texts = 0, crash_on_call, 0
-
-    def probabilities(self, messages, batch_size=64):
-        self.calls += 1
-        if self.calls == self.crash_on_call:
-            raise RuntimeError("killed mid-run")
-        self.texts += len(messages)
-        return np.array([[0.9 if ("fail" in m.lower() or "error" in m.lower()) else 0.1] for m in messages], dtype=np.float32)
-
-
-@pytest.fixture
-def stand_in(monkeypatch):
-    """`score_logs` with the registry answering every anomaly-model reference with a stand-in classifier."""
-    import pipelines.registry as registry
-
-    state = {"classifier": StandInClassifier()}
-
-    class Model:
-        def unwrap_python_model(self):
-            return state["classifier"]
-
-    def load_model(client, ref):
-        name, _, version = ref.partition("/")
-        if name != "log-anomaly":
-            raise registry.RegistryError(f"{ref} is not registered")
-        return registry.ModelRef(name, version or "1"), Model()
-
-    monkeypatch.setattr(registry, "use_store", lambda settings: None)
-    monkeypatch.setattr(registry, "load_model", load_model)
-    monkeypatch.setattr(registry, "alias_version", lambda client, name, alias: None)  # no root-cause champion
-    return state
-
-
 def score(cluster, version="1", sink=None, pattern="logs-*", start=T0, end=T1, url=None):
     from serving.score_logs import score_logs
 
@@ -637,9 +598,12 @@ def test_rejected_bulk_items_are_retried_and_unwritable_ones_counted(faults_node
             client.options(ignore_status=429).bulk(operations=ops)
         client.close()
 
+    # The flood lasts the first seconds of the write-back: long enough for rejections, short enough that the retries
+    # (and a bulk spanning more shards than the one-slot pool takes, which is rejected in part on its own) get through.
     threads = [threading.Thread(target=flood, args=(i,), daemon=True) for i in range(3)]
     for t in threads:
         t.start()
+    threading.Timer(5.0, stop.set).start()
     try:
         out = score(faults_cluster)
     finally:

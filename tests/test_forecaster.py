@@ -201,15 +201,21 @@ def test_train_registers_metric_forecast_and_pyfunc_round_trips(quick_forecaster
                           T0 + timedelta(days=7), T0 + timedelta(days=14), "15m", tmp_path / "snap", settings)
     out = train_metric_forecast(snap.path, settings)
     assert out["version"] == "1" and out["decision"] == "promoted" and out["device"] == "cpu"
-    assert set(out["metrics"]) == {"mae", "mae_last", "smape", "coverage"} and 0 <= out["metrics"]["coverage"] <= 1
+    assert set(out["metrics"]) == {"mae", "mae_last", "mase", "smape", "coverage"} and 0 <= out["metrics"]["coverage"] <= 1
     assert set(out["baselines"]) == {"predict_linear", "seasonal_naive"} and "mae_ratio_vs_seasonal_naive" in out["ratios"]
+    # 7 days at 15m with a 32-step lookback: no whole day in the lookback, so no seasonal naive contender
+    assert set(out["contenders"]) == {"committee", "lstm", "ets", "stl_ets", "naive", "lookback_median", "predict_linear"}
+    assert out["metrics"] == out["contenders"][out["family"]]  # what is served is what was scored
     client = use_store(settings)
     mv = client.get_model_version("metric-forecast", "1")
     assert mv.tags["data.snapshot_hash"] == snap.content_hash and mv.tags["data.window"] == snap.window
+    assert mv.tags["model.family"] == out["family"]
     run = client.get_run(mv.run_id)
     assert run.data.params["snapshot_hash"] == snap.content_hash and run.data.params["lookback"] == "32"
+    assert run.data.params["family"] == out["family"] and run.data.tags["model.family"] == out["family"]
     assert [m.step for m in client.get_metric_history(mv.run_id, "val_mae")] == [1, 2]
     assert "baseline_predict_linear_mae" in run.data.metrics and "mae_ratio_vs_predict_linear" in run.data.metrics
+    assert "contender_ets_mae" in run.data.metrics and "best_mase" in run.data.metrics
 
     model = mlflow.pyfunc.load_model("models:/metric-forecast@champion")
     frame = snap.read()
@@ -223,6 +229,17 @@ def test_train_registers_metric_forecast_and_pyfunc_round_trips(quick_forecaster
     assert quota["p50"].between(0, 1.2).all()  # back in the series' own units
     inner = model.unwrap_python_model()
     assert inner.queries == {"quota": "quota_group_use_ratio", "latency": "request_latency_p99_seconds"}
+    assert inner.family == out["family"] and set(inner.families) == set(out["contenders"])
+
+    # A version saved before the contenders existed (no committee in its metadata) still serves its LSTM.
+    from models.metric_forecaster import MetricForecaster, save_forecaster
+
+    old_meta = {k: v for k, v in inner.meta.items() if k != "committee"}
+    old = MetricForecaster()
+    old.load_context(type("Ctx", (), {"artifacts": {"forecaster": str(save_forecaster(inner.model, old_meta, tmp_path / "old"))}})())
+    assert old.family == "lstm" and old.families == ("lstm",)
+    legacy = old.predict(None, frame)
+    assert list(legacy.columns) == list(pred.columns) and len(legacy) == len(pred) and (legacy["p10"] <= legacy["p90"]).all()
 
     second = train_metric_forecast(snap.path, settings)
     assert second["version"] == "2" and second["decision"] == "pending"
@@ -276,7 +293,8 @@ def test_forecaster_beats_both_baselines_on_the_demo_series(demo_history, settin
 
 
 def test_gate_promotes_the_better_forecaster_on_a_fresh_holdout(quick_forecaster, settings, demo_history, tmp_path, monkeypatch, capsys):
-    """v1 barely trained, v2 trained properly on the same days; both judged on the two days after."""
+    """v1 is a barely trained LSTM alone, v2 the full recipe (a trained LSTM and the statistical
+    contenders) on the same days; both judged on the two days after."""
     from pipelines.cli import main
     from pipelines.config import load_settings
     from pipelines.prometheus import ingest_metrics
@@ -288,9 +306,14 @@ def test_gate_promotes_the_better_forecaster_on_a_fresh_holdout(quick_forecaster
     snap = ingest_metrics(f"file://{demo_history}", queries, T0 + timedelta(days=7), T0 + timedelta(days=12), "15m", tmp_path / "snap", settings)
     holdout = ingest_metrics(f"file://{demo_history}", queries, T0 + timedelta(days=12), T0 + timedelta(days=14), "15m",
                              tmp_path / "holdout", settings)
+    import models.forecast_contenders as contenders
+
     monkeypatch.setenv("NIGHTSHIFT_FORECAST_EPOCHS", "1")
     monkeypatch.setenv("NIGHTSHIFT_FORECAST_WINDOWS_PER_EPOCH", "32")
-    assert train_metric_forecast(snap.path, load_settings())["decision"] == "promoted"  # v1: the first version
+    with monkeypatch.context() as m:
+        m.setattr(contenders, "available_contenders", lambda *args, **kwargs: ("lstm",))
+        first = train_metric_forecast(snap.path, load_settings())
+    assert first["decision"] == "promoted" and set(first["contenders"]) == {"committee", "lstm"}  # v1: the first version
     monkeypatch.setenv("NIGHTSHIFT_FORECAST_EPOCHS", "4")
     monkeypatch.setenv("NIGHTSHIFT_FORECAST_WINDOWS_PER_EPOCH", "2048")
     assert train_metric_forecast(snap.path, load_settings())["version"] == "2"
@@ -308,5 +331,5 @@ def test_gate_promotes_the_better_forecaster_on_a_fresh_holdout(quick_forecaster
 
     assert main(["evaluate", "metric-forecast@champion", "--snapshot", str(holdout.path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["version"] == "2" and out["windows"] > 0 and set(out["model_metrics"]) == {"mae", "mae_last", "smape", "coverage"}
+    assert out["version"] == "2" and out["windows"] > 0 and set(out["model_metrics"]) == {"mae", "mae_last", "mase", "smape", "coverage"}
     assert set(out["baseline_metrics"]) >= {"predict_linear", "seasonal_naive_daily"}

@@ -67,7 +67,7 @@ def test_parquet_source_with_dotted_columns(settings, tmp_path):
     ([doc(), {"@timestamp": "2026-11-16T02:00:00Z", "labels": {"anomaly": 0}}], r"bad\.ndjson:2: field 'message' is missing"),
     ([doc(), doc(anomaly="maybe")], r"bad\.ndjson:2: field 'labels\.anomaly' has an unknown label value"),
     ([doc(root_cause=["Cosmic_Ray"])], r"bad\.ndjson:1: field 'labels\.root_cause' has label\(s\) not in the label space: Cosmic_Ray"),
-    ([doc("yesterday")], r"bad\.ndjson:1: field '@timestamp' is not an ISO-8601 timestamp"),
+    ([doc("yesterday")], r"bad\.ndjson:1: field '@timestamp' is not a timestamp: 'yesterday' is neither ISO-8601"),
 ])
 def test_bad_input_names_line_and_field_and_leaves_nothing(settings, tmp_path, lines, match):
     src = write(tmp_path / "bad.ndjson", lines)

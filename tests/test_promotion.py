@@ -331,6 +331,39 @@ def test_two_concurrent_promotions_end_consistent(registry):
     assert not [m for m in client.search_registered_models() if m.name.endswith(".promotion-lock")]  # the mutex is released
 
 
+def test_two_gates_of_the_same_challenger_at_once_keep_the_winners_record(registry, tmp_path):
+    """Two `nightshift promote` of the same challenger at the same moment: one moves the alias, the
+    other loses the compare-and-set against the version it judged, and must not write its `stale`
+    over the record of the version the first one promoted."""
+    from pipelines.promotion import promote
+
+    client = registry.client
+    reset(client, champion="1", challenger="2")
+    both = threading.Barrier(2, timeout=300)
+    results, errors = [], []
+
+    def gate():
+        try:
+            results.append(promote(NAME, registry.settings, holdout=registry.holdout.path, before_commit=both.wait))
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+            both.abort()
+
+    threads = [threading.Thread(target=gate) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(400)
+    assert not errors, errors
+    assert sorted(r["decision"] for r in results) == ["kept", "promoted"], results
+    winner = next(r for r in results if r["decision"] == "promoted")
+    assert aliases(client)["champion"] == "2" and aliases(client)["previous"] == "1"
+    tags = client.get_model_version(NAME, "2").tags
+    assert tags["promotion.decision"] == "promoted" and tags["promotion.at"] == winner["at"]
+    assert json.loads(run_artifact(client, "2", "promotion/decision.json", tmp_path))["decision"] == "promoted"
+    assert client.get_run(client.get_model_version(NAME, "2").run_id).data.tags["promotion.decision"] == "promoted"
+
+
 CAS_RACE = """
 import sys, time
 from pathlib import Path

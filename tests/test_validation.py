@@ -297,6 +297,35 @@ def test_validate_command_prints_the_verdict_and_exits_1_on_failure(home, log_ro
     assert "not a snapshot" in capsys.readouterr().err
 
 
+def test_report_html_shows_each_measured_value_against_its_bound_and_cuts_long_examples(settings, log_rows, tmp_path):
+    """The page a person reads offline: the anomaly ratio as a ratio against its bounds (not "0%
+    unexpected"), row checks as counts against what is allowed, failed rows cut to a readable length."""
+    import dataclasses
+    import html
+
+    from pipelines.validation import verdict
+
+    settings = dataclasses.replace(settings, validation=dataclasses.replace(settings.validation, max_text_length=1000))
+    rows = [{**r, "anomaly": False} for r in log_rows]
+    rows[3]["message"] = "y" * 5000
+    snap = write_logs(tmp_path / "long", rows)
+    report = validate_snapshot(snap.path, "logs", settings)
+    path = snap.path / "validation" / "report.html"
+    assert verdict(report)["report_html"] == str(path)
+    page = path.read_text()
+    text = html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<style.*?</style>", " ", page, flags=re.S))))
+    n = f"{len(rows):,}"
+    assert f"anomaly_ratio 0 (0 anomalous rows of {n} labelled rows)" in text and "anomaly_ratio [0.001, 0.5]" in text
+    assert "unexpected" not in text
+    assert f"1 of {n} rows break it" in text and "message length in [1, 1,000]; none allowed" in text
+    assert "normal: " in text and "anomalous: 0" in text and "rows >= 10" in text
+    assert "timestamp: timestamp[UTC]" in text  # the schema checks show the stored type
+    assert "(5,000 chars)" in text and "y" * 200 not in page  # the 5,000-character line, cut
+    assert page.count("<svg") >= 2  # a gauge per whole-snapshot ratio
+    # Offline: inline style, no scripts, nothing fetched from elsewhere.
+    assert "<script" not in page and not re.search(r"(src|href)=['\"](https?:)?//", page)
+
+
 # ---------------------------------------------------------------------------------- training
 
 
@@ -318,7 +347,7 @@ def test_training_logs_the_report_and_tags_the_version(settings, train_snapshot,
     run = client.get_run(out["run_id"])
     assert run.data.tags["validation.status"] == PASSED
     artifacts = {a.path for a in client.list_artifacts(out["run_id"], "validation")}
-    assert {"validation/result.json", "validation/data_docs"} <= artifacts
+    assert {"validation/result.json", "validation/report.html", "validation/data_docs"} <= artifacts
     report = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=out["run_id"], artifact_path="validation/result.json",
                                                                  dst_path=str(tmp_path / "dl"))).read_text())
     assert report["content_hash"] == train_snapshot.content_hash

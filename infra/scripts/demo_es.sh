@@ -38,20 +38,21 @@ client.indices.refresh(index="logs-*")
 print(f"loaded {ok} documents into logs-* ({len(errors)} failed)")
 EOF
 
-echo
-echo "the night, with logs from $ES_URL/logs-* …"
-NIGHTSHIFT_RETRAIN_LOG_SOURCE="$ES_URL/logs-*" "$NS" retrain
-
-DAY_END="$("$PY" - <<'EOF'
+# The night after the corpus's newest day (for a configured source the default is today).
+NEWEST="$("$PY" - <<'EOF'
 import os
 from elasticsearch import Elasticsearch
 c = Elasticsearch(os.environ["ES_URL"], basic_auth=(os.environ["ES_USER"], os.environ["ES_PASSWORD"]))
-newest = c.search(index="logs-*", size=0, aggs={"t": {"max": {"field": "@timestamp"}}})["aggregations"]["t"]["value_as_string"]
-print(newest[:10])
+print(c.search(index="logs-*", size=0, aggs={"t": {"max": {"field": "@timestamp"}}})["aggregations"]["t"]["value_as_string"][:10])
 EOF
 )"
-DAY_START="$("$PY" -c "import datetime as d, sys; print(d.date.fromisoformat('$DAY_END').isoformat())")"
-DAY_END="$("$PY" -c "import datetime as d; print((d.date.fromisoformat('$DAY_END') + d.timedelta(days=1)).isoformat())")"
+DAY_START="$NEWEST"
+DAY_END="$("$PY" -c "import datetime as d; print((d.date.fromisoformat('$NEWEST') + d.timedelta(days=1)).isoformat())")"
+
+echo
+echo "the night $DAY_END, with logs from $ES_URL/logs-* …"
+NIGHTSHIFT_RETRAIN_LOG_SOURCE="$ES_URL/logs-*" NIGHTSHIFT_RETRAIN_LOGICAL_DATE="$DAY_END" "$NS" retrain
+
 echo
 echo "scoring the fresh day again ($DAY_START): nothing is left to write"
 "$NS" score logs --model log-anomaly@champion --source "$ES_URL/logs-*" --start "$DAY_START" --end "$DAY_END"
@@ -67,4 +68,4 @@ curl -s -u "$ES_USER:$ES_PASSWORD" "$ES_URL/logs-*/_search" -H 'Content-Type: ap
   "$PY" -c 'import json, sys
 for h in json.load(sys.stdin)["hits"]["hits"]:
     s = h["_source"]; ml = s["ml"]
-    print("  %s  score=%.3f  %s v%s  %s" % (s["@timestamp"], ml["anomaly"]["score"], ml["model"]["name"], ml["model"]["version"], s["message"][:70]))'
+    print("  %s  score=%.3f  %s v%s  %s" % (s["@timestamp"], ml["anomaly"]["score"], ml["model"]["name"], ml["model"]["version"], s["message"].splitlines()[0][:70]))'
