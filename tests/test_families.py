@@ -155,6 +155,7 @@ def test_the_gate_faces_the_tfidf_baseline(settings, train_snapshot, corpus, tmp
     from pipelines.train import train_log_anomaly
 
     monkeypatch.setenv("NIGHTSHIFT_CANDIDATES_FAMILIES", "tfidf")
+    monkeypatch.setenv("NIGHTSHIFT_CANDIDATES_BASELINE_TOLERANCE", "0.02")  # the default, which the suite relaxes
     s = load_settings()
     out = train_log_anomaly(train_snapshot.path, s, str(tiny_bert))
     fresh = ingest_logs(f"file://{corpus}", parse_time("2026-11-21"), parse_time("2026-11-22"), tmp_path / "fresh", s)
