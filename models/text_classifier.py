@@ -111,6 +111,9 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
     """K probabilities per text from the family the version won with (fine-tuned BERT, TF-IDF + LR,
     frozen-encoder embedding + LR), thresholds per output, and the log-text normaliser inside."""
 
+    sklearn: Any = None  # the tfidf / embedding family's fitted head; None for a BERT
+    rca: Any = None  # the root-cause head (labels, actions, knowledge base) of a failure-rca version
+
     def load_context(self, context) -> None:
         """Load the family the version serves (`nightshift.json` `family`; a version without one is a BERT):
         bert: the fine-tuned checkpoint; tfidf: the sklearn pipeline (joblib); embedding: the frozen
