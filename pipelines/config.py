@@ -87,6 +87,7 @@ class ScoreSettings:
     batch_size: int = 64
     sort_window: int = 2048  # records sorted by length inside this window, then batched
     max_length: int = 128
+    cache_texts: int = 100_000  # probabilities of this many recent distinct texts are reused across windows (0: off)
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import OrderedDict
 from contextlib import closing
 from datetime import datetime, timezone
 from itertools import islice
 from typing import Iterable, Iterator
+
+import numpy as np
 
 from pipelines.config import Settings
 from pipelines.records import batched, format_timestamp, get_field, message_text, set_field
@@ -48,6 +51,33 @@ def resume_key(source, model: tuple[str, str], rca, settings: Settings, start: d
             "window": [format_timestamp(t) if t else None for t in (start, end)], "fields": dataclasses.asdict(settings.fields)}
 
 
+class TextCache:
+    """Probabilities of the most recently scored distinct texts (an LRU of `size` entries).
+
+    Logs repeat across windows as well as inside one, and the classifier runs each distinct text of a
+    window once; with this cache each distinct text of a whole run is scored about once. A text's
+    probabilities depend only on the text, so cached and fresh answers are identical.
+    """
+
+    def __init__(self, size: int):
+        self.size = max(0, size)
+        self.rows: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def probabilities(self, classifier, texts: list[str], batch_size: int) -> np.ndarray:
+        """(len(texts), K), as `classifier.probabilities(texts)` would return."""
+        if not self.size:
+            return classifier.probabilities(texts, batch_size)
+        missing = list(dict.fromkeys(t for t in texts if t not in self.rows))
+        if missing:
+            self.rows.update(zip(missing, classifier.probabilities(missing, batch_size)))
+        out = np.stack([self.rows[t] for t in texts])
+        for t in texts:
+            self.rows.move_to_end(t)
+        while len(self.rows) > self.size:
+            self.rows.popitem(last=False)
+        return out
+
+
 def annotate(docs: Iterable[tuple[str, dict]], classifier, model_name: str, version: str, settings: Settings,
              counts: dict[str, int], unscored: dict[str, int], rca=None) -> Iterator[tuple[str, dict]]:
     """Score documents window by window and set DESIGN.md's `ml.anomaly.*` and `ml.model.*` fields
@@ -58,6 +88,7 @@ def annotate(docs: Iterable[tuple[str, dict]], classifier, model_name: str, vers
     as its lines joined.
     """
     fields = settings.fields
+    cache = TextCache(settings.score.cache_texts)
     for window in batched(docs, settings.score.sort_window):
         counts["read"] += len(window)
         scorable, texts = [], []
@@ -70,7 +101,7 @@ def annotate(docs: Iterable[tuple[str, dict]], classifier, model_name: str, vers
                 continue
             scorable.append((where, doc))
         if scorable:
-            probs = classifier.probabilities(texts, settings.score.batch_size)
+            probs = cache.probabilities(classifier, texts, settings.score.batch_size)
             threshold = float(classifier.thresholds[0])
             scored_at = format_timestamp(datetime.now(timezone.utc).replace(microsecond=0))
             for (where, doc), p in zip(scorable, probs[:, 0]):

@@ -95,7 +95,8 @@ def test_an_interrupted_run_resumes_and_writes_every_document_once(home, stand_i
     stand_in["classifier"] = StandInClassifier()
     resumed = score_logs("log-anomaly/1", src, f"file://{sink}", load_settings())
     assert (resumed["resumed_docs"], resumed["read"], resumed["written"]) == (80, 50, 50)
-    assert len(stand_in["classifier"].texts) == 50  # the first 80 are not scored again
+    first_80 = {d["message"] for d in items[:80]} - {d["message"] for d in items[80:]}
+    assert not first_80 & set(stand_in["classifier"].texts)  # the first 80 are not scored again
     written = read_ndjson(sink)
     assert [d["id"] for d in written] == [d["id"] for d in items]  # every document once, in order
     assert all(d["ml"]["model"] == {"name": "log-anomaly", "version": "1"} for d in written)

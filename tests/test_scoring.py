@@ -40,3 +40,26 @@ def test_unknown_model_reference_is_a_clear_error(settings, corpus, capsys):
 
     assert main(["score", "logs", "--model", "log-anomaly@champion", "--source", f"file://{corpus}"]) == 2
     assert "log-anomaly@champion" in capsys.readouterr().err
+
+
+def test_texts_repeated_across_windows_are_scored_once_with_the_same_answer(home, monkeypatch):
+    """The scoring cache: a text seen in an earlier window is not sent to the model again, and its
+    probabilities are exactly what the model gives; an LRU of 2 forgets the oldest."""
+    import numpy as np
+
+    from fakes import StandInClassifier
+    from serving.score_logs import TextCache
+
+    model = StandInClassifier()
+    cache = TextCache(100)
+    first = cache.probabilities(model, ["job failed", "ok", "ok"], 64)
+    second = cache.probabilities(model, ["ok", "job failed", "new error"], 64)
+    assert model.texts == ["job failed", "ok", "new error"]
+    np.testing.assert_array_equal(second, StandInClassifier().probabilities(["ok", "job failed", "new error"]))
+    np.testing.assert_array_equal(first, StandInClassifier().probabilities(["job failed", "ok", "ok"]))
+    small = TextCache(2)
+    small.probabilities(model, ["a", "b", "c"], 64)
+    assert list(small.rows) == ["b", "c"]
+    off = TextCache(0)
+    off.probabilities(model, ["ok"], 64)
+    assert model.texts[-1] == "ok" and not off.rows
