@@ -235,6 +235,18 @@ def _maps_as_objects(value, kind):
     return value
 
 
+
+def _data_rows(reader, header: list[str], path: Path) -> Iterator[tuple[str, list[str]]]:
+    """The rows of a CSV/TSV reader after its header, as (`FILE:LINE`, cells): blank lines skipped, a row
+    whose cell count differs from the header's refused with a RecordError naming the line."""
+    for cells in reader:
+        where = f"{path.name}:{reader.line_num}"
+        if not any(c.strip() for c in cells):
+            continue
+        if len(cells) != len(header):
+            raise RecordError(where, "(line)", f"has {len(cells)} cells, the header has {len(header)}")
+        yield where, cells
+
 def read_delimited(path: Path, ctx: ReadContext, delimiter: str) -> Iterator[tuple[str, dict]]:
     """Rows of a CSV (quoted cells allowed) or TSV (no quoting: tabs separate, quotes are text) with a
     header; the header must name the timestamp and message columns of `[fields]`."""
@@ -253,12 +265,7 @@ def read_delimited(path: Path, ctx: ReadContext, delimiter: str) -> Iterator[tup
             repeated = sorted({c for c in header if header.count(c) > 1})
             if repeated:
                 raise RecordError(f"{path.name}:1", repeated[0], "names two columns of the header")
-            for cells in reader:
-                where = f"{path.name}:{reader.line_num}"
-                if not any(c.strip() for c in cells):
-                    continue
-                if len(cells) != len(header):
-                    raise RecordError(where, "(line)", f"has {len(cells)} cells, the header has {len(header)}")
+            for where, cells in _data_rows(reader, header, path):
                 yield where, {column: (cell if cell != "" else None) for column, cell in zip(header, cells)}
         except UnicodeDecodeError as exc:
             raise RecordError(f"{path.name}:{reader.line_num + 1}", "(line)", f"is not UTF-8 text ({exc.reason})") from None
@@ -338,12 +345,7 @@ def metric_csv_samples(path: Path, inputs: InputSettings) -> Iterator[tuple[dict
                                   f"has no column in the header (columns: {', '.join(header)}); set inputs.{setting}")
         ts_col, value_col = header.index(inputs.metric_timestamp), header.index(inputs.metric_value)
         label_cols = [(i, c) for i, c in enumerate(header) if i not in (ts_col, value_col)]
-        for cells in reader:
-            where = f"{path.name}:{reader.line_num}"
-            if not any(c.strip() for c in cells):
-                continue
-            if len(cells) != len(header):
-                raise RecordError(where, "(line)", f"has {len(cells)} cells, the header has {len(header)}")
+        for where, cells in _data_rows(reader, header, path):
             if not cells[value_col].strip():
                 continue
             try:

@@ -18,7 +18,6 @@ from test_drift import metric_snapshot
 from test_report import NIGHT, make_night
 
 CHROMIUM = shutil.which("chromium")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make system-deps installs it)")
 CURRENT_RGB = (0x15, 0x65, 0xC0)  # pipelines.report.CURRENT_COLOUR: the candidate's bars
 
 
@@ -28,6 +27,8 @@ def chromium(page: Path, profile: Path, *, screenshot: Path | None = None, size:
     Raises:
         subprocess.CalledProcessError: Chromium failed.
     """
+    if CHROMIUM is None:  # a missing browser is a failure, not a skip
+        pytest.fail("Debian's chromium is not installed: `make system-deps` installs it")
     # --no-sandbox: the tests may run as root (CI containers), where Chromium's sandbox refuses to start.
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
            f"--user-data-dir={profile}", f"--window-size={size}"]
