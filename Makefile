@@ -8,7 +8,7 @@ export NIGHTSHIFT_HOME ?= $(CURDIR)/.nightshift
 # pip's site config lists local indexes that lack most packages; its notes about them are noise.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: setup system-deps airflow es-deps es demo demo-es demo-forecast test bench serve ui clean
+.PHONY: setup system-deps airflow es-deps es demo demo-es demo-forecast lint test test-fast test-integration test-e2e bench serve ui clean
 
 setup: $(VENV)/.installed
 
@@ -23,11 +23,11 @@ system-deps:
 	@if ! command -v prometheus >/dev/null || ! command -v prometheus-pushgateway >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-pushgateway >/dev/null; \
 	  else echo "need root to apt-get install prometheus prometheus-pushgateway" >&2; fi; fi
-	@# PostgreSQL, the Airflow deployment's metadata database (make airflow, tests/test_airflow_e2e.py), and its drivers
+	@# PostgreSQL, the Airflow deployment's metadata database (make airflow, tests/e2e/test_airflow_e2e.py), and its drivers
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	  else echo "need root to apt-get install postgresql" >&2; fi; fi
-	@# Debian's Chromium, headless: the browser test renders the night, validation and drift reports (tests/test_report_browser.py)
+	@# Debian's Chromium, headless: the browser test renders the night, validation and drift reports (tests/integration/test_report_browser.py)
 	@if ! command -v chromium >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "need root to apt-get install chromium" >&2; fi; fi
@@ -58,8 +58,24 @@ es: es-deps
 demo-es: setup es-deps
 	bash infra/scripts/demo_es.sh
 
-test: setup system-deps es-deps
+# The tests by cost: tests/unit (in-process, no real server), tests/integration (real servers: Elasticsearch,
+# Prometheus, Pushgateway, MLflow, PostgreSQL, uvicorn, Chromium, promtool), tests/e2e (whole nights).
+# `make test` (CI) lints, then runs all three; `make test-fast` runs the unit layer less its `slow` tests (under 2 min).
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m mypy
+
+test: setup system-deps es-deps lint
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q tests/unit -m "not slow"
+
+test-integration: setup system-deps es-deps
+	$(PY) -m pytest -q tests/integration
+
+test-e2e: setup system-deps es-deps
+	$(PY) -m pytest -q tests/e2e
 
 # Forecasts on real servers: Prometheus (backfilled with the demo metrics) and a Pushgateway on free
 # loopback ports, `nightshift forecast` with the champion from `make demo`, read back with PromQL.

@@ -15,12 +15,12 @@ def run(quick: bool = False) -> list[dict]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["NIGHTSHIFT_HOME"] = str(Path(tmp) / "home")
-        from models.bert import default_checkpoint, load_classifier
-        from models.normalize import normalize
+        from nightshift_models.bert import default_checkpoint, load_classifier
+        from nightshift_models.normalize import normalize
         from pipelines.config import load_settings
-        from pipelines.demo_data import write_demo_logs
-        from pipelines.drift import compare_snapshots, sentence_embedder
-        from pipelines.ingest import ingest_logs
+        from pipelines.data.demo_logs import write_demo_logs
+        from pipelines.data.drift import compare_snapshots, sentence_embedder
+        from pipelines.data.ingest import ingest_logs
 
         settings = load_settings()
         corpus = write_demo_logs(Path(tmp) / "corpus", per_day=300 if quick else 1500)

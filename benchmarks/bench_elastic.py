@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.support: the Elasticsearch node the tests start, when run on its own
 
 MEASURE = r"""
 import json, resource, sys, time
@@ -33,8 +34,8 @@ settings = load_settings()
 
 def classifier(path):
     import numpy as np
-    from models.bert import load_classifier
-    from models.text_classifier import TextClassifier
+    from nightshift_models.bert import load_classifier
+    from nightshift_models.text_classifier import TextClassifier
     clf = TextClassifier()
     clf.meta = {"task": "log-anomaly", "max_length": 64, "thresholds": [0.5]}
     clf.device, clf.thresholds = "cpu", np.array([0.5], dtype=np.float32)
@@ -44,14 +45,14 @@ def classifier(path):
 
 count = 0
 if mode == "pull":
-    from pipelines.elastic import ElasticsearchLogSource
+    from pipelines.sources.elastic import ElasticsearchLogSource
     source = ElasticsearchLogSource(f"{url}/{index}", settings)
     started = time.perf_counter()
     for _ in source.iter_docs():
         count += 1
 elif mode == "scan":
     from elasticsearch import Elasticsearch, helpers
-    from pipelines.elastic import ElasticsearchLogSource
+    from pipelines.sources.elastic import ElasticsearchLogSource
     fields = ElasticsearchLogSource(f"{url}/{index}", settings).source_fields()
     started = time.perf_counter()
     for _ in helpers.scan(Elasticsearch(url), index=index, size=settings.elasticsearch.page_size, query={"_source": {"includes": fields}}):
@@ -63,7 +64,7 @@ elif mode == "forward":
     started = time.perf_counter()
     count = len(clf.probabilities(texts, settings.score.batch_size))
 elif mode == "score":
-    import pipelines.registry as registry
+    import pipelines.registry.store as registry
     from serving.score_logs import score_logs
     clf = classifier(sys.argv[5])
     class Model:
@@ -89,8 +90,7 @@ class Server:
     """A real node, loaded with demo documents."""
 
     def __init__(self, indices: dict[str, int]):
-        sys.path.insert(0, str(ROOT / "tests"))
-        from es_cluster import Cluster, EsNode
+        from tests.support.es_cluster import Cluster, EsNode
 
         self.node = EsNode().start()
         self.url = self.node.url
@@ -112,7 +112,7 @@ def demo_docs(count: int, seed: int = 7):
     """`count` demo log documents, over as many days as it takes at 50,000 a day."""
     import itertools
 
-    from pipelines.demo_data import DEMO_START, generate_logs
+    from pipelines.data.demo_logs import DEMO_START, generate_logs
 
     per_day = min(count, 50_000)
     return itertools.islice(generate_logs(DEMO_START, days=-(-count // per_day), per_day=per_day, seed=seed), count)
@@ -131,7 +131,7 @@ def rate(m: dict) -> float:
 
 
 def run(quick: bool = False) -> list[dict]:
-    from models.bert import default_checkpoint
+    from nightshift_models.bert import default_checkpoint
 
     pull_large, pull_small = (20_000, 2_000) if quick else (200_000, 20_000)
     score_large, score_small = (2_000, 200) if quick else (10_000, 2_000)

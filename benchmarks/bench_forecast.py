@@ -46,14 +46,20 @@ def _training_and_inference(work: Path, quick: bool) -> list[dict]:
     import pandas as pd
     import torch
 
-    from models.forecast_baselines import predict_linear, seasonal_naive
-    from models.forecaster import ForecasterConfig, SeriesGrid, predict_scaled
-    from models.metric_forecaster import MetricForecaster, save_forecaster
+    from nightshift_models.forecast_baselines import predict_linear, seasonal_naive
+    from nightshift_models.forecaster import ForecasterConfig, SeriesGrid, predict_scaled
+    from nightshift_models.metric_forecaster import MetricForecaster, save_forecaster
     from pipelines.config import Settings
-    from pipelines.demo_metrics import METRICS_END, write_demo_metrics
-    from pipelines.prometheus import ingest_metrics, named_queries
-    from pipelines.train_forecast import (baseline_forecasts, evaluate_forecasts, fit_committee, fit_forecaster, load_metric_snapshot,
-                                          split_windows)
+    from pipelines.data.demo_metrics import METRICS_END, write_demo_metrics
+    from pipelines.sources.prometheus import ingest_metrics, named_queries
+    from pipelines.tasks.metric_forecast import (
+        baseline_forecasts,
+        evaluate_forecasts,
+        fit_committee,
+        fit_forecaster,
+        load_metric_snapshot,
+        split_windows,
+    )
 
     settings = Settings(home=work / "home")
     params = settings.forecast if not quick else dataclasses.replace(settings.forecast, epochs=3, windows_per_epoch=2048)
@@ -115,9 +121,9 @@ def _ingest(work: Path, quick: bool) -> list[dict]:
     from datetime import datetime, timezone
 
     from pipelines.config import PrometheusSettings
-    from pipelines.demo_metrics import generate_metrics, write_openmetrics
-    from pipelines.prometheus import PrometheusSource
-    from tests.prom_servers import prometheus
+    from pipelines.data.demo_metrics import generate_metrics, write_openmetrics
+    from pipelines.sources.prometheus import PrometheusSource
+    from tests.support.prom_servers import prometheus
 
     if shutil.which("prometheus") is None or shutil.which("promtool") is None:
         return []

@@ -18,10 +18,10 @@ from pathlib import Path
 def run(quick: bool = False) -> list[dict]:
     from pipelines.cli import parse_time
     from pipelines.config import load_settings
-    from pipelines.demo_data import write_demo_logs
-    from pipelines.evaluate import evaluate
-    from pipelines.ingest import ingest_logs
-    from pipelines.rca import train_failure_rca
+    from pipelines.data.demo_logs import write_demo_logs
+    from pipelines.data.ingest import ingest_logs
+    from pipelines.tasks import evaluate
+    from pipelines.tasks.failure_rca import train_failure_rca
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -32,15 +32,15 @@ def run(quick: bool = False) -> list[dict]:
         train = ingest_logs(corpus, parse_time("2026-11-17"), parse_time("2026-11-21"), work / "snap-train", settings)
         fresh = ingest_logs(corpus, parse_time("2026-11-21"), parse_time("2026-11-22"), work / "snap-fresh", settings)
         trained = train_failure_rca(train.path, settings)
-        out = evaluate(f"failure-rca/{trained['version']}", fresh.path, settings)
+        out = evaluate(f"failure-rca/{trained.version}", fresh.path, settings)
 
-    model, base = out["model_metrics"], out["baseline_metrics"]
-    jobs = f"{out['jobs']} failed jobs"
+    model, base = out.metrics, out.baselines["tfidf"]
+    jobs = f"{out.examples} failed jobs"
     rows = []
     for metric in ("micro_f1", "macro_f1"):
         rows.append({"name": f"rca {metric.replace('_', '-')} on the held-back day ({jobs}; ratio: error vs baseline)",
                      "value": model[metric], "unit": "F1", "baseline": "TF-IDF one-vs-rest", "baseline_value": base[metric],
-                     "ratio": (1 - model[metric]) / max(1 - base[metric], 1e-9), "train_seconds": trained["train_seconds"]})
+                     "ratio": (1 - model[metric]) / max(1 - base[metric], 1e-9), "train_seconds": trained.train_seconds})
     return rows
 
 

@@ -12,7 +12,7 @@ settings (15m step, 24h lookback, 2h horizon) in a throwaway MLflow store, and
 `mlflow.pyfunc.load_model` loads the registered version back. Scored: every window whose targets
 lie in the newest `HELD_DAYS` days (its lookback may reach back into the training days, as
 serving's would), for the served family, every contender and both baselines, with
-`pipelines.train_forecast.evaluate_windows`: MAE in the robust scale of the training days, MASE
+`pipelines.tasks.metric_forecast.evaluate_windows`: MAE in the robust scale of the training days, MASE
 against their in-sample daily seasonal naive, and p10..p90 coverage (the baselines' bands come from
 their residuals on the training days). Seasonal naive is the better of a day and a week earlier.
 """
@@ -43,7 +43,7 @@ SECTION = "Real data"
 def aligned_history(source: Path, out: Path, step: float, settings) -> tuple[Path, list[str], list[str]]:
     """Write the moved windows, read on the step grid with Prometheus's semantics, as one OpenMetrics
     file; return it, the series kept and those left out (with their share of gaps)."""
-    from pipelines.prometheus import open_metric_source, series_id
+    from pipelines.sources.prometheus import open_metric_source, series_id
 
     plain = out / "nab.om"
     with gzip.open(source, "rt") as fh, plain.open("w") as dst:
@@ -81,9 +81,9 @@ def run(quick: bool = False, step: str | None = None) -> list[dict]:
     import mlflow
 
     from pipelines.config import Settings
-    from pipelines.prometheus import ingest_metrics, parse_duration
-    from pipelines.registry import use_store
-    from pipelines.train_forecast import evaluate_windows, load_metric_snapshot, train_metric_forecast
+    from pipelines.registry.store import use_store
+    from pipelines.sources.prometheus import ingest_metrics, parse_duration
+    from pipelines.tasks.metric_forecast import evaluate_windows, load_metric_snapshot, train_metric_forecast
 
     if not DATA.is_file():
         print(f"skipped: {DATA} is not there", file=sys.stderr)
@@ -102,7 +102,7 @@ def run(quick: bool = False, step: str | None = None) -> list[dict]:
         whole = ingest_metrics(f"file://{history}", query, start, END, settings.forecast.step, work / "whole", settings)
         outcome = train_metric_forecast(train.path, settings)
         use_store(settings)
-        forecaster = mlflow.pyfunc.load_model(f"models:/metric-forecast/{outcome['version']}").unwrap_python_model()
+        forecaster = mlflow.pyfunc.load_model(f"models:/metric-forecast/{outcome.version}").unwrap_python_model()
         data = load_metric_snapshot(whole.path, MAX_GAP)
         held_from = int(np.searchsorted(data.times, cut.timestamp()))
         ends = np.arange(held_from - 1, data.raw.shape[1] - forecaster.cfg.horizon)
@@ -121,7 +121,7 @@ def run(quick: bool = False, step: str | None = None) -> list[dict]:
     rows += [_row("predict_linear (baseline, residual band)", linear, linear, seasonal, ""),
              _row(f"seasonal naive, {seasonal_name.removeprefix('seasonal_naive_')} (baseline, residual band)", seasonal, linear, seasonal, "")]
     rows.append({"name": f"train + register + score, whole recipe (left out: {', '.join(dropped) or 'none'})", "value": seconds, "unit": "s",
-                 "baseline": "its training alone (LSTM + contenders)", "baseline_value": outcome["train_seconds"], "ratio": seconds / outcome["train_seconds"],
+                 "baseline": "its training alone (LSTM + contenders)", "baseline_value": outcome.train_seconds, "ratio": seconds / outcome.train_seconds,
                  "section": SECTION, "extra": {}})
     return rows
 

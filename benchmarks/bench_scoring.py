@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _corpus(path: Path, docs: int, distinct: bool = False, seed: int = 1) -> Path:
     """Demo-shaped logs; with `distinct`, every message gets a unique word so nothing repeats."""
-    from pipelines.demo_data import DEMO_START, generate_logs
+    from pipelines.data.demo_logs import DEMO_START, generate_logs
 
     rng = random.Random(seed)
     with path.open("w") as fh:
@@ -33,23 +33,23 @@ def _corpus(path: Path, docs: int, distinct: bool = False, seed: int = 1) -> Pat
 
 
 def _register(settings, corpus: Path, base_model: str | None, work: Path) -> str:
-    from pipelines.ingest import ingest_logs
-    from pipelines.train import train_log_anomaly
+    from pipelines.data.ingest import ingest_logs
+    from pipelines.tasks.log_anomaly import train_log_anomaly
 
     day = lambda d: datetime(2026, 11, d, tzinfo=timezone.utc)  # noqa: E731
     snap = ingest_logs(f"file://{corpus}", day(16), day(21), work / f"snap-{base_model and Path(base_model).name}", settings)
-    return "log-anomaly/" + train_log_anomaly(snap.path, settings, base_model)["version"]
+    return "log-anomaly/" + train_log_anomaly(snap.path, settings, base_model).version
 
 
 def _forward_docs_per_s(model_ref: str, settings, corpus: Path) -> float:
     """The baseline: tokenise and run the model on every doc's text, length-sorted batches, nothing else."""
     import torch
 
-    from models.normalize import normalize
-    from pipelines.registry import load_model, use_store
+    from nightshift_models.normalize import normalize
+    from pipelines.registry.store import load_model, use_store
 
     clf = load_model(use_store(settings), model_ref)[1].unwrap_python_model()
-    texts = [normalize(json.loads(l)["message"]) for l in corpus.open()]
+    texts = [normalize(json.loads(line)["message"]) for line in corpus.open()]
     started = time.perf_counter()
     enc = clf.tokenizer(texts, truncation=True, max_length=clf.meta["max_length"])["input_ids"]
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
@@ -84,7 +84,7 @@ def _peak_rss_mb(model_ref: str, corpus: Path, work: Path, env: dict) -> float:
 
 
 def run(quick: bool = False) -> list[dict]:
-    from models.bert import make_tiny_checkpoint
+    from nightshift_models.bert import make_tiny_checkpoint
     from pipelines.config import load_settings
     from pipelines.telemetry import configure_logging
 

@@ -63,7 +63,7 @@ def run(quick: bool = False) -> list[dict]:
     import requests
 
     from pipelines.config import load_settings
-    from pipelines.registry import load_model, use_store
+    from pipelines.registry.store import load_model, use_store
     from pipelines.telemetry import configure_logging
 
     configure_logging(level="WARNING")

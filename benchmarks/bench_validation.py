@@ -22,7 +22,7 @@ DAYS = 5
 
 def _rows(n: int, seed: int = 3) -> Iterator[dict]:
     """Demo-shaped log rows in time order: normal traffic, ~3% anomalies, failing jobs with root causes."""
-    from pipelines.demo_data import ANOMALY_SEEN, FAILURES, NORMAL
+    from pipelines.data.demo_logs import ANOMALY_SEEN, FAILURES, NORMAL
 
     r = random.Random(seed)
     span_ms = DAYS * 86_400_000
@@ -43,7 +43,7 @@ def _rows(n: int, seed: int = 3) -> Iterator[dict]:
 
 
 def _snapshot(path: Path, n: int) -> Path:
-    from pipelines.snapshot import write_snapshot
+    from pipelines.data.snapshots import write_snapshot
 
     return write_snapshot(path, _rows(n), dataset="logs", source="bench://validation", query=None,
                           start=START, end=START + timedelta(days=DAYS)).path
@@ -53,7 +53,7 @@ VALIDATE = """
 import json, resource, sys, time
 import great_expectations  # noqa: F401 - import time (~4 s) is not validation time
 from pipelines.config import load_settings
-from pipelines.validation import validate_snapshot
+from pipelines.data.validation import validate_snapshot
 started = time.perf_counter()
 report = validate_snapshot(sys.argv[1], "logs", load_settings())
 print(json.dumps({"seconds": time.perf_counter() - started, "status": report["status"], "rows": report["rows"],
@@ -81,16 +81,16 @@ def run(quick: bool = False) -> list[dict]:
         built = time.perf_counter()
         small, large = _snapshot(work / "small", small_n), _snapshot(work / "large", large_n)
         print(f"  snapshots of {small_n} and {large_n} rows written in {time.perf_counter() - built:.0f}s", flush=True)
-        s, l = _validate(small, env), _validate(large, env)
+        sm, lg = _validate(small, env), _validate(large, env)
     label = f"{large_n // 1000}k" if large_n < 1_000_000 else f"{large_n // 1_000_000}M"
     base = f"{small_n // 1000}k rows"
     return [
-        {"name": f"validate logs, {label} rows: wall time", "value": l["seconds"], "unit": "s",
-         "baseline": base, "baseline_value": s["seconds"], "ratio": l["seconds"] / s["seconds"]},
-        {"name": f"validate logs, {label} rows: throughput", "value": l["rows"] / l["seconds"], "unit": "rows/s",
-         "baseline": base, "baseline_value": s["rows"] / s["seconds"], "ratio": (l["rows"] / l["seconds"]) / (s["rows"] / s["seconds"])},
-        {"name": f"validate logs, {label} rows: peak RSS", "value": l["peak_rss_mib"], "unit": "MiB",
-         "baseline": base, "baseline_value": s["peak_rss_mib"], "ratio": l["peak_rss_mib"] / s["peak_rss_mib"]},
+        {"name": f"validate logs, {label} rows: wall time", "value": lg["seconds"], "unit": "s",
+         "baseline": base, "baseline_value": sm["seconds"], "ratio": lg["seconds"] / sm["seconds"]},
+        {"name": f"validate logs, {label} rows: throughput", "value": lg["rows"] / lg["seconds"], "unit": "rows/s",
+         "baseline": base, "baseline_value": sm["rows"] / sm["seconds"], "ratio": (lg["rows"] / lg["seconds"]) / (sm["rows"] / sm["seconds"])},
+        {"name": f"validate logs, {label} rows: peak RSS", "value": lg["peak_rss_mib"], "unit": "MiB",
+         "baseline": base, "baseline_value": sm["peak_rss_mib"], "ratio": lg["peak_rss_mib"] / sm["peak_rss_mib"]},
     ]
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # pipelines, serving, and tests.support (the fakes and real servers the tests use)
 
 
 def discover(only: list[str] | None) -> list[Path]:

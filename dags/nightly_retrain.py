@@ -18,6 +18,7 @@ airflow` / `pipelines.flow.ensure_pool`).
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import cast
 
 import pendulum
 from airflow.sdk import Asset, dag, get_current_context, task
@@ -125,7 +126,9 @@ def nightly_retrain():
         """Drift checks and the promotion gate on the fresh holdout; one `.override(task_id=...)` per model."""
         from pipelines.flow import gate_candidate
 
-        return gate_candidate(model, candidate, holdout, _settings())
+        # A candidate in, an outcome out. Cast, not `-> dict | None`: a Mapping return annotation is what makes Airflow
+        # push the outcome's keys as separate XComs (multiple_outputs).
+        return cast(dict, gate_candidate(model, candidate, holdout, _settings()))
 
     @task(outlets=[SCORED_LOGS], trigger_rule="all_done")  # with the champion in place, whatever training did
     def score_fresh_window(night: dict, fresh_snapshot: str, candidate: dict, root_causes: dict | None = None) -> dict:

@@ -1,6 +1,6 @@
 """`nightshift`: one command per stage. Each prints a short summary, or one JSON object with `--json`.
 
-Heavy libraries are imported inside the commands, so `nightshift --help` is instant.
+torch, transformers, mlflow and Great Expectations are imported only by the commands that use them.
 """
 
 from __future__ import annotations
@@ -14,8 +14,25 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from pipelines.config import INPUT_FORMATS, ConfigError, Settings, load_settings
+from pipelines.config import INPUT_FORMATS, Settings, load_settings
+from pipelines.data.demo_logs import write_demo_logs
+from pipelines.data.demo_metrics import write_demo_metrics
+from pipelines.data.ingest import ingest_logs
+from pipelines.data.records import parse_timestamp
+from pipelines.data.validation import FAILED, validate_snapshot, verdict
+from pipelines.errors import InputError, NightshiftError
+from pipelines.flow import embedded_metric_source, run_retrain
+from pipelines.night_report import write_night_report
+from pipelines.registry.gate import promote, rollback
+from pipelines.registry.store import CHALLENGER, CHAMPION, PREVIOUS, alias_version, use_store
+from pipelines.sources.elastic import install_templates
+from pipelines.sources.prometheus import CsvMetricSource, ingest_metrics, open_metric_source, parse_duration, parse_queries
+from pipelines.tasks import TASKS, evaluate, task
 from pipelines.telemetry import configure_logging, get_logger, log_context
+from pipelines.training.register import reregister
+from serving.forecasts import forecast
+from serving.score_logs import score_logs
+from serving.server import serve
 
 log = get_logger("cli")
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], dict[str, Any]]] = {}
@@ -30,9 +47,7 @@ def command(name: str):
 
 
 def parse_time(value: str) -> datetime:
-    """ISO-8601 date or date-time (naive values are UTC) or epoch seconds/ms/ns: `pipelines.records.parse_timestamp`."""
-    from pipelines.records import parse_timestamp
-
+    """ISO-8601 date or date-time (naive values are UTC) or epoch seconds/ms/ns: `pipelines.data.records.parse_timestamp`."""
     try:
         return parse_timestamp(value)
     except ValueError as exc:
@@ -75,13 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", help="resolution, e.g. 15m (default: setting forecast.step)")
     p.add_argument("--out", type=Path, required=True, help="the snapshot folder to create")
 
+    p = sub.add_parser("reregister", parents=[common],
+                       help="re-register versions that ship their code as `models` (before nightshift_models); aliases follow")
+    p.add_argument("model", metavar="NAME", choices=list(TASKS))
+    p.add_argument("--version", help="only this version (default: every such version of NAME)")
+
     p = sub.add_parser("validate", parents=[common], help="run a Great Expectations suite over a snapshot (exit 1 when it fails)")
     p.add_argument("snapshot", type=Path, metavar="DIR")
     p.add_argument("--suite", choices=["logs", "metrics"], help="default: from the snapshot's dataset")
     p.add_argument("--warn-only", action="store_true", help="report failures as 'warn' and exit 0 (exploration)")
 
     p = sub.add_parser("train", parents=[common], help="train and register a candidate")
-    p.add_argument("model", choices=["log-anomaly", "failure-rca", "metric-forecast"])
+    p.add_argument("model", choices=list(TASKS))
     p.add_argument("--snapshot", type=Path, required=True)
     p.add_argument("--base-model", help="a local Hugging Face checkpoint (default: packaged MiniLM-L6)")
 
@@ -142,10 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 @command("demo-data")
 def _demo_data(args, settings):
-    from pipelines.demo_data import write_demo_logs
-
-    from pipelines.demo_metrics import write_demo_metrics
-
     path = write_demo_logs(args.out, days=args.days, per_day=args.per_day, seed=args.seed)
     metrics = write_demo_metrics(args.out, seed=args.seed)
     return {"logs": str(path), "metrics": str(metrics), "summary": f"demo corpus written to {path}, metric history to {metrics}"}
@@ -153,8 +169,6 @@ def _demo_data(args, settings):
 
 @command("ingest logs")
 def _ingest_logs(args, settings):
-    from pipelines.ingest import ingest_logs
-
     snap = ingest_logs(args.source, args.start, args.end, args.out, with_format(settings, args.format))
     m = snap.manifest
     stats = m.get("source_stats") or {}
@@ -166,60 +180,42 @@ def _ingest_logs(args, settings):
 
 @command("validate")
 def _validate(args, settings):
-    from pipelines.validation import FAILED, validate_snapshot, verdict
-
     report = validate_snapshot(args.snapshot, args.suite, settings, warn_only=args.warn_only or None)
     return {**verdict(report), "summary": report["message"], "exit_code": 1 if report["status"] == FAILED else 0}
 
 
 @command("train")
 def _train(args, settings):
-    if args.model == "failure-rca":
-        from pipelines.rca import train_failure_rca
-
-        out = train_failure_rca(args.snapshot, settings, args.base_model)
-        return {**out, "summary": f"{out['model']} v{out['version']} ({out['decision']}): micro-F1 {out['metrics'].get('micro_f1')} "
-                                  f"macro-F1 {out['metrics'].get('macro_f1')} (TF-IDF one-vs-rest {out['baseline'].get('micro_f1')})"}
-    if args.model == "metric-forecast":
-        from pipelines.train_forecast import train_metric_forecast
-
-        out = train_metric_forecast(args.snapshot, settings)
-        return {**out, "summary": f"{out['model']} v{out['version']} ({out['decision']}): MAE {out['metrics']['mae']} "
-                                  f"coverage {out['metrics']['coverage']}; MAE ratio vs predict_linear "
-                                  f"{out['ratios'].get('mae_ratio_vs_predict_linear')}, vs seasonal naive {out['ratios'].get('mae_ratio_vs_seasonal_naive')}"}
-    if args.model == "log-anomaly":
-        from pipelines.train import train_log_anomaly
-
-        out = train_log_anomaly(args.snapshot, settings, args.base_model)
-    else:
-        raise SystemExit(f"nightshift train {args.model}: not available in this version")
-    return {**out, "summary": f"{out['model']} v{out['version']} ({out['decision']}): F1 {out['metrics'].get('f1')} "
-                              f"(TF-IDF baseline {out['baseline'].get('f1')})"}
+    spec = task(args.model)
+    outcome = spec.train(args.snapshot, settings, args.base_model)
+    return {**outcome.to_dict(), "summary": spec.summary(outcome)}
 
 
 @command("evaluate")
 def _evaluate(args, settings):
-    from pipelines.evaluate import evaluate
-
-    out = evaluate(args.model, args.snapshot, settings)
-    size = f"{out['rows']} rows" if "rows" in out else f"{out['windows']} windows of {out['series']} series"
-    lines = [f"{out['model']} v{out['version']} on {size} of {args.snapshot}"]
-    baselines = out["baseline_metrics"]
-    if not all(isinstance(v, dict) for v in baselines.values()) or not baselines:  # one baseline, or several by name (forecaster)
-        baselines = {"baseline": baselines}
-    for name, m in {"model": out["model_metrics"], **baselines}.items():
-        lines.append(f"  {name:<9} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
-    if "fallback" in out:  # failure-rca: per failed job
-        f = out["fallback"]
-        lines.append(f"  {out['jobs']} failed jobs; knowledge-base fallback for {f['jobs']}, of which {f['unlabelled_jobs_with_fallback']} "
+    report = evaluate(args.model, args.snapshot, settings)
+    lines = [f"{report.model} v{report.version} on {report.examples} {report.unit} of {args.snapshot}"]
+    for name, m in {"model": report.metrics, **report.baselines}.items():
+        lines.append(f"  {name:<16} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, (int, float))))
+    if "fallback" in report.details:  # failure-rca: per failed job
+        f = report.details["fallback"]
+        lines.append(f"  knowledge-base fallback for {f['jobs']} of {report.examples} failed jobs, {f['unlabelled_jobs_with_fallback']} "
                      f"of the {f['unlabelled_jobs']} jobs without a known cause ({f['unlabelled_jobs_with_a_label']} got a confident label)")
-    return {**out, "summary": "\n".join(lines)}
+    if report.note:
+        lines.append(f"  {report.note}")
+    return {**report.to_dict(), "summary": "\n".join(lines)}
+
+
+@command("reregister")
+def _reregister(args, settings):
+    moved = reregister(args.model, settings, args.version)
+    lines = [f"{args.model} v{m['from']} -> v{m['to']}" + (f" (aliases {m['aliases']})" if m["aliases"] else "") for m in moved]
+    return {"model": args.model, "reregistered": moved,
+            "summary": "\n".join(lines) or f"{args.model}: no version ships the old `models` package"}
 
 
 @command("promote")
 def _promote(args, settings):
-    from pipelines.promotion import promote
-
     out = promote(args.model, settings, holdout=args.holdout, version=args.version)
     lines = [f"{out['model']} v{out['challenger']} {out['decision']} (champion was v{out['champion']}, now v{out['champion_now']})"]
     lines += [f"  {r}" for r in out.get("reasons", [out["reason"]])]
@@ -228,8 +224,6 @@ def _promote(args, settings):
 
 @command("rollback")
 def _rollback(args, settings):
-    from pipelines.promotion import rollback
-
     out = rollback(args.model, settings, args.reason)
     return {**out, "summary": f"{out['model']}: champion v{out['rolled_back']} rolled back to v{out['champion']} by {out['by']} "
                               f"at {out['at']}: {out['reason']}"}
@@ -237,8 +231,6 @@ def _rollback(args, settings):
 
 @command("score logs")
 def _score_logs(args, settings):
-    from serving.score_logs import score_logs
-
     out = score_logs(args.model, args.source, args.sink, with_format(settings, args.format), start=args.start, end=args.end,
                      rca_model=args.rca_model)
     return {**out, "summary": f"scored {out['scored']} of {out['read']} documents with {out['model']} v{out['version']} "
@@ -255,9 +247,6 @@ def _score_logs(args, settings):
 def _ingest_metrics(args, settings):
     from datetime import timedelta
 
-    from pipelines.flow import embedded_metric_source
-    from pipelines.prometheus import CsvMetricSource, ingest_metrics, open_metric_source, parse_duration, parse_queries
-
     uri = args.source or settings.prometheus.url or embedded_metric_source(settings)
     step = args.step or settings.forecast.step
     queries = parse_queries(args.query, settings)
@@ -268,7 +257,7 @@ def _ingest_metrics(args, settings):
             queries = {name: name for name in source.metric_names()}
         if start is None or end is None:
             if not hasattr(source, "span"):
-                raise ValueError(f"metric source {source.uri}: --start and --end are required (only a file is read whole)")
+                raise InputError(f"metric source {source.uri}: --start and --end are required (only a file is read whole)")
             first, last = source.span(queries.values())
             start = start or datetime.fromtimestamp(first, timezone.utc)
             end = end or datetime.fromtimestamp(last, timezone.utc) + timedelta(seconds=parse_duration(step))
@@ -280,8 +269,6 @@ def _ingest_metrics(args, settings):
 
 @command("forecast")
 def _forecast(args, settings):
-    from serving.forecast import forecast
-
     out = forecast(args.model, args.prometheus, args.pushgateway, settings, at=args.at)
     return {**out, "summary": f"pushed {out['horizon']} forecasts of {out['series']} series with {out['model']} v{out['version']} "
                               f"to {out['pushgateway']} ({', '.join(out['metrics'])}); skipped {len(out['skipped'])}, "
@@ -290,8 +277,6 @@ def _forecast(args, settings):
 
 @command("es install-template")
 def _es_install_template(args, settings):
-    from pipelines.elastic import install_templates
-
     out = install_templates(args.url or "elasticsearch://", settings, args.index_pattern, args.update_existing)
     return {**out, "summary": f"installed {out['component_template']} and {', '.join(out['index_templates'])} on {out['cluster']} "
                               f"(log indices {', '.join(out['index_patterns'])})"
@@ -300,8 +285,6 @@ def _es_install_template(args, settings):
 
 @command("retrain")
 def _retrain(args, settings):
-    from pipelines.flow import run_retrain
-
     out = run_retrain(settings, logical_date=args.logical_date, source=args.source, base_model=args.base_model,
                       in_process=args.in_process)
     return {**out, "summary": out.get("summary", "retrain finished")}
@@ -309,18 +292,14 @@ def _retrain(args, settings):
 
 @command("report")
 def _report(args, settings):
-    from pipelines.report import write_night_report
-
     path = write_night_report(settings, args.night, out=args.out, ui_url=args.ui_url)
     return {"night": args.night, "report": str(path), "summary": f"night report {args.night}: {path}"}
 
 
 @command("info")
 def _info(args, settings):
-    from pipelines.registry import CHALLENGER, CHAMPION, MODEL_NAMES, PREVIOUS, alias_version, use_store
-
     client = use_store(settings)
-    models = {name: {alias: alias_version(client, name, alias) for alias in (CHAMPION, CHALLENGER, PREVIOUS)} for name in MODEL_NAMES}
+    models = {name: {alias: alias_version(client, name, alias) for alias in (CHAMPION, CHALLENGER, PREVIOUS)} for name in TASKS}
     return {"home": str(settings.home), "tracking_uri": settings.mlflow_uri, "models": models,
             "summary": "\n".join([f"home {settings.home}", f"mlflow {settings.mlflow_uri}"] +
                                  [f"  {n}: " + ", ".join(f"{a}=v{v}" for a, v in m.items() if v) for n, m in models.items()])}
@@ -328,8 +307,6 @@ def _info(args, settings):
 
 @command("serve")
 def _serve(args, settings):
-    from serving.server import serve
-
     def listening(url: str) -> None:
         print(f"nightshift serve: listening on {url} (models {settings.serve.models}, alias {settings.serve.alias}; "
               f"docs {url}/docs)", file=sys.stderr, flush=True)
@@ -346,8 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config)
         with log_context(run_id=os.environ.get("AIRFLOW_CTX_DAG_RUN_ID") or uuid.uuid4().hex[:12], task=name):
             out = COMMANDS[name](args, settings)
-    except (ConfigError, ValueError, LookupError, FileNotFoundError, RuntimeError) as exc:
-        # Errors from bad input carry the record, field or setting at fault; no traceback needed.
+    except NightshiftError as exc:
+        # nightshift's own errors name the record, field or setting at fault: one line, no traceback. Anything
+        # else is a bug or the machine (CUDA out of memory) and keeps its traceback.
         if getattr(args, "json", False):
             print(json.dumps({"error": str(exc), "type": exc.__class__.__name__}))
         print(f"nightshift {name}: error: {exc}", file=sys.stderr)

@@ -13,10 +13,12 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.errors import InputError, NightshiftError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-class ConfigError(ValueError):
+class ConfigError(NightshiftError, ValueError):
     """A setting is missing or has a value that cannot be used; the message names the setting."""
 
 
@@ -106,7 +108,7 @@ class RcaSettings:
     label_space: str = ""  # empty: the default label space shipped in models/data
     knowledge_base: str = ""  # empty: models/data/remediation_kb.json (users extend a copy)
     # A night holds tens of failed jobs, not thousands of lines: smaller batches than [train].
-    epochs: int = 6  # after the linear probe (pipelines.rca.probe_head): a short, gentle fine-tune
+    epochs: int = 6  # after the linear probe (pipelines.tasks.failure_rca.probe_head): a short, gentle fine-tune
     batch_size: int = 8
     learning_rate: float = 1e-4
     max_length: int = 128  # tokens of a job text (several lines)
@@ -225,7 +227,7 @@ class ValidationSettings:
 
 @dataclass(frozen=True)
 class DriftSettings:
-    """Drift of a new snapshot against the champion's training snapshot (`pipelines.drift`).
+    """Drift of a new snapshot against the champion's training snapshot (`pipelines.data.drift`).
 
     A check warns at `*_warn` and is severe at `*_severe`, and only when significant at `alpha`.
     """
@@ -321,7 +323,7 @@ class CandidateSettings:
 
 @dataclass(frozen=True)
 class PromotionSettings:
-    """The champion/challenger gate (`pipelines.promotion`)."""
+    """The champion/challenger gate (`pipelines.registry.gate`)."""
 
     margin: float = 0.005  # the challenger must beat the champion's primary metric by at least this
     guard_tolerance: float = 0.05  # a guard metric may regress by at most this
@@ -408,7 +410,7 @@ def _coerce(value: str, kind: typing.Any, name: str) -> typing.Any:
                 return True
             if value.lower() in ("0", "false", "no", "off", ""):
                 return False
-            raise ValueError(value)
+            raise InputError(value)
         if kind is int:
             return int(value)
         if kind is float:
@@ -432,7 +434,7 @@ def _build(cls: type, toml: dict, env_prefix: str, path: str) -> typing.Any:
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
         env_name = f"{env_prefix}{f.name.upper()}"
-        if dataclasses.is_dataclass(kind):
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             section = toml.get(f.name, {})
             if not isinstance(section, dict):
                 raise ConfigError(f"nightshift.toml: [{path}{f.name}] must be a table")

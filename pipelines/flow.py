@@ -8,15 +8,33 @@ never trained on, it is the holdout a candidate must do well on. The candidate t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass, field, fields
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from pipelines.config import PROJECT_ROOT, Settings
+from pipelines.data.demo_logs import DEMO_DAYS, DEMO_START, write_demo_logs
+from pipelines.data.demo_metrics import METRICS_FILE, write_demo_metrics
+from pipelines.data.ingest import ingest_logs
+from pipelines.data.records import RecordError
+from pipelines.data.snapshots import SnapshotError, load_snapshot
+from pipelines.data.validation import FAILED, brief, record_stopped_run, validate_snapshot, verdict
+from pipelines.errors import NightFailed, NightshiftError
+from pipelines.night_report import summary_path, try_night_report
+from pipelines.registry.gate import promote
+from pipelines.registry.store import ABANDONED, CHALLENGER, CHAMPION, alias_version, prepare_store, use_store
+from pipelines.sources.prometheus import MetricDataError, ingest_metrics, named_queries
+from pipelines.tasks import TASKS, task
+from pipelines.tasks.failure_rca import NoFailuresError
 from pipelines.telemetry import get_logger
+from serving.forecasts import forecast
+from serving.score_logs import score_logs
 
 log = get_logger("flow")
 DAG_ID = "nightly_retrain"
@@ -24,8 +42,6 @@ DAG_ID = "nightly_retrain"
 
 def embedded_source(settings: Settings) -> str:
     """The demo corpus under NIGHTSHIFT_HOME, written on first use."""
-    from pipelines.demo_data import write_demo_logs
-
     path = settings.demo_dir / "logs.ndjson"
     if not path.is_file():
         write_demo_logs(settings.demo_dir)
@@ -34,8 +50,6 @@ def embedded_source(settings: Settings) -> str:
 
 def embedded_metric_source(settings: Settings) -> str:
     """The demo metric history (OpenMetrics) under NIGHTSHIFT_HOME, written on first use."""
-    from pipelines.demo_metrics import METRICS_FILE, write_demo_metrics
-
     path = settings.demo_dir / METRICS_FILE
     if not path.is_file():
         write_demo_metrics(settings.demo_dir)
@@ -44,8 +58,6 @@ def embedded_metric_source(settings: Settings) -> str:
 
 def default_logical_date(settings: Settings, source: str | None) -> str:
     """The configured date; for the embedded corpus the day after its last day; otherwise today (UTC)."""
-    from pipelines.demo_data import DEMO_DAYS, DEMO_START
-
     if settings.retrain.logical_date:
         return settings.retrain.logical_date
     if not (source or settings.retrain.log_source):
@@ -53,63 +65,95 @@ def default_logical_date(settings: Settings, source: str | None) -> str:
     return datetime.now(timezone.utc).date().isoformat()
 
 
-def summary_path(settings: Settings, date: str) -> Path:
-    return settings.home / "runs" / date / "summary.json"
+@dataclass(frozen=True)
+class NightPlan:
+    """One night's windows, snapshot folders and sinks. Windows are [start, end) in UTC.
+
+    Between Airflow tasks it travels as the JSON dict of `to_dict()` (an XCom); `from_dict` reads it back.
+    """
+
+    logical_date: date
+    source: str
+    base_model: str
+    train_window: tuple[datetime, datetime]
+    fresh_window: tuple[datetime, datetime]
+    train_snapshot: Path
+    fresh_snapshot: Path
+    scored_sink: str | None  # None: scores go back into the Elasticsearch source
+    summary_file: Path
+    # The metric branch: the newest `forecast.holdout_days` are the forecaster's holdout (whole lookback-plus-horizon
+    # windows fit inside); it trains on the `forecast.train_days` before them.
+    metric_source: str | None  # None: the embedded demo history, written when first read
+    metric_window: tuple[datetime, datetime]
+    metric_fresh_window: tuple[datetime, datetime]
+    metric_snapshot: Path
+    metric_fresh_snapshot: Path
+    store: dict = field(default_factory=dict)  # the MLflow store, as `prepare_store` set it up
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = [v.isoformat() for v in value]
+            elif isinstance(value, (date, Path)):
+                value = value.isoformat() if isinstance(value, date) else str(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> NightPlan:
+        values = dict(data)
+        for f in fields(cls):
+            value: Any = values.get(f.name)
+            if f.name.endswith("_window"):
+                values[f.name] = tuple(datetime.fromisoformat(v) for v in value)
+            elif f.name.endswith(("_snapshot", "_file")):
+                values[f.name] = Path(value)
+            elif f.name == "logical_date":
+                values[f.name] = date.fromisoformat(value)
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
 
-def plan_night(settings: Settings, logical_date: str | datetime, source: str | None = None, base_model: str | None = None) -> dict:
-    """Windows, snapshot folders and sinks for one night; a plain dict, so it travels as an XCom."""
+def plan_night(settings: Settings, logical_date: str | datetime, source: str | None = None, base_model: str | None = None) -> NightPlan:
+    """The windows, snapshot folders and sinks of the night of `logical_date` (its training windows end the day before)."""
     day = (logical_date if isinstance(logical_date, datetime) else datetime.fromisoformat(str(logical_date)))
     day = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
     fresh_start = day - timedelta(days=1)
     train_start = fresh_start - timedelta(days=settings.retrain.train_days)
     metric_fresh = day - timedelta(days=settings.forecast.holdout_days)
     source = source or settings.retrain.log_source or embedded_source(settings)
-    date = day.date().isoformat()
-    return {
-        "logical_date": date,
-        "source": source,
-        "base_model": base_model or settings.train.base_model,
-        "train_window": [train_start.isoformat(), fresh_start.isoformat()],
-        "fresh_window": [fresh_start.isoformat(), day.isoformat()],
-        "train_snapshot": str(settings.snapshot_root / "logs" / date),
-        "fresh_snapshot": str(settings.snapshot_root / "logs-fresh" / date),
-        "scored_sink": None if source.startswith(("http", "elasticsearch://")) else f"file://{settings.home / 'scored' / date / 'logs.scored.ndjson'}",
-        "summary_file": str(summary_path(settings, date)),
-        # The metric branch: the newest `forecast.holdout_days` are the forecaster's holdout (whole
-        # lookback-plus-horizon windows fit inside), it trains on the `forecast.train_days` before them.
-        "metric_source": settings.prometheus.url or None,  # None: the embedded demo history, written when first read
-        "metric_window": [(metric_fresh - timedelta(days=settings.forecast.train_days)).isoformat(), metric_fresh.isoformat()],
-        "metric_fresh_window": [metric_fresh.isoformat(), day.isoformat()],
-        "metric_snapshot": str(settings.snapshot_root / "metrics" / date),
-        "metric_fresh_snapshot": str(settings.snapshot_root / "metrics-fresh" / date),
-    }
+    night = day.date().isoformat()
+    return NightPlan(
+        logical_date=day.date(), source=source, base_model=base_model or settings.train.base_model,
+        train_window=(train_start, fresh_start), fresh_window=(fresh_start, day),
+        train_snapshot=settings.snapshot_root / "logs" / night, fresh_snapshot=settings.snapshot_root / "logs-fresh" / night,
+        scored_sink=None if source.startswith(("http", "elasticsearch://")) else f"file://{settings.home / 'scored' / night / 'logs.scored.ndjson'}",
+        summary_file=summary_path(settings, night),
+        metric_source=settings.prometheus.url or None,
+        metric_window=(metric_fresh - timedelta(days=settings.forecast.train_days), metric_fresh), metric_fresh_window=(metric_fresh, day),
+        metric_snapshot=settings.snapshot_root / "metrics" / night, metric_fresh_snapshot=settings.snapshot_root / "metrics-fresh" / night,
+    )
 
 
 def setup_night(settings: Settings, logical_date: str | datetime, source: str | None = None, base_model: str | None = None) -> dict:
-    """The night's plan, after the MLflow store and experiment are set up once, before the tasks fan
+    """The night's plan (the XCom dict of a `NightPlan`), after the MLflow store and experiment are set up once, before the tasks fan
     out (three trainings creating them at once would race).
 
     Raises:
         StoreUnreachable: the tracking server does not answer.
     """
-    from pipelines.registry import prepare_store
-
     store = prepare_store(settings)
-    return {**plan_night(settings, logical_date, source, base_model), "store": store}
+    return dataclasses.replace(plan_night(settings, logical_date, source, base_model), store=store).to_dict()
 
 
-class DataProblem(RuntimeError):
+class DataProblem(NightshiftError, RuntimeError):
     """The night's data cannot be used as it is (an empty window, a bad record, no series): retrying the
     same window gives the same answer, so a task fails at once rather than retrying."""
 
 
 def permanent(exc: BaseException) -> bool:
     """Whether an ingest error is about the data, not a passing fault (a server down, a timeout)."""
-    from pipelines.prometheus import MetricDataError
-    from pipelines.records import RecordError
-    from pipelines.snapshot import SnapshotError
-
     return isinstance(exc, (DataProblem, SnapshotError, MetricDataError, RecordError, ValueError, FileNotFoundError))
 
 
@@ -119,28 +163,23 @@ def ingest_window(plan: dict, which: str, settings: Settings) -> str:
     Raises:
         SnapshotError: the window is empty, or the snapshot exists with other data (see `permanent`).
     """
-    from pipelines.ingest import ingest_logs
-
-    start, end = (datetime.fromisoformat(t) for t in plan[f"{which}_window"])
-    return str(ingest_logs(plan["source"], start, end, Path(plan[f"{which}_snapshot"]), settings,
+    night = NightPlan.from_dict(plan)
+    start, end = getattr(night, f"{which}_window")
+    return str(ingest_logs(night.source, start, end, getattr(night, f"{which}_snapshot"), settings,
                            dataset="logs" if which == "train" else "logs-fresh").path)
 
 
 def ingest_metric_window(plan: dict, which: str, settings: Settings) -> str:
     """Snapshot the night's `train` or `fresh` metric window (the named queries at `forecast.step`); returns the snapshot folder."""
-    from pipelines.prometheus import ingest_metrics, named_queries
-
-    key = "metric" if which == "train" else "metric_fresh"
-    start, end = (datetime.fromisoformat(t) for t in plan[f"{key}_window"])
-    return str(ingest_metrics(plan["metric_source"] or embedded_metric_source(settings), named_queries(settings), start, end, settings.forecast.step,
-                              Path(plan[f"{key}_snapshot"]), settings).path)
+    night, key = NightPlan.from_dict(plan), "metric" if which == "train" else "metric_fresh"
+    start, end = getattr(night, f"{key}_window")
+    return str(ingest_metrics(night.metric_source or embedded_metric_source(settings), named_queries(settings), start, end,
+                              settings.forecast.step, getattr(night, f"{key}_snapshot"), settings).path)
 
 
 def validate_window(plan: dict, snapshot: str, suite: str, settings: Settings) -> dict:
     """The gate between ingest and train: run the suite over a night's snapshot; the verdict is also kept
     under the night's folder, for the summary."""
-    from pipelines.validation import validate_snapshot, verdict
-
     out = verdict(validate_snapshot(snapshot, suite, settings))
     path = Path(plan["summary_file"]).parent / "validation" / f"{suite}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,8 +190,6 @@ def validate_window(plan: dict, snapshot: str, suite: str, settings: Settings) -
 def stop_if_invalid(validation: dict, model: str, settings: Settings) -> str | None:
     """Why `model` must not train on its snapshot (after recording a FAILED MLflow run that names the failed
     expectations), or None when the validation passed or only warned."""
-    from pipelines.validation import FAILED, brief, record_stopped_run
-
     if validation["status"] != FAILED:
         return None
     run_id = record_stopped_run(model, validation["snapshot"], settings)
@@ -168,9 +205,6 @@ def clean_stale_attempts(model: str, snapshot: str, settings: Settings) -> dict:
     such versions are tagged `promotion.decision = abandoned`, lose the `challenger` alias and are
     never promoted (the gate refuses them). Returns what was cleaned.
     """
-    from pipelines.registry import ABANDONED, CHALLENGER, alias_version, use_store
-    from pipelines.snapshot import load_snapshot
-
     client = use_store(settings)
     digest = load_snapshot(snapshot).content_hash
     experiment = client.get_experiment_by_name(settings.experiment)
@@ -200,20 +234,13 @@ def train_candidate(plan: dict, model: str, snapshot: str, settings: Settings) -
 
     A retry starts clean (`clean_stale_attempts`); torch uses `train.cpu_threads` threads when set.
     """
-    from pipelines.train import train_log_anomaly
-
-    from pipelines.rca import NoFailuresError, train_failure_rca
-    from pipelines.train_forecast import train_metric_forecast
-
     clean_stale_attempts(model, snapshot, settings)
     if settings.train.cpu_threads > 0:
         import torch
 
         torch.set_num_threads(settings.train.cpu_threads)
-    trainers = {"log-anomaly": train_log_anomaly, "metric-forecast": lambda snap, s, _base: train_metric_forecast(snap, s),
-                "failure-rca": train_failure_rca}
     try:
-        return trainers[model](snapshot, settings, plan["base_model"] or None)
+        return task(model).train(Path(snapshot), settings, plan["base_model"] or None).to_dict()
     except NoFailuresError as exc:
         log.info("no candidate tonight", extra={"model": model, "reason": str(exc)})
         return None
@@ -222,12 +249,8 @@ def train_candidate(plan: dict, model: str, snapshot: str, settings: Settings) -
 def gate_candidate(model: str, candidate: dict | None, holdout: str | None, settings: Settings) -> dict | None:
     """Drift checks and the promotion gate for the night's candidate, judged on the fresh holdout;
     the candidate's outcome with the gate's decision (None when the model was not trained)."""
-    from pipelines.promotion import GATES, promote
-
     if candidate is None or candidate.get("decision") == "promoted":  # not trained, or the first version (champion at once)
         return candidate
-    if model not in GATES:
-        return {**candidate, "promotion": {"reason": f"no promotion gate for {model} (pipelines.promotion.GATES)"}}
     gate = promote(model, settings, holdout=holdout, version=candidate["version"])
     return {**candidate, "decision": gate["decision"],
             "promotion": {k: gate.get(k) for k in ("reason", "champion", "champion_now", "challenger_metrics", "champion_metrics",
@@ -236,27 +259,23 @@ def gate_candidate(model: str, candidate: dict | None, holdout: str | None, sett
 
 def score_fresh(plan: dict, settings: Settings) -> dict:
     """Score the fresh window with the current champion, back into the source or a file sink."""
-    from pipelines.registry import CHAMPION, alias_version, use_store
-    from serving.score_logs import score_logs
-
     if alias_version(use_store(settings), "log-anomaly", CHAMPION) is None:  # e.g. the first night's training was stopped
         return {"scored": 0, "model": "log-anomaly@champion", "version": None, "sink": None, "skipped": "no log-anomaly champion yet"}
-    start, end = (datetime.fromisoformat(t) for t in plan["fresh_window"])
-    return score_logs("log-anomaly@champion", plan["source"], plan["scored_sink"], settings, start=start, end=end)
+    night = NightPlan.from_dict(plan)
+    start, end = night.fresh_window
+    return score_logs("log-anomaly@champion", night.source, night.scored_sink, settings, start=start, end=end)
 
 
 def publish_forecasts(plan: dict, settings: Settings) -> dict:
     """Push the forecaster champion's forecasts to the Pushgateway, when one is configured. From a
     real Prometheus they start now; from the embedded history, at the night's logical date."""
-    from pipelines.registry import CHAMPION, alias_version, use_store
-    from serving.forecast import forecast
-
     if not settings.prometheus.pushgateway:
         return {"skipped": "no Pushgateway configured (setting prometheus.pushgateway)"}
     if alias_version(use_store(settings), "metric-forecast", CHAMPION) is None:
         return {"skipped": "no metric-forecast champion yet"}
-    at = None if plan["metric_source"] else datetime.fromisoformat(plan["metric_fresh_window"][1])
-    return forecast("metric-forecast@champion", plan["metric_source"] or embedded_metric_source(settings), None, settings, at=at)
+    night = NightPlan.from_dict(plan)
+    at = None if night.metric_source else night.metric_fresh_window[1]
+    return forecast("metric-forecast@champion", night.metric_source or embedded_metric_source(settings), None, settings, at=at)
 
 
 def write_summary(plan: dict, outcomes: dict, scoring: dict | None, forecasts: dict | None = None,
@@ -286,29 +305,44 @@ def write_summary(plan: dict, outcomes: dict, scoring: dict | None, forecasts: d
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2, default=str))
     if settings is not None:
-        from pipelines.report import try_night_report
-
         summary["report"] = try_night_report(settings, plan["logical_date"])
     return summary
 
 
+def task_id(step: str, model: str) -> str:
+    """The DAG's id of one model's task: `train_log_anomaly`, `promote_metric_forecast`."""
+    return f"{step}_{model.replace('-', '_')}"
+
+
 def run_in_process(settings: Settings, logical_date: str, source: str | None, base_model: str | None) -> dict:
-    plan = setup_night(settings, logical_date, source, base_model)
-    train_snapshot = ingest_window(plan, "train", settings)
-    ingest_window(plan, "fresh", settings)
-    validation = validate_window(plan, train_snapshot, "logs", settings)
-    stopped = stop_if_invalid(validation, "log-anomaly", settings)
-    outcome = None if stopped else train_candidate(plan, "log-anomaly", train_snapshot, settings)
-    outcome = gate_candidate("log-anomaly", outcome, plan["fresh_snapshot"], settings)
-    root_causes = None if stop_if_invalid(validation, "failure-rca", settings) else train_candidate(plan, "failure-rca", train_snapshot, settings)
-    root_causes = gate_candidate("failure-rca", root_causes, plan["fresh_snapshot"], settings)
-    metric_snapshot = ingest_metric_window(plan, "train", settings)
-    metric_holdout = ingest_metric_window(plan, "fresh", settings)
-    stopped = stop_if_invalid(validate_window(plan, metric_snapshot, "metrics", settings), "metric-forecast", settings)
-    forecaster = None if stopped else train_candidate(plan, "metric-forecast", metric_snapshot, settings)
-    forecaster = gate_candidate("metric-forecast", forecaster, metric_holdout, settings)
-    return write_summary(plan, {"log-anomaly": outcome, "failure-rca": root_causes, "metric-forecast": forecaster}, score_fresh(plan, settings),
-                         publish_forecasts(plan, settings), settings=settings)
+    """The DAG's tasks in this process, one at a time, in an order the DAG allows (`nightshift retrain --in-process`).
+
+    The summary's `tasks_run` lists the DAG task ids in the order they ran; the tests check it against the DAG's
+    graph (every task once, every edge respected), so this and `dags/nightly_retrain.py` cannot drift apart.
+    """
+    ran: list[str] = []
+
+    def step(task_id: str, fn, *args):
+        ran.append(task_id)
+        return fn(*args)
+
+    plan = step("plan", setup_night, settings, logical_date, source, base_model)
+    snapshots = {"logs": step("ingest_training_window", ingest_window, plan, "train", settings)}
+    holdouts = {"logs": step("ingest_fresh_window", ingest_window, plan, "fresh", settings)}
+    validations = {"logs": step("validate_training_window", validate_window, plan, snapshots["logs"], "logs", settings)}
+    outcomes: dict[str, dict | None] = {}
+    for name, spec in TASKS.items():
+        if spec.dataset not in snapshots:  # the metric branch
+            snapshots["metrics"] = step("ingest_metric_window", ingest_metric_window, plan, "train", settings)
+            holdouts["metrics"] = step("ingest_metric_holdout", ingest_metric_window, plan, "fresh", settings)
+            validations["metrics"] = step("validate_metric_window", validate_window, plan, snapshots["metrics"], "metrics", settings)
+        stopped = stop_if_invalid(validations[spec.dataset], name, settings)
+        outcome = step(task_id("train", name), lambda: None if stopped else train_candidate(plan, name, snapshots[spec.dataset], settings))
+        outcomes[name] = step(task_id("promote", name), gate_candidate, name, outcome, holdouts[spec.dataset], settings)
+    scoring = step("score_fresh_window", score_fresh, plan, settings)
+    forecasts = step("publish_forecasts", publish_forecasts, plan, settings)
+    summary = step("summarise", write_summary, plan, outcomes, scoring, forecasts, None, settings)
+    return {**summary, "tasks_run": ran}
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
@@ -358,7 +392,7 @@ def run_retrain(settings: Settings, logical_date: str | None = None, source: str
             done = subprocess.run([airflow_bin(), "dags", "test", DAG_ID, date, "--conf", conf], env=env, stdout=out, stderr=subprocess.STDOUT)
         if done.returncode != 0 or not summary_file.is_file():
             tail = "".join(airflow_log.read_text().splitlines(keepends=True)[-40:])
-            raise RuntimeError(f"airflow dags test {DAG_ID} {date} failed (exit {done.returncode}); last lines of {airflow_log}:\n{tail}")
+            raise NightFailed(f"airflow dags test {DAG_ID} {date} failed (exit {done.returncode}); last lines of {airflow_log}:\n{tail}")
         summary = json.loads(summary_file.read_text())
     return {**summary, "summary": describe(summary)}
 

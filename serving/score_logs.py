@@ -20,9 +20,11 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from pipelines.config import Settings
-from pipelines.records import batched, format_timestamp, get_field, message_text, set_field
-from pipelines.sources import file_path, open_log_sink, open_log_source
+from pipelines.data.records import batched, format_timestamp, get_field, message_text, set_field
+from pipelines.registry.store import load_model, use_store
+from pipelines.sources.logs import file_path, open_log_sink, open_log_source
 from pipelines.telemetry import get_logger
+from serving.root_causes import load_annotator
 
 log = get_logger("score")
 
@@ -81,7 +83,7 @@ class TextCache:
 def annotate(docs: Iterable[tuple[str, dict]], classifier, model_name: str, version: str, settings: Settings,
              counts: dict[str, int], unscored: dict[str, int], rca=None) -> Iterator[tuple[str, dict]]:
     """Score documents window by window and set DESIGN.md's `ml.anomaly.*` and `ml.model.*` fields
-    (and `ml.rca.*` through `rca`, a `serving.rca.RootCauseAnnotator`, in the same pass).
+    (and `ml.rca.*` through `rca`, a `serving.root_causes.RootCauseAnnotator`, in the same pass).
 
     Yields every document, in the order read. One whose message field holds no text (missing, a number,
     an object) is yielded unchanged and counted in `unscored` by reason; an array of strings is scored
@@ -122,9 +124,6 @@ def score_logs(model_ref: str, source_uri: str, sink_uri: str | None, settings: 
 
     `rca_model`: the root-cause model for `ml.rca.*` (default: the failure-rca champion when there is one; "none": off).
     """
-    from pipelines.registry import load_model, use_store
-    from serving.rca import load_annotator
-
     client = use_store(settings)
     ref, model = load_model(client, model_ref)
     classifier = model.unwrap_python_model()

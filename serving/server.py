@@ -1,7 +1,7 @@
 """`nightshift serve`: the champions answer over HTTP, in one process (FastAPI on uvicorn).
 
 Reading order:
-1. `Slot` and `Champions`: the version each model serves, loaded with `pipelines.registry.load_model`
+1. `Slot` and `Champions`: the version each model serves, loaded with `pipelines.registry.store.load_model`
    (the same pyfunc `mlflow models serve` runs) and re-resolved by alias every
    `serve.refresh_seconds` on a background thread. A moved alias is loaded first and then swapped in
    by one assignment; a request keeps the slot it started with, so a swap drops none.
@@ -33,7 +33,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.config import Settings
+from pipelines.config import ConfigError, Settings
+from pipelines.data.records import parse_timestamp
+from pipelines.errors import NightshiftError
+from pipelines.registry.store import alias_version, load_model, use_store
+from pipelines.sources.prometheus import format_duration, parse_duration, series_id
 from pipelines.telemetry import get_logger
 
 log = get_logger("serve")
@@ -41,7 +45,7 @@ log = get_logger("serve")
 LOG_ANOMALY, FAILURE_RCA, METRIC_FORECAST = "log-anomaly", "failure-rca", "metric-forecast"
 
 
-class NoChampion(LookupError):
+class NoChampion(NightshiftError, LookupError):
     """A model has nothing to serve yet; the message says why (answered as 503)."""
 
 
@@ -91,8 +95,6 @@ class Champions:
 
     def refresh(self) -> None:
         """One pass: read each alias; load a version the alias moved to, then swap it in."""
-        from pipelines.registry import alias_version, load_model
-
         for name in self.names:
             try:
                 version = alias_version(self.client, name, self.alias)
@@ -171,14 +173,16 @@ class Batcher:
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
+        queue = self.queue
+        assert queue is not None  # probabilities() creates it before it starts this task
         while True:
-            batch = [await self.queue.get()]
+            batch = [await queue.get()]
             size = len(batch[0][0])
             deadline = loop.time() + self.max_wait
             while size < self.max_batch:
                 try:
-                    item = self.queue.get_nowait() if self.queue.qsize() else await asyncio.wait_for(
-                        self.queue.get(), max(0.0, deadline - loop.time()))
+                    item = queue.get_nowait() if queue.qsize() else await asyncio.wait_for(
+                        queue.get(), max(0.0, deadline - loop.time()))
                 except (asyncio.TimeoutError, asyncio.QueueEmpty):
                     break
                 batch.append(item)
@@ -409,7 +413,7 @@ class Server:
 
         Returns (slot, per-row problem or None, probabilities of the readable rows, their positions).
         """
-        from models.text_classifier import text_problem
+        from nightshift_models.text_classifier import text_problem
 
         self.check_rows(field_name, len(values))
         self.champions.get(name)  # 503 before any work when there is no champion
@@ -425,7 +429,7 @@ class Server:
 
     async def rca_answers(self, values: list[Any], field_name: str, threshold: float | None,
                           kb_min_similarity: float | None) -> tuple[Slot, list[RcaAnswer]]:
-        from models.text_classifier import Options
+        from nightshift_models.text_classifier import Options
 
         slot, problems, probs, good = await self.classify(FAILURE_RCA, values, field_name)
         head = slot.model.rca
@@ -448,18 +452,16 @@ class Server:
 
     async def forecast(self, body: ForecastRequest) -> ForecastResponse:
         """Forecasts for `series` (one list) or `rows` (points of any series); bad rows and short series become errors."""
-        from pipelines.prometheus import format_duration, parse_duration
-
         slot = self.champions.get(METRIC_FORECAST)
         cfg = slot.model.cfg
         if (body.series is None) == (body.rows is None):
             raise unprocessable(["series"], "send either 'series' (one series' values) or 'rows' (points with labels), not both or neither")
         min_history = self.settings.serve.min_history if body.min_history is None else body.min_history
         mode = body.short_history or self.settings.serve.short_history
-        if body.series is not None:
-            frame, errors = self.series_frame(body, cfg.step, parse_duration)
-        else:
+        if body.rows is not None:
             frame, errors = self.rows_frame(body.rows)
+        else:
+            frame, errors = self.series_frame(body, cfg.step, parse_duration)
         if frame.empty:
             raise unprocessable(["rows" if body.rows is not None else "series"], "no point with a time and a finite value to forecast from"
                                 + (f" ({len(errors)} rows refused: {errors[0].error})" if errors else ""))
@@ -488,9 +490,9 @@ class Server:
 
     def series_frame(self, body: ForecastRequest, step: float, parse_duration) -> tuple[pd.DataFrame, list[ForecastError]]:
         """The seed's `{"series": [floats]}`: values one step apart, the last at `end` (default: now, on the step grid)."""
-        from pipelines.records import parse_timestamp
-
-        self.check_rows("series", len(body.series))
+        series = body.series
+        assert series is not None  # forecast() sends here only a body with `series`
+        self.check_rows("series", len(series))
         if body.step is not None:
             try:
                 given = parse_duration(body.step)
@@ -506,16 +508,13 @@ class Server:
                 raise unprocessable(["end"], str(exc)) from None
         else:
             end = np.floor(time.time() / step) * step
-        times = end - step * np.arange(len(body.series) - 1, -1, -1)
-        values = np.array([np.nan if v is None else v for v in body.series], dtype=np.float64)
+        times = end - step * np.arange(len(series) - 1, -1, -1)
+        values = np.array([np.nan if v is None else v for v in series], dtype=np.float64)
         return pd.DataFrame({"timestamp": pd.to_datetime(np.rint(times * 1e9).astype("int64")),
                              "series": body.name or "series", "value": values}), []
 
     def rows_frame(self, rows: list[Any]) -> tuple[pd.DataFrame, list[ForecastError]]:
         """Points `{"timestamp", "value", "labels" | "series"}`; a row at fault is reported and left out."""
-        from pipelines.prometheus import series_id
-        from pipelines.records import parse_timestamp
-
         self.check_rows("rows", len(rows))
         times, ids, values, errors = [], [], [], []
         for i, row in enumerate(rows):
@@ -554,14 +553,10 @@ class Server:
 def create_app(settings: Settings, client=None, start_refresh: bool = True) -> FastAPI:
     """The FastAPI application serving the configured models' `serve.alias` versions from the registry.
 
-    `client`: an MlflowClient (default: `pipelines.registry.use_store(settings)`).
+    `client`: an MlflowClient (default: `pipelines.registry.store.use_store(settings)`).
     """
-    from pipelines.registry import use_store
-
     cfg = settings.serve
     if cfg.short_history not in ("refuse", "flag"):
-        from pipelines.config import ConfigError
-
         raise ConfigError(f"setting serve.short_history: {cfg.short_history!r} is not refuse or flag")
     client = client or use_store(settings)
     names = [n.strip() for n in cfg.models.split(",") if n.strip()]

@@ -1,4 +1,9 @@
-"""Shared fixtures: an isolated NIGHTSHIFT_HOME per test, a small demo corpus and a tiny BERT."""
+"""Fixtures that the three layers share: an isolated NIGHTSHIFT_HOME per test, a small demo corpus and a tiny BERT, quick
+training settings, the demo metric history, and the session's real Elasticsearch node (started on first use).
+
+The layers: tests/unit (in-process, no real server; `make test-fast`), tests/integration (real servers: Elasticsearch,
+Prometheus, Pushgateway, MLflow, PostgreSQL, uvicorn, Chromium, promtool), tests/e2e (a whole night). The modules that
+tests and benchmarks share (fakes, servers, known faults) are in tests/support/."""
 
 from __future__ import annotations
 
@@ -7,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["fakes"]  # shared fakes and their fixtures (stand_in)
+pytest_plugins = ["tests.support.fakes"]  # shared fakes and their fixtures (stand_in)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("NIGHTSHIFT_LOG_FORMAT", "console")
 # The suite trains the tiny BERT wherever it needs a log model (fast, and what the serving, drift and promotion
-# tests assert on); the competition between model families has its own tests (tests/test_families.py).
+# tests assert on); the competition between model families has its own tests (tests/unit/test_families.py).
 os.environ.setdefault("NIGHTSHIFT_CANDIDATES_FAMILIES", "bert")
 # A two-epoch tiny random BERT trails TF-IDF, so the gate's baseline test would refuse every challenger these tests
-# promote; it is tested with its real tolerance in tests/test_families.py.
+# promote; it is tested with its real tolerance in tests/unit/test_families.py.
 os.environ.setdefault("NIGHTSHIFT_CANDIDATES_BASELINE_TOLERANCE", "1.0")
 
 
@@ -48,7 +53,7 @@ def settings(home):
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
-    from models.bert import make_tiny_checkpoint
+    from nightshift_models.bert import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-bert"))
 
@@ -56,7 +61,7 @@ def tiny_bert(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
     """Six days of demo logs, 250 normal lines a day: the full corpus's shape, small."""
-    from pipelines.demo_data import write_demo_logs
+    from pipelines.data.demo_logs import write_demo_logs
 
     return write_demo_logs(tmp_path_factory.mktemp("corpus"), per_day=250)
 
@@ -64,16 +69,43 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture
 def train_snapshot(settings, corpus, tmp_path):
     from pipelines.cli import parse_time
-    from pipelines.ingest import ingest_logs
+    from pipelines.data.ingest import ingest_logs
 
     return ingest_logs(f"file://{corpus}", parse_time("2026-11-16"), parse_time("2026-11-21"), tmp_path / "snap-train", settings)
+
+
+@pytest.fixture
+def quick_forecaster(home, monkeypatch):
+    for key, value in {"EPOCHS": "2", "WINDOWS_PER_EPOCH": "512", "HIDDEN_SIZE": "8", "LOOKBACK": "32", "HORIZON": "4"}.items():
+        monkeypatch.setenv(f"NIGHTSHIFT_FORECAST_{key}", value)
+
+
+@pytest.fixture
+def quick_rca(monkeypatch):
+    """RCA hyper-parameters for tiny BERTs: few epochs, a high learning rate."""
+    for key, value in {"EPOCHS": "6", "BATCH_SIZE": "16", "LEARNING_RATE": "0.002", "MAX_LENGTH": "64", "PATIENCE": "6"}.items():
+        monkeypatch.setenv(f"NIGHTSHIFT_RCA_{key}", value)
+
+
+@pytest.fixture(scope="module")
+def demo_history(tmp_path_factory) -> Path:
+    """14 days of the demo metrics from tests.support.metric_history.T0 (a Monday), as OpenMetrics text."""
+    from tests.support.metric_history import write_history
+
+    return write_history(tmp_path_factory.mktemp("metrics"))
+
+
+@pytest.fixture
+def fast_retries(monkeypatch):
+    monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_RETRY_BACKOFF", "0.01")
+    monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_RETRIES", "3")
 
 
 @pytest.fixture(scope="session")
 def es_node():
     """A real Elasticsearch node with security on (basic auth for a file-realm user), started once per test session
     by infra/scripts/start_elasticsearch.sh and stopped at the end."""
-    from es_cluster import EsNode
+    from tests.support.es_cluster import EsNode
 
     node = EsNode(security=True).start()
     yield node

@@ -27,7 +27,7 @@ for _ in $(seq 1 300); do
   kill -0 "$PROM_PID" 2>/dev/null || { cat "$WORK/prometheus.log" >&2; exit 1; }
   sleep 0.5
 done
-AT="$(cd "$ROOT" && "$PY" -c 'from pipelines.demo_metrics import METRICS_END; print(METRICS_END.isoformat())')"
+AT="$(cd "$ROOT" && "$PY" -c 'from pipelines.data.demo_metrics import METRICS_END; print(METRICS_END.isoformat())')"
 "$NS" forecast --model metric-forecast@champion --prometheus "http://127.0.0.1:$PROM_PORT" \
   --pushgateway "http://127.0.0.1:$PG_PORT" --at "$AT"
 sleep 7  # one scrape of the Pushgateway

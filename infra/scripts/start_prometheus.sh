@@ -37,7 +37,7 @@ sed -e "s|127.0.0.1:9091|${PUSHGATEWAY}|" \
     -e "s|- rules/|- ${ROOT}/infra/prometheus/rules/|" \
     "$ROOT/infra/prometheus/prometheus.yml" > "$DATA/prometheus.yml"
 if [ -n "$BACKFILL" ]; then
-  (cd "$ROOT" && "$PY" -c 'import sys; from pipelines.prometheus import backfill_openmetrics; print(backfill_openmetrics(sys.argv[1], sys.argv[2]), "samples loaded")' "$BACKFILL" "$DATA/tsdb") >&2
+  (cd "$ROOT" && "$PY" -c 'import sys; from pipelines.sources.prometheus import backfill_openmetrics; print(backfill_openmetrics(sys.argv[1], sys.argv[2]), "samples loaded")' "$BACKFILL" "$DATA/tsdb") >&2
 fi
 exec prometheus --config.file="$DATA/prometheus.yml" --storage.tsdb.path="$DATA/tsdb" \
   --storage.tsdb.retention.time=10y --web.listen-address="127.0.0.1:${PORT}" "${WEB[@]}"

@@ -1,0 +1,127 @@
+"""The cheaper model families a text classifier is chosen among, beside the fine-tuned BERT.
+
+- `tfidf_logreg`: TF-IDF on word 1-2 grams and on character 2-5 grams inside word boundaries
+  (`char_wb`), balanced logistic regression. Character n-grams read any script, so a snapshot the
+  BERT tokenizer turns into `[UNK]` (Chinese lines under the English MiniLM) still has features.
+- `EmbeddingLogReg`: a frozen encoder's mean-pooled token vectors (what sentence-embedding
+  checkpoints such as the packaged MiniLM were trained for) with a balanced logistic regression.
+
+Both give probabilities of shape (N, K) like the BERT models (K=1: the anomaly probability), so one
+scorer, one threshold rule and one pyfunc serve every family. The fitted sklearn parts are saved
+with joblib inside the version's artifacts (`FAMILY_FILE`), next to `nightshift.json`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.multiclass import OneVsRestClassifier
+from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline
+
+FAMILY_FILE = "family.joblib"
+# Cheapest first: on a tie in the primary metric the earlier family is chosen.
+FAMILIES = ("tfidf", "embedding", "bert")
+
+
+def _head(targets: np.ndarray, seed: int, C: float = 1.0):
+    linear = LogisticRegression(C=C, max_iter=3000, class_weight="balanced", random_state=seed)
+    return OneVsRestClassifier(linear) if targets.ndim == 2 and targets.shape[1] > 1 else linear
+
+
+def _fit_targets(targets: np.ndarray) -> np.ndarray:
+    return targets.ravel() if targets.ndim == 2 and targets.shape[1] == 1 else targets
+
+
+def tfidf_logreg(texts: Sequence[str], targets: np.ndarray, seed: int = 0, chars: bool = True) -> Pipeline:
+    """TF-IDF on word 1-2 grams (+ `char_wb` 2-5 grams when `chars`) and balanced logistic regression;
+    one-vs-rest when targets are (N, K>1).
+
+    Args:
+        texts: N normalised texts. targets: (N,) or (N, K) 0/1.
+    Returns:
+        the fitted pipeline; `baseline_proba` gives its (N, K) probabilities.
+    """
+    targets = np.asarray(targets)
+    # token_pattern keeps one-character words: a CJK line without spaces is one "word", its characters are the char grams
+    words = TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True, token_pattern=r"(?u)\b\w+\b")
+    features = FeatureUnion([("words", words),
+                             ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=1, sublinear_tf=True,
+                                                       max_features=200_000))]) if chars else words
+    model = make_pipeline(features, _head(targets, seed))
+    model.fit(list(texts), _fit_targets(targets))
+    return model
+
+
+def baseline_proba(model, texts: Sequence[str]) -> np.ndarray:
+    """Probabilities (N, K) in the same shape as the BERT models' outputs."""
+    p = model.predict_proba(list(texts))
+    last = model[-1] if isinstance(model, Pipeline) else model
+    return p[:, 1:2] if p.ndim == 2 and p.shape[1] == 2 and not isinstance(last, OneVsRestClassifier) else p
+
+
+class EmbeddingLogReg:
+    """Frozen encoder (mean-pooled token vectors, L2-normalised) + balanced logistic regression head.
+
+    The encoder is not pickled with the head: it is the checkpoint folder saved beside it, loaded with
+    `attach` (`nightshift_models.bert.load_encoder`).
+    """
+
+    def __init__(self, head, max_length: int):
+        self.head, self.max_length = head, max_length
+        self.encoder = self.tokenizer = None
+        self.device = "cpu"
+
+    def attach(self, tokenizer, encoder, device: str = "cpu") -> "EmbeddingLogReg":
+        self.tokenizer, self.encoder, self.device = tokenizer, encoder, device
+        return self
+
+    def __getstate__(self) -> dict:
+        return {"head": self.head, "max_length": self.max_length}
+
+    def __setstate__(self, state: dict) -> None:
+        EmbeddingLogReg.__init__(self, state["head"], state["max_length"])
+
+    def features(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """(N, hidden) unit-length mean-pooled vectors."""
+        from nightshift_models.bert import embed
+
+        vectors = embed(self.encoder, self.tokenizer, texts, batch_size=batch_size, max_length=self.max_length, device=self.device)
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        return self.head.predict_proba(self.features(texts, batch_size))
+
+    @classmethod
+    def fit(cls, tokenizer, encoder, texts: Sequence[str], targets: np.ndarray, *, max_length: int, seed: int = 0,
+            device: str = "cpu", batch_size: int = 64) -> "EmbeddingLogReg":
+        model = cls(None, max_length).attach(tokenizer, encoder, device)
+        targets = np.asarray(targets)
+        model.head = _head(targets, seed, C=10.0)  # unit vectors: a weaker penalty than TF-IDF's
+        model.head.fit(model.features(texts, batch_size), _fit_targets(targets))
+        return model
+
+
+def family_proba(family: str, model, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """Probabilities (N, K) of a fitted sklearn-side family (`tfidf` or `embedding`)."""
+    if family == "embedding":
+        p = model.predict_proba(list(texts), batch_size)
+        return p[:, 1:2] if p.ndim == 2 and p.shape[1] == 2 and not isinstance(model.head, OneVsRestClassifier) else p
+    return baseline_proba(model, texts)
+
+
+def save_family(model, out_dir: Path) -> Path:
+    import joblib
+
+    path = Path(out_dir) / FAMILY_FILE
+    joblib.dump(model, path)
+    return path
+
+
+def load_family(path: Path):
+    import joblib
+
+    return joblib.load(Path(path) / FAMILY_FILE)

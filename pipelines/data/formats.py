@@ -1,0 +1,362 @@
+"""Local files by their content: every format a `file://` source may hold, read as a stream.
+
+Reading order:
+1. `open_binary` / `iter_lines`: gzip is recognised by its magic bytes (whatever the suffix), text
+   is UTF-8 with or without a BOM, lines end in LF or CRLF. Errors name the file and line.
+2. `sniff_log_format`: the format from the first bytes and lines, unless setting `inputs.format`
+   names it.
+3. One reader per log format (`LOG_READERS`), each yielding `(where, document)`:
+   - `ndjson`: one JSON object per line;
+   - `parquet`: one row per document; native timestamps stay native (the one parser in
+     `pipelines.data.records` reads them), struct columns are nested objects, map columns objects;
+   - `csv` / `tsv` with a header: a row is `{column: cell}`, an empty cell is null; the `[fields]`
+     settings name the columns, so they are the column mapping (`fields.message = "text"`);
+   - the seed project's two headerless TSV forms, whose text starts with `YYYY-MM-DD HH:MM:SS LEVEL`
+     (timestamp and level become fields, the rest is the message):
+     `anomaly-tsv` (`label<TAB>text`, label in the `[inputs]` spellings) and
+     `rca-tsv` (`LABEL[,LABEL…]<TAB>text`, one failed job per line, job id `FILE:LINE`).
+4. Metric CSVs (`timestamp,value[,label columns]`): `sniff_metric_format`, `metric_csv_samples`.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator, Literal
+
+from pipelines.config import EPOCH_UNITS, INPUT_FORMATS, ConfigError, InputSettings, LogFields
+from pipelines.data.records import AnomalyLabels, RecordError, format_timestamp, parse_timestamp, root_causes, set_field
+from pipelines.errors import InputError
+
+GZIP_MAGIC = b"\x1f\x8b"
+PARQUET_MAGIC = b"PAR1"
+BOM = b"\xef\xbb\xbf"
+SNIFF_BYTES = 64 * 1024  # enough for the first lines of any text format
+SNIFF_LINES = 200
+
+# The seed's text: `2025-09-10 12:30:05 INFO rest…`, with an optional fraction, zone and [LEVEL].
+_LEADING = re.compile(
+    r"(?P<ts>\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?)\s*"
+    r"(?:\[?(?P<level>TRACE|DEBUG|INFO|NOTICE|WARN|WARNING|ERROR|ERR|CRITICAL|CRIT|FATAL|SEVERE|ALERT|EMERG|PANIC)\]?:?(?:\s+|$))?",
+    re.IGNORECASE)
+_LABEL_LIST = re.compile(r"\s*[A-Za-z_][\w.\-]*(?:\s*,\s*[A-Za-z_][\w.\-]*)*\s*")
+
+
+@dataclass(frozen=True)
+class ReadContext:
+    """What a reader needs from the settings: field names, label spellings, the epoch unit."""
+
+    fields: LogFields
+    labels: AnomalyLabels
+    epoch_unit: str
+
+    @classmethod
+    def from_settings(cls, fields: LogFields, inputs: InputSettings) -> "ReadContext":
+        """Raises ConfigError for an unknown `inputs.format` or `inputs.epoch_unit`, or clashing label spellings."""
+        if inputs.format not in INPUT_FORMATS:
+            raise ConfigError(f"setting inputs.format: {inputs.format!r} is not one of {', '.join(INPUT_FORMATS)}")
+        if inputs.epoch_unit not in EPOCH_UNITS:
+            raise ConfigError(f"setting inputs.epoch_unit: {inputs.epoch_unit!r} is not one of {', '.join(EPOCH_UNITS)}")
+        return cls(fields, AnomalyLabels.from_settings(inputs), inputs.epoch_unit)
+
+
+# ---- bytes and lines -------------------------------------------------------------------------------------
+
+def open_binary(path: Path) -> BinaryIO | gzip.GzipFile:
+    """The file's bytes, decompressed when they are gzip (told by the magic bytes, not the suffix)."""
+    fh = path.open("rb")
+    if fh.read(2) == GZIP_MAGIC:
+        fh.close()
+        return gzip.open(path, "rb")
+    fh.seek(0)
+    return fh
+
+
+def head_text(path: Path) -> list[str]:
+    """The first lines of a text file (decompressed, BOM dropped), for format detection; a line cut
+    by the sample's end is left out. Raises ValueError for a damaged gzip file."""
+    try:
+        with open_binary(path) as fh:
+            data = fh.read(SNIFF_BYTES)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"{path.name}: the gzip stream is damaged ({exc})") from None
+    lines = data.removeprefix(BOM).decode("utf-8", errors="replace").splitlines()
+    if len(data) == SNIFF_BYTES and lines:
+        lines = lines[:-1]
+    return lines[:SNIFF_LINES]
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line, decoded as UTF-8 without the BOM and the LF/CRLF ending.
+
+    Raises RecordError `FILE:LINE` for a line that is not UTF-8, ValueError for a damaged gzip stream.
+    """
+    number = 0
+    try:
+        with open_binary(path) as fh:
+            for number, raw in enumerate(fh, 1):
+                if number == 1:
+                    raw = raw.removeprefix(BOM)
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise RecordError(f"{path.name}:{number}", "(line)", f"is not UTF-8 text (byte {exc.start + 1})") from None
+                yield number, text.rstrip("\r\n")
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise InputError(f"{path.name}: the gzip stream is damaged after line {number} ({exc})") from None
+
+
+# ---- format detection ------------------------------------------------------------------------------------
+
+def sniff_log_format(path: Path, ctx: ReadContext) -> str:
+    """The log format of a file from its content: one of `LOG_READERS`.
+
+    Raises ValueError naming the file and what was expected when no format fits.
+    """
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if magic == PARQUET_MAGIC:
+        return "parquet"
+    lines = head_text(path)
+    if magic[:2] == GZIP_MAGIC and lines and lines[0].startswith(PARQUET_MAGIC.decode()):
+        raise InputError(f"{path.name}: is gzip-compressed Parquet; decompress it (Parquet compresses its own columns)")
+    first = next((line for line in lines if line.strip()), None)
+    if first is None:
+        return "ndjson"  # an empty file: no documents, whatever the format
+    if first.lstrip().startswith("{"):
+        return "ndjson"
+    if first.lstrip().startswith("["):
+        raise InputError(f"{path.name}: holds a JSON array; nightshift reads NDJSON, one document per line "
+                         f"(convert it with: jq -c '.[]' {path.name})")
+    for delimiter, name in (("\t", "tsv"), (",", "csv")):
+        if ctx.fields.message in next(csv.reader([first], delimiter=delimiter)):
+            return name
+    if "\t" in first:
+        seed = _seed_form([line for line in lines if line.strip()], ctx.labels)
+        if seed:
+            return seed
+    raise InputError(f"{path.name}: cannot tell its format from the content (first line {first[:60]!r}); expected NDJSON, "
+                     f"Parquet, CSV/TSV with a header naming the column '{ctx.fields.message}' (setting fields.message), "
+                     "label<TAB>text or LABEL[,LABEL…]<TAB>text; or name it with --format (setting inputs.format)")
+
+
+def _seed_form(lines: list[str], labels: AnomalyLabels) -> str | None:
+    """`anomaly-tsv` when every first cell is an anomaly-label spelling, `rca-tsv` when every one is a
+    list of label names (empty cells aside); None when neither holds."""
+    if not all("\t" in line for line in lines):
+        return None
+    cells = [line.split("\t", 1)[0] for line in lines]
+    given = [c for c in cells if c.strip()]
+    if not given:
+        return None
+    if all(labels.is_label(c) for c in given):
+        return "anomaly-tsv"
+    if all(_LABEL_LIST.fullmatch(c) for c in given):
+        return "rca-tsv"
+    return None
+
+
+def sniff_metric_format(path: Path, inputs: InputSettings) -> str:
+    """`csv` when the first line is a header naming the timestamp and value columns (settings
+    `inputs.metric_timestamp`, `inputs.metric_value`), else `openmetrics`."""
+    first = next((line for line in head_text(path) if line.strip()), "")
+    if first.startswith("#"):
+        return "openmetrics"
+    for delimiter in (",", "\t", ";"):
+        cells = [c.strip() for c in next(csv.reader([first], delimiter=delimiter))] if first else []
+        if inputs.metric_timestamp in cells and inputs.metric_value in cells:
+            return "csv"
+    return "openmetrics"
+
+
+# ---- log readers -----------------------------------------------------------------------------------------
+
+def read_ndjson(path: Path, ctx: ReadContext) -> Iterator[tuple[str, object]]:
+    """One JSON value per non-blank line (the source checks that it is an object)."""
+    for number, line in iter_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path.name}:{number}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RecordError(where, "(line)", f"is not valid JSON: {exc.msg} at column {exc.colno}") from None
+
+
+def read_parquet(path: Path, ctx: ReadContext) -> Iterator[tuple[str, dict]]:
+    """One document per row, in batches of 4096 rows; map columns become objects."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"{path.name}: is not a readable Parquet file ({exc})") from None
+    schema = parquet.schema_arrow
+    with_maps = {f.name: f.type for f in schema if _has_map(f.type)}
+    row = 0
+    for batch in parquet.iter_batches(batch_size=4096):
+        for doc in batch.to_pylist():
+            row += 1
+            for name, kind in with_maps.items():
+                doc[name] = _maps_as_objects(doc[name], kind)
+            yield f"{path.name}:row {row}", doc
+
+
+def _has_map(kind) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_map(kind):
+        return True
+    if pa.types.is_struct(kind):
+        return any(_has_map(f.type) for f in kind)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _has_map(kind.value_type)
+    return False
+
+
+def _maps_as_objects(value, kind):
+    """Arrow hands a map as a list of (key, value) pairs; a JSON document holds it as an object."""
+    import pyarrow as pa
+
+    if value is None:
+        return None
+    if pa.types.is_map(kind):
+        return {str(k): _maps_as_objects(v, kind.item_type) for k, v in value}
+    if pa.types.is_struct(kind):
+        return {f.name: _maps_as_objects(value.get(f.name), f.type) for f in kind}
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return [_maps_as_objects(v, kind.value_type) for v in value]
+    return value
+
+
+
+def _data_rows(reader, header: list[str], path: Path) -> Iterator[tuple[str, list[str]]]:
+    """The rows of a CSV/TSV reader after its header, as (`FILE:LINE`, cells): blank lines skipped, a row
+    whose cell count differs from the header's refused with a RecordError naming the line."""
+    for cells in reader:
+        where = f"{path.name}:{reader.line_num}"
+        if not any(c.strip() for c in cells):
+            continue
+        if len(cells) != len(header):
+            raise RecordError(where, "(line)", f"has {len(cells)} cells, the header has {len(header)}")
+        yield where, cells
+
+def read_delimited(path: Path, ctx: ReadContext, delimiter: str) -> Iterator[tuple[str, dict]]:
+    """Rows of a CSV (quoted cells allowed) or TSV (no quoting: tabs separate, quotes are text) with a
+    header; the header must name the timestamp and message columns of `[fields]`."""
+    quoting: Literal[0, 1, 2, 3] = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    with io.TextIOWrapper(open_binary(path), encoding="utf-8-sig", newline="") as stream:
+        reader = csv.reader(stream, delimiter=delimiter, quoting=quoting)
+        try:
+            header = next(reader, None)
+            if header is None:
+                return
+            for setting in ("timestamp", "message"):
+                column = getattr(ctx.fields, setting)
+                if column not in header:
+                    raise RecordError(f"{path.name}:1", column, f"has no column in the header (columns: {', '.join(header)}); "
+                                                                f"name the column with setting fields.{setting}")
+            repeated = sorted({c for c in header if header.count(c) > 1})
+            if repeated:
+                raise RecordError(f"{path.name}:1", repeated[0], "names two columns of the header")
+            for where, cells in _data_rows(reader, header, path):
+                yield where, {column: (cell if cell != "" else None) for column, cell in zip(header, cells)}
+        except UnicodeDecodeError as exc:
+            raise RecordError(f"{path.name}:{reader.line_num + 1}", "(line)", f"is not UTF-8 text ({exc.reason})") from None
+        except csv.Error as exc:
+            raise RecordError(f"{path.name}:{reader.line_num}", "(line)", f"is not valid CSV: {exc}") from None
+
+
+def read_seed_tsv(path: Path, ctx: ReadContext, form: str) -> Iterator[tuple[str, dict]]:
+    """The seed project's `label<TAB>text` (anomaly-tsv) and `LABEL[,LABEL…]<TAB>text` (rca-tsv) lines as
+    contract documents: timestamp (ISO-8601 Z) and level from the text's start, the rest as the message."""
+    f = ctx.fields
+    for number, line in iter_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path.name}:{number}"
+        label, tab, text = line.partition("\t")
+        if not tab:
+            raise RecordError(where, "(line)", f"has no tab; the {form} form is "
+                                               + ("label<TAB>text" if form == "anomaly-tsv" else "LABEL[,LABEL…]<TAB>text"))
+        lead = _LEADING.match(text)
+        if not lead:
+            raise RecordError(where, f.timestamp, "is missing: the text does not start with a timestamp like 2025-09-10 12:30:05")
+        try:
+            ts = parse_timestamp(lead["ts"], ctx.epoch_unit)
+        except ValueError as exc:
+            raise RecordError(where, f.timestamp, f"is not a timestamp: {exc}") from None
+        doc: dict = {}
+        set_field(doc, f.timestamp, format_timestamp(ts))
+        set_field(doc, f.message, text[lead.end():] or text)
+        if lead["level"]:
+            set_field(doc, f.level, lead["level"].upper())
+        if form == "anomaly-tsv":
+            try:
+                set_field(doc, f.anomaly, ctx.labels.parse(label))
+            except ValueError as exc:
+                raise RecordError(where, f.anomaly, f"has an unknown label value: {exc}") from None
+        else:
+            set_field(doc, f.root_cause, root_causes(label))
+            set_field(doc, f.job_id, where)  # one failed job per line
+        yield where, doc
+
+
+LOG_READERS: dict[str, Callable[[Path, ReadContext], Iterator[tuple[str, object]]]] = {
+    "ndjson": read_ndjson,
+    "parquet": read_parquet,
+    "csv": lambda path, ctx: read_delimited(path, ctx, ","),
+    "tsv": lambda path, ctx: read_delimited(path, ctx, "\t"),
+    "anomaly-tsv": lambda path, ctx: read_seed_tsv(path, ctx, "anomaly-tsv"),
+    "rca-tsv": lambda path, ctx: read_seed_tsv(path, ctx, "rca-tsv"),
+}
+
+
+# ---- metric CSV ------------------------------------------------------------------------------------------
+
+def metric_name(path: Path) -> str:
+    """A Prometheus metric name from a file name: `node-cpu.csv.gz` -> `node_cpu`."""
+    name = re.sub(r"[^a-zA-Z0-9_:]", "_", path.name.split(".")[0]) or "metric"
+    return f"_{name}" if name[0].isdigit() else name
+
+
+def metric_csv_samples(path: Path, inputs: InputSettings) -> Iterator[tuple[dict[str, str], float, float]]:
+    """(labels with `__name__`, epoch seconds, value) of each row of a metric CSV/TSV.
+
+    The timestamp and value columns are settings `inputs.metric_timestamp` / `inputs.metric_value`;
+    a `__name__` column names the metric (else the file name does); every other non-empty cell is a
+    label. A row with an empty value is a gap and left out. Raises RecordError `FILE:LINE` naming the field.
+    """
+    first = next((line for line in head_text(path) if line.strip()), "")
+    delimiter = max((",", "\t", ";"), key=first.count)
+    default_name = metric_name(path)
+    with io.TextIOWrapper(open_binary(path), encoding="utf-8-sig", newline="") as stream:
+        reader = csv.reader(stream, delimiter=delimiter)
+        header = [c.strip() for c in next(reader, [])]
+        for setting in ("metric_timestamp", "metric_value"):
+            if getattr(inputs, setting) not in header:
+                raise RecordError(f"{path.name}:1", getattr(inputs, setting),
+                                  f"has no column in the header (columns: {', '.join(header)}); set inputs.{setting}")
+        ts_col, value_col = header.index(inputs.metric_timestamp), header.index(inputs.metric_value)
+        label_cols = [(i, c) for i, c in enumerate(header) if i not in (ts_col, value_col)]
+        for where, cells in _data_rows(reader, header, path):
+            if not cells[value_col].strip():
+                continue
+            try:
+                ts = parse_timestamp(cells[ts_col], inputs.epoch_unit).timestamp()
+            except ValueError as exc:
+                raise RecordError(where, inputs.metric_timestamp, f"is not a timestamp: {exc}") from None
+            try:
+                value = float(cells[value_col])
+            except ValueError:
+                raise RecordError(where, inputs.metric_value, f"is not a number: {cells[value_col]!r}") from None
+            labels = {c: cells[i].strip() for i, c in label_cols if cells[i].strip()}
+            labels.setdefault("__name__", default_name)
+            yield labels, ts, value

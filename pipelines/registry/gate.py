@@ -1,0 +1,361 @@
+"""Promotion: the champion/challenger gate, champion decay, rollback, and the compare-and-set that
+moves the `champion` alias.
+
+The gate judges the challenger and the champion on the same fresh holdout snapshot, which neither
+trained on. The challenger becomes champion only when it beats the champion's primary metric by
+`promotion.margin`, no guard metric regresses by more than its tolerance (`promotion.guard_tolerance`,
+or its own in `promotion.guard_tolerances`), its data
+validation passed, and its training data did not drift severely together with a label shift
+(which points at a labelling fault rather than a changed world). The decision and its reasons go
+into the version's tags and its run (`promotion/decision.json`); the replaced champion keeps the
+alias `previous`, so `rollback` can restore it.
+
+Moving `champion` is a compare-and-set: under a lock, the current champion is re-read and the
+alias moves only when it is still the version the challenger was judged against. The lock is a
+file lock beside a local SQLite store, and for a remote tracking server a registered model created
+as a mutex with an owner token (the registry refuses a second one with the same name, atomically);
+see `promotion_lock` for how a holder releases it and how a waiter breaks an abandoned one. A gate
+that loses writes its decision under the lock too, and never onto a version another gate promoted.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import math
+import os
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from pipelines.config import ConfigError, PromotionSettings, Settings
+from pipelines.data.drift import check_drift
+from pipelines.data.snapshots import Snapshot, load_snapshot, parse_window_tag, window_tag
+from pipelines.errors import PromotionError
+from pipelines.registry.aliases import compare_and_set_champion, promotion_lock
+from pipelines.registry.store import (
+    ABANDONED,
+    CHALLENGER,
+    CHAMPION,
+    PREVIOUS,
+    ModelRef,
+    alias_version,
+    resolve,
+    set_version_tags,
+    use_store,
+)
+from pipelines.tasks import evaluate, task
+from pipelines.tasks.spec import TaskSpec, finite
+from pipelines.telemetry import get_logger
+
+log = get_logger("promotion")
+
+PROMOTED, REJECTED, STALE, KEPT, ROLLED_BACK = "promoted", "rejected", "stale", "kept", "rolled_back"
+
+
+def holdout_metrics(model_ref: str, holdout: Path, settings: Settings) -> dict[str, float]:
+    """The finite metrics of one version on the holdout, through its task's evaluate (no baselines)."""
+    return finite(evaluate(model_ref, holdout, settings, baseline=False).metrics)
+
+
+def validation_allows(status: str, cfg: PromotionSettings) -> tuple[bool, str]:
+    """Whether the challenger's `validation.status` lets it be promoted, and why."""
+    if status == "passed":
+        return True, "validation passed"
+    if status == "not_run":
+        return cfg.allow_not_run, f"validation not run ({'allowed' if cfg.allow_not_run else 'refused'} by setting promotion.allow_not_run)"
+    if status == "warn":
+        return cfg.allow_warn, f"validation warned ({'allowed' if cfg.allow_warn else 'refused'} by setting promotion.allow_warn)"
+    return False, f"validation.status is {status!r}"
+
+
+def guard_tolerances(cfg: PromotionSettings) -> dict[str, float]:
+    """`promotion.guard_tolerances` ("smape=2.0,recall=0.02") as {metric: tolerance}."""
+    out = {}
+    for item in filter(None, (i.strip() for i in cfg.guard_tolerances.split(","))):
+        name, _, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"setting promotion.guard_tolerances: cannot read {item!r} as metric=tolerance") from None
+        if out[name.strip()] < 0:
+            raise ConfigError(f"setting promotion.guard_tolerances: {item!r} must be >= 0")
+    return out
+
+
+def decide(spec: TaskSpec, challenger: dict[str, float], champion: dict[str, float], validation: str,
+           drift: dict, cfg: PromotionSettings) -> tuple[bool, list[str]]:
+    """The gate's verdict and its reasons, from holdout metrics, validation status and drift."""
+    ok, reasons = True, []
+    tolerances = guard_tolerances(cfg)
+    p, c, k = spec.primary, challenger.get(spec.primary, math.nan), champion.get(spec.primary, math.nan)
+    if not (math.isfinite(c) and math.isfinite(k)):
+        ok = False
+        reasons.append(f"primary metric {p} is undefined on the holdout (challenger {c}, champion {k})")
+    else:
+        gain = spec.gain(p, c, k)
+        beats = gain > 0 and gain >= cfg.margin
+        ok &= beats
+        reasons.append(f"{p} {c:.4f} vs champion {k:.4f}: {'beats' if beats else 'does not beat'} it by the margin {cfg.margin} "
+                       f"({'+' if gain >= 0 else ''}{gain:.4f})")
+    for g in spec.guards:
+        c, k = challenger.get(g, math.nan), champion.get(g, math.nan)
+        if not (math.isfinite(c) and math.isfinite(k)):
+            reasons.append(f"guard {g} not comparable on the holdout (challenger {c}, champion {k})")
+            continue
+        loss, tolerance = -spec.gain(g, c, k), tolerances.get(g, cfg.guard_tolerance)
+        if loss > tolerance:
+            ok = False
+            reasons.append(f"guard {g} regressed {c:.4f} vs {k:.4f} (-{loss:.4f} > tolerance {tolerance})")
+        else:
+            reasons.append(f"guard {g} {c:.4f} vs {k:.4f}: within tolerance {tolerance}")
+    allowed, why = validation_allows(validation, cfg)
+    ok &= allowed
+    reasons.append(why)
+    status, shift = drift.get("status", "not_run"), bool(drift.get("label_shift"))
+    if status == "severe" and shift:
+        ok = False
+        reasons.append("drift severe together with a label shift: suspected labelling fault")
+    else:
+        reasons.append(f"drift {status}{' with a label shift' if shift else ''}")
+    return ok, reasons
+
+
+def champion_decay(client, champion: ModelRef, fresh: dict[str, float], spec: TaskSpec, cfg: PromotionSettings) -> dict:
+    """The champion on the new window against its own recorded validation metrics (`best_*` of its run)."""
+    run_id = client.get_model_version(champion.name, champion.version).run_id
+    recorded = client.get_run(run_id).data.metrics if run_id else {}
+    drops = {m: round(-spec.gain(m, fresh[m], recorded[f"best_{m}"]), 4)
+             for m in (spec.primary, *spec.guards) if f"best_{m}" in recorded and math.isfinite(fresh.get(m, math.nan))}
+    if spec.primary not in drops:
+        return {"status": "unknown", "reason": f"no recorded best_{spec.primary} or no fresh value", "drops": drops}
+    decayed = drops[spec.primary] > cfg.decay_tolerance
+    return {"status": "decayed" if decayed else "ok", "drops": drops,
+            "reason": f"{spec.primary} {fresh[spec.primary]:.4f} on the fresh window vs {recorded[f'best_{spec.primary}']:.4f} "
+                      f"at validation (drop {drops[spec.primary]:+.4f}, tolerance {cfg.decay_tolerance})"}
+
+
+# ---- the gate --------------------------------------------------------------------------------
+
+def choose_holdout(client, spec: TaskSpec, refs: list[ModelRef], settings: Settings, holdout: str | Path | None) -> Snapshot:
+    """The given holdout, checked to be disjoint from every training window in `refs`; otherwise the
+    newest snapshot under `<snapshots>/<holdout_dataset>/` that starts after all of them end."""
+    trained = {}
+    for ref in refs:
+        tags = client.get_model_version(ref.name, ref.version).tags
+        trained[ref.version] = (parse_window_tag(tags.get("data.window")), tags.get("data.snapshot_hash"))
+    ends = [w[1] for w, _ in trained.values() if w]
+
+    def closed(snapshot: Snapshot) -> tuple[datetime, datetime] | None:
+        start, end = snapshot.window
+        return (start, end) if start and end else None
+
+    def disjoint(snapshot: Snapshot) -> str | None:
+        window = closed(snapshot)
+        for version, (w, digest) in trained.items():
+            if digest and digest == snapshot.content_hash:
+                return f"v{version} trained on this very snapshot"
+            if w and window and window[0] < w[1] and w[0] < window[1]:
+                return f"its window {window_tag(snapshot.window)} overlaps v{version}'s training window {w[0].isoformat()}/{w[1].isoformat()}"
+        return None
+
+    if holdout is not None:
+        snapshot = load_snapshot(holdout)
+        if problem := disjoint(snapshot):
+            raise PromotionError(f"holdout {snapshot.path}: {problem}; the gate needs data neither version trained on")
+        return snapshot
+    root = settings.snapshot_root / spec.holdout_dataset
+    candidates = []
+    for manifest in root.glob("*/manifest.json"):
+        snapshot = load_snapshot(manifest.parent)
+        window = closed(snapshot)
+        if window and all(window[0] >= end for end in ends) and disjoint(snapshot) is None:
+            candidates.append((window[0], snapshot))
+    if not candidates:
+        raise PromotionError(f"no fresh holdout under {root} that starts after the training windows; pass --holdout SNAPSHOT_DIR")
+    return max(candidates, key=lambda c: c[0])[1]
+
+
+def current_user() -> str:
+    return os.environ.get("NIGHTSHIFT_USER") or getpass.getuser()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _log_record(client, ref: ModelRef, record: dict, metrics: dict[str, float]) -> None:
+    """The decision as `promotion/decision.json`, run tags and holdout metrics on the version's run."""
+    from mlflow.entities import Metric
+
+    run_id = client.get_model_version(ref.name, ref.version).run_id
+    if not run_id:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "decision.json").write_text(json.dumps(record, indent=2, default=str))
+        client.log_artifacts(run_id, tmp, "promotion")
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items() if math.isfinite(v)])
+    client.set_tag(run_id, "promotion.decision", record["decision"])
+    client.set_tag(run_id, "promotion.reason", record["reason"][:4000])
+
+
+def _drift_for(client, challenger: ModelRef, champion: ModelRef, settings: Settings) -> dict:
+    """The challenger's drift against this champion: reused from its tags when already checked, else run now."""
+    tags = client.get_model_version(challenger.name, challenger.version).tags
+    if tags.get("drift.reference_version") == champion.version and tags.get("drift.status", "not_run") != "not_run":
+        return {"status": tags["drift.status"], "label_shift": tags.get("drift.label_shift") == "true", "reused": True}
+    report = check_drift(client, challenger, settings, champion)
+    return {"status": report["status"], "label_shift": report["label_shift"], "reason": report.get("reason")}
+
+
+def promote(name: str, settings: Settings, holdout: str | Path | None = None, version: str | None = None,
+            before_commit: Callable[[], None] | None = None) -> dict:
+    """Run the gate for `name`'s challenger (or `version`) against its champion; move `champion`
+    by compare-and-set when it passes. Returns the decision record (also in tags and on the run)."""
+    cfg = settings.promotion
+    for setting in ("margin", "guard_tolerance", "decay_tolerance"):
+        if getattr(cfg, setting) < 0:
+            raise ConfigError(f"setting promotion.{setting} must be >= 0 (is {getattr(cfg, setting)})")
+    guard_tolerances(cfg)  # a malformed setting fails before any evaluation runs
+    client = use_store(settings)
+    spec = task(name)
+    challenger = resolve(client, f"{name}/{version}" if version else f"{name}@{CHALLENGER}")
+    champion_version = alias_version(client, name, CHAMPION)
+    user, at = current_user(), _now()
+    base = {"model": name, "challenger": challenger.version, "champion": champion_version, "by": user, "at": at}
+
+    if champion_version is None:
+        moved, now = compare_and_set_champion(
+            client, name, None, challenger.version, timeout=cfg.lock_timeout, lease=cfg.lock_lease,
+            on_commit=lambda: set_version_tags(client, challenger, {"promotion.decision": PROMOTED, "promotion.reason": "first version: no champion yet"}))
+        if moved:
+            return {**base, "decision": PROMOTED, "reason": "first version: no champion yet", "champion_now": now}
+        assert now is not None  # not moved: the champion is no longer None
+        champion_version = base["champion"] = now  # another first version won the race
+    if champion_version == challenger.version:
+        return {**base, "decision": KEPT, "reason": f"v{challenger.version} already is the champion", "champion_now": champion_version}
+
+    champion = ModelRef(name, champion_version)
+    tags = client.get_model_version(name, challenger.version).tags
+    if tags.get("promotion.decision") == ABANDONED:  # its training task died before deciding; a retry registered another
+        reason = f"v{challenger.version} was abandoned: {tags.get('promotion.reason', 'its training task died')}"
+        return {**base, "decision": REJECTED, "reason": reason, "reasons": [reason], "champion_now": champion_version}
+    if "rollback.at" in tags:  # refused without touching its tags: they keep saying who rolled it back and why
+        reason = (f"v{challenger.version} was rolled back at {tags['rollback.at']} by {tags.get('rollback.by')}: "
+                  f"{tags.get('rollback.reason')}; train a new candidate")
+        return {**base, "decision": REJECTED, "reason": reason, "reasons": [reason], "champion_now": champion_version}
+
+    snapshot = choose_holdout(client, spec, [challenger, champion], settings, holdout)
+    drift = _drift_for(client, challenger, champion, settings)
+    validation = tags.get("validation.status", "not_run")
+    challenger_metrics = holdout_metrics(f"{name}/{challenger.version}", snapshot.path, settings)
+    champion_metrics = holdout_metrics(f"{name}/{champion.version}", snapshot.path, settings)
+    decay = champion_decay(client, champion, champion_metrics, spec, cfg)
+    ok, reasons = decide(spec, challenger_metrics, champion_metrics, validation, drift, cfg)
+    versus: dict[str, Any] = (spec.baseline_test(client, challenger, snapshot.path, settings, challenger_metrics, spec.primary) if spec.baseline_test
+              else {"ok": True, "reason": f"no baseline test for {name}", "contenders": {"challenger": challenger_metrics}})
+    ok &= versus["ok"]
+    reasons.append(versus["reason"])
+    record = {**base, "primary": spec.primary, "guards": list(spec.guards),
+              "holdout": {"snapshot": str(snapshot.path), "content_hash": snapshot.content_hash, "window": window_tag(snapshot.window)},
+              "challenger_metrics": challenger_metrics, "champion_metrics": champion_metrics,
+              "contenders": {**versus["contenders"], "champion": champion_metrics},
+              "validation": validation, "drift": drift, "champion_decay": decay,
+              "settings": {"margin": cfg.margin, "guard_tolerance": cfg.guard_tolerance}}
+    _record_decay(client, champion, champion_metrics, decay, snapshot)
+
+    decision = PROMOTED if ok else REJECTED
+    now = champion_version
+    if ok:
+        if before_commit:
+            before_commit()
+        record.update(decision=PROMOTED, reasons=reasons, reason="; ".join(reasons))
+        moved, now = compare_and_set_champion(
+            client, name, champion_version, challenger.version, timeout=cfg.lock_timeout, lease=cfg.lock_lease,
+            on_commit=lambda: _record(client, challenger, record, challenger_metrics, champion_metrics))
+        if not moved:
+            decision = STALE
+            reasons.append(f"compare-and-set lost: champion moved from v{champion_version} to v{now} while the gate ran; "
+                           "run the gate again against the new champion")
+    if decision != PROMOTED:
+        record.update(decision=decision, reasons=reasons, reason="; ".join(reasons))
+        # Under the lock too: a gate that lost must not overwrite the record of one that promoted this very version.
+        with promotion_lock(client, name, cfg.lock_timeout, cfg.lock_lease) as held:
+            now = alias_version(client, name, CHAMPION)
+            if now == challenger.version:
+                decision = KEPT
+                record.update(decision=KEPT, reason=f"v{challenger.version} was promoted by another gate while this one ran; its record stands")
+            else:
+                held.check()
+                _record(client, challenger, record, challenger_metrics, champion_metrics)
+    log.info("gate decided", extra={"model": name, "challenger": challenger.version, "champion": champion_version,
+                                    "decision": decision, "champion_now": now})
+    return {**record, "champion_now": now}
+
+
+def _record(client, ref: ModelRef, record: dict, challenger_metrics: dict, champion_metrics: dict) -> None:
+    tags = {"promotion.decision": record["decision"], "promotion.reason": record["reason"][:4000],
+            "promotion.by": record["by"], "promotion.at": record["at"]}
+    if record.get("champion"):
+        tags["promotion.against"] = record["champion"]
+        if record["decision"] == PROMOTED:
+            tags["promotion.replaced"] = record["champion"]
+    if record.get("holdout"):
+        tags["promotion.holdout_hash"] = record["holdout"]["content_hash"]
+    set_version_tags(client, ref, tags)
+    _log_record(client, ref, record, {**{f"holdout_{k}": v for k, v in challenger_metrics.items()},
+                                      **{f"holdout_champion_{k}": v for k, v in champion_metrics.items()}})
+
+
+def _record_decay(client, champion: ModelRef, fresh: dict[str, float], decay: dict, holdout: Snapshot) -> None:
+    """Tag the champion's decay, and add its fresh-window metrics to its run's history (step: the window's day)."""
+    from mlflow.entities import Metric
+
+    set_version_tags(client, champion, {"decay.status": decay["status"], "decay.reason": decay["reason"][:4000],
+                                        "decay.window": window_tag(holdout.window)})
+    run_id = client.get_model_version(champion.name, champion.version).run_id
+    start = holdout.window[0]
+    if run_id and start:
+        step, now = int(start.strftime("%Y%m%d")), int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(f"fresh_{k}", v, now, step) for k, v in fresh.items() if math.isfinite(v)])
+
+
+# ---- rollback --------------------------------------------------------------------------------
+
+def rollback(name: str, settings: Settings, reason: str, user: str | None = None) -> dict:
+    """Move `champion` back to `previous`; record who, when and why on both versions and the model."""
+    client = use_store(settings)
+    cfg = settings.promotion
+    user, at = user or current_user(), _now()
+    with promotion_lock(client, name, cfg.lock_timeout, cfg.lock_lease) as held:
+        current, previous = alias_version(client, name, CHAMPION), alias_version(client, name, PREVIOUS)
+        if current is None:
+            raise PromotionError(f"model {name!r} has no champion to roll back")
+        if previous is None or previous == current:
+            raise PromotionError(f"model {name!r}: champion v{current} has no previous champion (alias '{PREVIOUS}') to roll back to")
+        held.check()
+        before = client.get_model_version(name, previous).tags.get("promotion.replaced")
+        client.set_registered_model_alias(name, CHAMPION, previous)
+        # `previous` follows the chain of replaced champions, so a second rollback goes one further back.
+        if before and before not in (current, previous):
+            client.set_registered_model_alias(name, PREVIOUS, before)
+        else:
+            client.delete_registered_model_alias(name, PREVIOUS)
+        note = f"v{current} -> v{previous} by {user} at {at}: {reason}"
+        rolled, restored = ModelRef(name, current), ModelRef(name, previous)
+        set_version_tags(client, rolled, {"promotion.decision": ROLLED_BACK, "promotion.reason": f"rolled back: {reason}"[:4000],
+                                          "rollback.by": user, "rollback.at": at, "rollback.reason": reason[:4000],
+                                          "rollback.to": previous})
+        set_version_tags(client, restored, {"rollback.restored_by": user, "rollback.restored_at": at,
+                                            "rollback.restored_from": current, "rollback.restored_reason": reason[:4000]})
+        client.set_registered_model_tag(name, "rollback.last", note[:4000])
+        run_id = client.get_model_version(name, current).run_id
+        if run_id:
+            for key, value in {"rollback.by": user, "rollback.at": at, "rollback.reason": reason[:4000], "promotion.decision": ROLLED_BACK}.items():
+                client.set_tag(run_id, key, value)
+    log.info("rolled back", extra={"model": name, "from": current, "to": previous, "by": user, "reason": reason})
+    return {"model": name, "rolled_back": current, "champion": previous, "previous": alias_version(client, name, PREVIOUS),
+            "by": user, "at": at, "reason": reason}

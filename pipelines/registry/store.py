@@ -1,0 +1,189 @@
+"""The MLflow registry: where the store is, how a model reference resolves, and the aliases.
+
+The registered models are the tasks of `pipelines.tasks.TASKS`; the alias `champion` is what serving
+uses and `challenger` the latest candidate that passed validation.
+
+`prepare_store` sets the store and the experiment up once, before a night fans out into parallel
+tasks; `use_store` is idempotent and safe to call from many processes at once anyway (a SQLite
+store is created under a file lock, so Alembic migrates it once; a second `create_experiment`
+that loses the race reads the winner's experiment).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from pipelines.config import Settings
+from pipelines.errors import NightshiftError
+from pipelines.telemetry import get_logger
+
+log = get_logger("registry")
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+ABANDONED = "abandoned"  # `promotion.decision` of a version whose training task died before deciding
+_REF = re.compile(r"^(?P<name>[\w.-]+?)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
+REACH_TIMEOUT = 5.0  # seconds a tracking server gets to answer /health before it counts as unreachable
+
+
+class RegistryError(NightshiftError, LookupError):
+    pass
+
+
+class StoreUnreachable(NightshiftError, RuntimeError):
+    """Nothing answers at the tracking URI; the message names it (the CLI prints it and exits 2)."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def check_reachable(uri: str, timeout: float = REACH_TIMEOUT) -> None:
+    """Fail fast when an http(s) tracking URI has no server behind it.
+
+    MLflow's own client retries a refused connection for minutes before its traceback.
+
+    Raises:
+        StoreUnreachable: no HTTP answer from `uri` within `timeout` seconds.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:  # any HTTP answer (even 401 behind an auth proxy) means a server listens
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as exc:
+        raise StoreUnreachable(f"MLflow tracking server {uri} is unreachable ({exc.__class__.__name__}); "
+                               "check MLFLOW_TRACKING_URI or setting tracking_uri") from None
+
+
+@contextmanager
+def _store_init_lock(uri: str) -> Iterator[None]:
+    """Serialise the first touch of a SQLite store across processes: Alembic's migration of a new
+    file is not safe to run twice at once ("expected to match one row ... 0 found")."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / f".{db.name}.init.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released by the OS if this process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def use_store(settings: Settings):
+    """Point MLflow at the configured store (SQLite under NIGHTSHIFT_HOME by default) and its
+    experiment, creating either when missing; returns an `MlflowClient`.
+
+    Raises:
+        StoreUnreachable: the tracking URI is a server that does not answer.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    uri = settings.mlflow_uri
+    check_reachable(uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    with _store_init_lock(uri):
+        client = MlflowClient(uri, registry_uri=uri)  # opening a SQLite store creates and migrates its tables
+        client.search_registered_models(max_results=1)  # the registry's tables too, under the same lock
+        experiment = client.get_experiment_by_name(settings.experiment)
+        if experiment is None:
+            location = settings.artifact_root.as_uri() if not uri.startswith("http") else None
+            try:
+                client.create_experiment(settings.experiment, artifact_location=location)
+            except MlflowException as exc:  # another process created it between the read and the create
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            experiment = client.get_experiment_by_name(settings.experiment)
+            if experiment is None:  # created, then gone before this read (another process deleted it)
+                raise RegistryError(f"experiment {settings.experiment!r}: not in the tracking store at {uri} after creating it")
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    return client
+
+
+def prepare_store(settings: Settings) -> dict:
+    """Set the store and experiment up once, before the night's tasks fan out; returns where they are.
+
+    Raises:
+        StoreUnreachable: the tracking URI is a server that does not answer.
+    """
+    client = use_store(settings)
+    experiment = client.get_experiment_by_name(settings.experiment)
+    return {"tracking_uri": settings.mlflow_uri, "experiment": settings.experiment, "experiment_id": experiment.experiment_id}
+
+
+def resolve(client, ref: str) -> ModelRef:
+    """`NAME@ALIAS` or `NAME/VERSION` to a concrete version, or a `RegistryError` saying what is missing."""
+    m = _REF.match(ref)
+    if not m:
+        raise RegistryError(f"model reference {ref!r}: expected NAME@ALIAS or NAME/VERSION")
+    name = m["name"]
+    try:
+        if m["alias"]:
+            mv = client.get_model_version_by_alias(name, m["alias"])
+        else:
+            mv = client.get_model_version(name, m["version"])
+    except Exception as exc:  # MlflowException: RESOURCE_DOES_NOT_EXIST and friends
+        raise RegistryError(f"model reference {ref!r}: not in the registry at {client.tracking_uri} ({exc.__class__.__name__})") from None
+    return ModelRef(name, str(mv.version))
+
+
+def load_model(client, ref: str):
+    """Load a registered version as a pyfunc, once; returns (ModelRef, PyFuncModel)."""
+    import mlflow.pyfunc
+
+    model_ref = resolve(client, ref)
+    return model_ref, mlflow.pyfunc.load_model(model_ref.uri)
+
+
+# What the registry answers for an alias that is not set (INVALID_PARAMETER_VALUE, "alias ... not found") and for a
+# model that is not registered yet (RESOURCE_DOES_NOT_EXIST), on a local store and a tracking server alike.
+_NO_ALIAS = ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST")
+
+
+def alias_version(client, name: str, alias: str) -> str | None:
+    """The version `name@alias` points at; None when the model or the alias does not exist.
+
+    Raises:
+        StoreUnreachable: the registry did not answer (or answered anything else): an unreachable registry
+            must not read as "no champion", which would let a new version become champion without the gate.
+    """
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except Exception as exc:
+        if getattr(exc, "error_code", None) in _NO_ALIAS:
+            return None
+        raise StoreUnreachable(f"registry at {client.tracking_uri}: cannot read {name}@{alias} "
+                               f"({getattr(exc, 'error_code', None) or exc.__class__.__name__}: {str(exc)[:200]})") from exc
+
+
+def set_version_tags(client, ref: ModelRef, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        client.set_model_version_tag(ref.name, ref.version, key, str(value))
+
+
+def training_snapshot(client, ref: ModelRef) -> Path | None:
+    """The snapshot folder a registered version was trained on (its run's `data.snapshot` lineage tag);
+    None when the tag is missing or the folder is gone."""
+    run_id = client.get_model_version(ref.name, ref.version).run_id
+    path = client.get_run(run_id).data.tags.get("data.snapshot") if run_id else None
+    return Path(path) if path and Path(path).is_dir() else None

@@ -1,0 +1,279 @@
+"""Root-cause analysis: train and evaluate the multi-label failure model `failure-rca`.
+
+A training example is one failed job (its text from `pipelines.data.failed_jobs`), its targets the job's
+root causes in label-space order; failed jobs without root causes are all-negative examples. The
+BERT loop, MLflow logging and registration are the shared ones in `pipelines.training`; this module
+adds the `[rca]` hyper-parameters (a mean-pooled head started from a linear probe: LP-FT), the
+label space and knowledge base (written into the model), the per-label thresholds, the
+multi-label metrics and the TF-IDF one-vs-rest baseline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from nightshift_models.baselines import baseline_proba, tfidf_logreg
+from nightshift_models.knowledge_base import KnowledgeBase, load_knowledge_base
+from nightshift_models.label_space import LabelSpace, LabelSpaceError, load_label_space
+from nightshift_models.normalize import normalize
+from pipelines.config import ConfigError, Settings, TrainSettings
+from pipelines.data.failed_jobs import failure_jobs, targets
+from pipelines.data.snapshots import Snapshot, load_snapshot
+from pipelines.errors import TrainingDataError
+from pipelines.registry.store import ModelRef, training_snapshot
+from pipelines.tasks.spec import EvaluationReport, TaskSpec, TrainingOutcome
+from pipelines.telemetry import get_logger
+from pipelines.training.classification import ThresholdTuner, tune_threshold
+from pipelines.training.fine_tune import classifier_candidate, classifier_params, classifier_requirements, compact_training_set, fine_tune
+from pipelines.training.loop import OnEpoch, split_by_time
+from pipelines.training.register import register_candidate
+
+log = get_logger("rca")
+TASK = "failure-rca"
+LOSS_TIE_BREAK = 0.01  # among epochs with the same micro-F1, prefer the lower validation loss
+SUMMARY_METRICS = ("micro_precision", "micro_recall", "micro_f1", "macro_f1", "subset_accuracy")
+
+
+class NoFailuresError(TrainingDataError):
+    """The window has no failed job with root causes: a quiet night, nothing for the RCA model to learn."""
+
+
+def configured_label_space(settings: Settings) -> LabelSpace:
+    """The label space of setting `rca.label_space` (a user file), else the packaged default."""
+    try:
+        return load_label_space(settings.rca.label_space or None)
+    except LabelSpaceError as exc:
+        raise ConfigError(f"setting rca.label_space: {exc}") from None
+
+
+def configured_knowledge_base(settings: Settings) -> KnowledgeBase:
+    """The knowledge base of setting `rca.knowledge_base`, else the packaged default, with the floor `rca.kb_min_similarity`."""
+    try:
+        return load_knowledge_base(settings.rca.knowledge_base or None, settings.rca.kb_min_similarity)
+    except ValueError as exc:
+        raise ConfigError(f"setting rca.knowledge_base: {exc}") from None
+
+
+def rca_settings(settings: Settings) -> Settings:
+    """The settings with `[train]` hyper-parameters replaced by the `[rca]` ones, for the loop and its logged params."""
+    r = settings.rca
+    train = dataclasses.replace(settings.train, epochs=r.epochs, batch_size=r.batch_size, learning_rate=r.learning_rate,
+                                max_length=r.max_length, patience=r.patience, pooling=r.pooling)
+    return dataclasses.replace(settings, train=train)
+
+
+def metric_key(label: str) -> str:
+    """A label as an MLflow metric-name part."""
+    return re.sub(r"[^\w.-]", "_", label)
+
+
+def multilabel_report(y: np.ndarray, pred: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
+    """Micro precision/recall/F1, macro-F1 (over labels that occur or are predicted), subset accuracy, F1 per label."""
+    y, pred = np.asarray(y).astype(bool), np.asarray(pred).astype(bool)
+    tp, fp, fn = (y & pred).sum(0), (~y & pred).sum(0), (y & ~pred).sum(0)
+    denominator = 2 * tp + fp + fn
+    per_label = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), np.nan)
+    out = {
+        "micro_precision": float(tp.sum() / max(pred.sum(), 1)),
+        "micro_recall": float(tp.sum() / max(y.sum(), 1)),
+        "micro_f1": float(2 * tp.sum() / max(denominator.sum(), 1)),
+        "macro_f1": float(np.nanmean(per_label)) if np.isfinite(per_label).any() else float("nan"),
+        "subset_accuracy": float((y == pred).all(axis=1).mean()) if len(y) else float("nan"),
+    }
+    out.update({f"f1.{metric_key(label)}": float(v) for label, v in zip(labels, per_label)})
+    return out
+
+
+def label_threshold_tuner(labels: Sequence[str]) -> ThresholdTuner:
+    """The `ThresholdTuner` of the RCA model: each label's threshold tuned on validation (`tune_threshold`);
+    micro-F1 is primary, validation loss breaks ties."""
+    def tune(y: np.ndarray, p: np.ndarray) -> tuple[list[float], dict[str, float]]:
+        thresholds = [tune_threshold(y[:, k], p[:, k]) for k in range(y.shape[1])]
+        report = multilabel_report(y, p >= np.asarray(thresholds)[None, :], labels)
+        clipped = np.clip(p, 1e-6, 1 - 1e-6)
+        loss = float(-np.mean(y * np.log(clipped) + (1 - y) * np.log(1 - clipped)))
+        return thresholds, {**report, "primary": report["micro_f1"] - LOSS_TIE_BREAK * loss,
+                            **{f"threshold.{metric_key(label)}": t for label, t in zip(labels, thresholds)}}
+    return tune
+
+
+def snapshot_jobs(snapshot: Snapshot, settings: Settings, label_space: LabelSpace) -> pd.DataFrame:
+    """The snapshot's failed jobs: job_id, timestamp, text (raw, as the model is called), model_text (normalised), root_cause."""
+    jobs = failure_jobs(snapshot.read(), settings.fields, f"snapshot {snapshot.path}", label_space)
+    jobs["model_text"] = jobs["text"].map(normalize)
+    return jobs
+
+
+def fit_baseline(train_texts: Sequence[str], y_train: np.ndarray, val_texts: Sequence[str], y_val: np.ndarray,
+                 labels: Sequence[str], seed: int):
+    """TF-IDF + one-vs-rest logistic regression, thresholds tuned on validation like the BERT's."""
+    with warnings.catch_warnings():  # a label absent from the window is expected: it gets a constant "no"
+        warnings.filterwarnings("ignore", message="Label not .* is present in all training examples")
+        model = tfidf_logreg(train_texts, y_train, seed)
+    thresholds, metrics = label_threshold_tuner(labels)(y_val, baseline_proba(model, val_texts))
+    return model, np.asarray(thresholds), metrics
+
+
+def probe_head(checkpoint: str, texts: Sequence[str], y: np.ndarray, params: TrainSettings, out_dir: Path) -> str:
+    """Linear probe for LP-FT: fit each label's head on the frozen encoder's text vectors (balanced
+    logistic regression), write it into a checkpoint at `out_dir`, and return that checkpoint.
+
+    Fine-tuning then starts from a head that already separates the causes, so the encoder moves
+    less and keeps what it knows about meaning: new phrasings of a cause score higher, and text of
+    an unknown cause stays low on every label (the knowledge-base fallback).
+    """
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from nightshift_models.bert import MeanPooledBertClassifier, length_sorted_batches, load_classifier, pick_device
+
+    device = pick_device(params.device)
+    tokenizer, model = load_classifier(checkpoint, y.shape[1], params.pooling)
+    model.to(device).eval()
+    features = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    with torch.inference_mode():
+        for idx, batch in length_sorted_batches(tokenizer, list(texts), params.batch_size * 4, params.max_length):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            pooled = model.pool(**batch) if isinstance(model, MeanPooledBertClassifier) else model.bert(**batch).pooler_output
+            features[idx] = pooled.float().cpu().numpy()
+    weight = np.zeros((y.shape[1], features.shape[1]), dtype=np.float32)
+    bias = np.full(y.shape[1], -4.0, dtype=np.float32)  # a label without examples starts (and likely stays) at "no"
+    for k in range(y.shape[1]):
+        if 0 < y[:, k].sum() < len(y):
+            probe = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000).fit(features, y[:, k])
+            weight[k], bias[k] = probe.coef_[0], probe.intercept_[0]
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.from_numpy(weight))
+        model.classifier.bias.copy_(torch.from_numpy(bias))
+    model.to("cpu").save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return str(out_dir)
+
+
+def training_split(jobs: pd.DataFrame, settings: Settings, where: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Oldest jobs train, newest validate; refuses a window without labelled jobs to learn from."""
+    field = settings.fields
+    labelled = int(jobs["root_cause"].map(len).gt(0).sum()) if len(jobs) else 0
+    if labelled == 0:
+        raise NoFailuresError(f"{where}: no failed job with root causes (jobs grouped by field '{field.job_id}', "
+                              f"labels in field '{field.root_cause}'); {len(jobs)} failed job(s) found")
+    train, val = split_by_time(jobs, settings.train.validation_fraction)
+    if val.empty or not train["root_cause"].map(len).gt(0).any():
+        raise TrainingDataError(f"{where}: {len(jobs)} failed job(s) with {labelled} labelled: too few to split into "
+                                f"training and validation (setting train.validation_fraction={settings.train.validation_fraction})")
+    return train, val
+
+
+def train_failure_rca(snapshot_dir: str | Path, settings: Settings, base_model: str | None = None) -> TrainingOutcome:
+    """Fine-tune, log and register a `failure-rca` candidate from a log snapshot; return the outcome."""
+    import mlflow
+
+    from nightshift_models.bert import resolve_checkpoint
+
+    label_space, knowledge_base = configured_label_space(settings), configured_knowledge_base(settings)
+    labels = list(label_space.labels)
+    snapshot = load_snapshot(snapshot_dir)
+    tuned = rca_settings(settings)
+    params = tuned.train
+    train, val = training_split(snapshot_jobs(snapshot, settings, label_space), settings, f"snapshot {snapshot.path}")
+    y_train, y_val = targets(train["root_cause"], labels), targets(val["root_cause"], labels)
+    texts, y = compact_training_set(train["model_text"].tolist(), y_train, params.max_train_examples, params.seed)
+    val_texts = val["model_text"].tolist()
+    checkpoint = resolve_checkpoint(base_model or params.base_model)
+    _, _, baseline_metrics = fit_baseline(texts, y, val_texts, y_val, labels, params.seed)
+
+    def fit(on_epoch: OnEpoch):
+        mlflow.log_dict(label_space.to_json(), "rca/label_space.json")
+        mlflow.log_dict(knowledge_base.to_json(), "rca/knowledge_base.json")
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            probed = probe_head(checkpoint, texts, y, params, Path(tmp))
+            result = fine_tune(texts, y, val_texts, y_val, checkpoint=probed, params=params, tune=label_threshold_tuner(labels),
+                               on_epoch=on_epoch)
+        result.seconds = time.perf_counter() - started
+        return classifier_candidate(
+            result, checkpoint=checkpoint, params=params, snapshot=snapshot,
+            meta={"task": TASK, "outputs": labels, "label_space": label_space.to_json(), "knowledge_base": knowledge_base.to_json(),
+                  "input": "job text (pipelines.data.failed_jobs.job_text)"},
+            example=val["text"].head(3).tolist(), baseline=baseline_metrics)
+
+    outcome = register_candidate(
+        TASK, snapshot, tuned, fit=fit, pip_requirements=classifier_requirements(),
+        params={**classifier_params(checkpoint, params),
+                "train_jobs": len(train), "train_examples": len(texts), "validation_jobs": len(val),
+                "labels": len(labels), "pooling": params.pooling, "head_init": "linear probe (LP-FT)", "label_space": f"{label_space.name}@{label_space.version}",
+                "knowledge_base": f"{knowledge_base.name}@{knowledge_base.version}"},
+    )
+    # The run holds every metric; the outcome keeps the headline ones, per-label F1 and thresholds apart.
+    metrics = outcome.metrics
+    return dataclasses.replace(
+        outcome, metrics={k: metrics[k] for k in SUMMARY_METRICS if k in metrics},
+        baseline={k: outcome.baseline[k] for k in SUMMARY_METRICS if k in outcome.baseline},
+        details={**outcome.details, "per_label_f1": {label: metrics.get(f"f1.{metric_key(label)}") for label in labels},
+                 "thresholds": {label: metrics.get(f"threshold.{metric_key(label)}") for label in labels}})
+
+
+def _finite(value: float) -> float | None:
+    """None for a label with neither support nor predictions (JSON has no NaN)."""
+    return value if np.isfinite(value) else None
+
+
+def predicted_matrix(label_lists: Sequence[Sequence[str]], labels: Sequence[str]) -> np.ndarray:
+    return targets(label_lists, labels).astype(bool)
+
+
+def evaluate_failure_rca(client, ref: ModelRef, classifier, snapshot_dir: Path, settings: Settings, baseline: bool = True) -> EvaluationReport:
+    """Micro/macro F1 of a `failure-rca` version (`classifier`: its unwrapped pyfunc) on a snapshot's failed jobs,
+    the knowledge-base fallbacks, and (with `baseline`) the TF-IDF one-vs-rest baseline trained and tuned on the
+    version's own training snapshot. A snapshot without failed jobs gives undefined (NaN) metrics and a note."""
+    head = classifier.rca
+    labels = list(head.labels)
+    snapshot = load_snapshot(snapshot_dir)
+    jobs = snapshot_jobs(snapshot, settings, head.label_space)
+    report = EvaluationReport(ref.name, ref.version, str(snapshot.path), "jobs", int(len(jobs)), classifier.family,
+                              {k: float("nan") for k in SUMMARY_METRICS}, details={"rows": int(snapshot.manifest["row_count"])})
+    if jobs.empty:  # a quiet window: nothing to judge on (the promotion gate reads the metrics as undefined)
+        log.warning("no failed jobs to evaluate on", extra={"snapshot": str(snapshot.path), "field": settings.fields.job_id})
+        report.details.update(labelled_jobs=0, per_label_f1={label: None for label in labels})
+        report.note = f"no failed jobs in the snapshot (jobs grouped by field '{settings.fields.job_id}')"
+        return report
+    y = targets(jobs["root_cause"], labels).astype(bool)
+    pred = classifier.predict(None, pd.DataFrame({"message": jobs["text"]}), {"batch_size": settings.score.batch_size})
+    scores = multilabel_report(y, predicted_matrix(pred["labels"], labels), labels)
+    unlabelled = ~y.any(axis=1)
+    report.metrics = {k: scores[k] for k in SUMMARY_METRICS}
+    report.details.update(
+        labelled_jobs=int((~unlabelled).sum()),
+        per_label_f1={label: _finite(scores[f"f1.{metric_key(label)}"]) for label in labels},
+        fallback={"jobs": int(pred["low_confidence"].sum()), "unlabelled_jobs": int(unlabelled.sum()),
+                  "unlabelled_jobs_with_fallback": int(pred["low_confidence"][unlabelled].sum()),
+                  "unlabelled_jobs_with_a_label": int(pred["labels"][unlabelled].map(len).gt(0).sum())})
+    reference = training_snapshot(client, ref) if baseline else None
+    if reference is not None:
+        train, val = training_split(snapshot_jobs(load_snapshot(reference), settings, head.label_space), settings, f"snapshot {reference}")
+        texts, y_train = compact_training_set(train["model_text"].tolist(), targets(train["root_cause"], labels),
+                                              settings.train.max_train_examples, settings.train.seed)
+        tfidf, thresholds, _ = fit_baseline(texts, y_train, val["model_text"].tolist(), targets(val["root_cause"], labels),
+                                            labels, settings.train.seed)
+        base = multilabel_report(y, baseline_proba(tfidf, jobs["model_text"].tolist()) >= thresholds[None, :], labels)
+        report.baselines["tfidf"] = {k: base[k] for k in SUMMARY_METRICS}
+        report.baseline_trained_on = str(reference)
+    return report
+
+
+def summary(outcome: TrainingOutcome) -> str:
+    return (f"{outcome.model} v{outcome.version} ({outcome.decision}): micro-F1 {outcome.metrics.get('micro_f1')} "
+            f"macro-F1 {outcome.metrics.get('macro_f1')} (TF-IDF one-vs-rest {outcome.baseline.get('micro_f1')})")
+
+
+SPEC = TaskSpec(TASK, "logs", train=train_failure_rca, evaluate=evaluate_failure_rca, primary="micro_f1", guards=("macro_f1",),
+                summary=summary)

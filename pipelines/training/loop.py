@@ -1,0 +1,126 @@
+"""The training-run skeleton every trained model shares: epochs, validation after each, early stopping
+with patience, and the best epoch's weights restored at the end (`run_epochs`).
+
+What an epoch trains on and how it is validated stay with each model, handed in as callables:
+`pipelines.training.fine_tune.fine_tune` (the BERT classifiers of log-anomaly and failure-rca) and
+`pipelines.tasks.metric_forecast.fit_forecaster` (the LSTM). Also here: the seeding and the time split
+both start from.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from pipelines.errors import InputError
+from pipelines.telemetry import get_logger, gpu_telemetry
+
+log = get_logger("train")
+
+# Called after each epoch's validation with (epoch from 1, the epoch's metrics): MLflow's per-epoch metrics.
+OnEpoch = Callable[[int, dict[str, float]], None]
+EPOCH_LOSSES = ("train_loss", "val_loss")  # the metrics of an epoch that are not validation metrics of the model
+
+
+def ignore_epoch(epoch: int, metrics: dict[str, float]) -> None:
+    """The default `OnEpoch`: nothing."""
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def split_by_time(frame: pd.DataFrame, validation_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Oldest rows train, newest rows validate: the model is judged on the future, as in production."""
+    frame = frame.sort_values("timestamp", kind="stable")
+    cut = int(round(len(frame) * (1 - validation_fraction)))
+    return frame.iloc[:cut], frame.iloc[cut:]
+
+
+def optimizer_step(loss, model, optimizer, schedule, max_grad_norm: float = 1.0) -> float:
+    """One update from a batch's loss: backward, gradients clipped to `max_grad_norm`, the optimizer and its
+    learning-rate schedule stepped, gradients cleared. Returns the loss as a number."""
+    import torch
+
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+@dataclass
+class Validation:
+    """One epoch's validation: its metrics (`val_loss` first) and what the model needs beside its weights
+    to be used as validated (`extra`: the BERT's tuned thresholds; None for the LSTM)."""
+
+    metrics: dict[str, float]
+    extra: Any = None
+
+
+@dataclass
+class BestState:
+    """The best epoch so far: its number, its rank (`run_epochs`' `rank`, larger is better), a copy of the
+    model's weights after it, its metrics (`train_loss`, the validation metrics, GPU telemetry) and its
+    validation's `extra`."""
+
+    epoch: int
+    key: Any
+    state_dict: dict
+    metrics: dict[str, float]
+    extra: Any = None
+
+
+@dataclass
+class EpochRun:
+    """A finished run: the best epoch and every epoch's metrics in order."""
+
+    best: BestState
+    history: list[dict[str, float]]
+
+
+def run_epochs(model, *, epochs: int, patience: int, train_epoch: Callable[[], float], validate: Callable[[], Validation],
+               rank: Callable[[dict[str, float]], Any], on_epoch: OnEpoch = ignore_epoch,
+               logger: logging.Logger = log) -> EpochRun:
+    """Train `model` (a torch module) for up to `epochs` epochs and leave it holding its best epoch's weights.
+
+    Each epoch: `model.train()`, `train_epoch()` (one pass over the training data; returns its mean loss),
+    `validate()`. The epoch's metrics, `{train_loss, **validation metrics, **GPU telemetry}`, go to the
+    history, to `on_epoch(epoch, metrics)` and to the log. An epoch whose `rank(metrics)` is greater than the
+    best's becomes the best (the first always does); after `patience` epochs without a new best the run stops.
+
+    Raises:
+        ValueError: `epochs` under 1.
+    """
+    if epochs < 1:
+        raise InputError(f"epochs must be at least 1, not {epochs}")
+    history: list[dict[str, float]] = []
+    best: BestState | None = None
+    for epoch in range(1, epochs + 1):
+        model.train()
+        train_loss = train_epoch()
+        validation = validate()
+        metrics = {"train_loss": train_loss, **validation.metrics, **gpu_telemetry()}
+        history.append(metrics)
+        on_epoch(epoch, metrics)
+        logger.info("epoch done", extra={"epoch": epoch, **{k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}})
+        key = rank(metrics)
+        if best is None or key > best.key:
+            best = BestState(epoch, key, copy.deepcopy(model.state_dict()), metrics, validation.extra)
+        elif epoch - best.epoch >= patience:
+            logger.info("early stop", extra={"epoch": epoch, "best_epoch": best.epoch})
+            break
+    assert best is not None
+    model.load_state_dict(best.state_dict)
+    return EpochRun(best, history)

@@ -1,0 +1,193 @@
+"""Registering a candidate: the one MLflow run and registry convention of every trained model (`register_candidate`).
+
+A task hands in what is its own: the run's params, a `fit(on_epoch)` that trains inside the run and returns a
+`Candidate` (the metrics to log and report, and `package`: the version's files and pyfunc), and the pip
+requirements. The rest is the same for every model: the validation gate, the lineage tags, the snapshot's
+manifest and validation report, per-epoch metrics, the signature, the `nightshift_models` code, the version's
+tags and the challenger alias.
+"""
+
+from __future__ import annotations
+
+import importlib
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+import nightshift_models
+from pipelines.config import Settings
+from pipelines.data.snapshots import Snapshot, window_tag
+from pipelines.data.validation import log_to_active_run, require_not_failed
+from pipelines.registry.aliases import compare_and_set_champion, mark_challenger
+from pipelines.registry.store import CHAMPION, PREVIOUS, ModelRef, alias_version, resolve, set_version_tags, use_store
+from pipelines.telemetry import get_logger
+from pipelines.training.loop import EPOCH_LOSSES, OnEpoch
+from pipelines.training.outcome import TrainingOutcome
+
+log = get_logger("train")
+MODELS_DIR = Path(nightshift_models.__file__).resolve().parent  # what ships inside each version, as `nightshift_models`
+
+# package(an empty folder) -> (the pyfunc, before `load_context`; its artifacts {name: path under the folder};
+# an input example frame). The files must stay in the folder until the version is logged.
+Package = Callable[[Path], tuple[Any, dict[str, str], pd.DataFrame]]
+
+
+@dataclass
+class Candidate:
+    """What a task's `fit` hands to `register_candidate`: the trained model and what to say about it.
+
+    `family`, `best_epoch`, `device`, `seconds`: the served family and its training. `run_metrics`: logged on the
+    run as named (non-finite values left out), beside `best_epoch` and `train_seconds`; `run_params`: logged
+    beside `device` and `family`. `package`: writes the version (`Package`). `metrics`, `baseline`, `details`:
+    the `TrainingOutcome`'s, as the task reports them.
+    """
+
+    family: str
+    best_epoch: int
+    device: str
+    seconds: float
+    package: Package
+    run_metrics: dict[str, float] = field(default_factory=dict)
+    run_params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    baseline: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def requirements(pinned: Sequence[str], unpinned: Sequence[str] = ()) -> list[str]:
+    """pip requirements: the modules `pinned` at the version installed here (a local `+cu121` part dropped), then `unpinned`."""
+    return [f"{name}=={importlib.import_module(name).__version__.split('+')[0]}" for name in pinned] + list(unpinned)
+
+
+def log_version(task: str, python_model: Any, artifacts: dict[str, str], example: pd.DataFrame,
+                pip_requirements: Sequence[str]) -> ModelRef:
+    """Log `python_model` (a `nightshift_models` pyfunc, before `load_context`) into the active MLflow run with its
+    `artifacts` ({name: local path}), the signature it declares for `example` (inferred from its prediction, with
+    its params), `example` as the input example, the `nightshift_models` package as code and `pip_requirements`;
+    register it as a new version of `task`. The one place a version is logged (`register_candidate`, `reregister`).
+    """
+    import mlflow
+
+    python_model.load_context(type("Ctx", (), {"artifacts": artifacts})())
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=python_model, artifacts=artifacts, code_paths=[str(MODELS_DIR)],
+        signature=python_model.signature(example), input_example=example, registered_model_name=task,
+        pip_requirements=list(pip_requirements),
+    )
+    return ModelRef(task, str(info.registered_model_version))
+
+
+def register_candidate(task: str, snapshot: Snapshot, settings: Settings, *, params: dict[str, Any],
+                       fit: Callable[[OnEpoch], Candidate], pip_requirements: Sequence[str]) -> TrainingOutcome:
+    """Train and register one candidate version of the model `task` from `snapshot`; return the outcome.
+
+    Refuses a snapshot whose validation failed, then inside one MLflow run: the lineage tags (`task`,
+    `data.snapshot_hash`, `data.window`, `data.snapshot`), `params` with the snapshot's path and hash, the
+    manifest (`data/manifest.json`) and the validation report (`validation/`), then `fit(on_epoch)` (it may log
+    more to the run; `on_epoch` logs each epoch's metrics at that step, `val_` before all but the losses), the
+    candidate's metrics and params, the tag `model.family`, and the pyfunc from `candidate.package` with its
+    signature, the `nightshift_models` package as code and `pip_requirements`, registered as `task`. The
+    version is tagged (lineage, `validation.status`, `drift.status`=not_run, `model.family`) and becomes the
+    challenger (`mark_challenger`: the champion too when there is none).
+
+    Raises:
+        ValidationFailed: the snapshot failed validation (nothing is logged).
+    """
+    import mlflow
+
+    require_not_failed(snapshot)  # the gate: a snapshot that failed validation trains nothing
+    client = use_store(settings)
+    with mlflow.start_run(run_name=f"{task} {snapshot.manifest['window']['end'] or ''}".strip()) as run:
+        mlflow.set_tags({"task": task, "data.snapshot_hash": snapshot.content_hash, "data.window": window_tag(snapshot.window),
+                         "data.snapshot": str(snapshot.path)})
+        mlflow.log_params({**params, "snapshot": str(snapshot.path), "snapshot_hash": snapshot.content_hash})
+        mlflow.log_dict(snapshot.manifest, "data/manifest.json")
+        validation_status = log_to_active_run(snapshot)  # DIR/validation/* as artifacts, when present
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            mlflow.log_metrics({k if k in EPOCH_LOSSES else f"val_{k}": v for k, v in metrics.items() if np.isfinite(v)}, step=epoch)
+
+        candidate = fit(on_epoch)
+        mlflow.log_metrics({k: v for k, v in {**candidate.run_metrics, "best_epoch": candidate.best_epoch,
+                                              "train_seconds": candidate.seconds}.items() if np.isfinite(v)})
+        mlflow.log_params({"device": candidate.device, "family": candidate.family, **candidate.run_params})
+        mlflow.set_tag("model.family", candidate.family)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            python_model, artifacts, example = candidate.package(Path(tmp))
+            ref = log_version(task, python_model, artifacts, example, pip_requirements)
+        set_version_tags(client, ref, {"data.snapshot_hash": snapshot.content_hash, "data.window": window_tag(snapshot.window),
+                                       "validation.status": validation_status, "drift.status": "not_run",
+                                       "model.family": candidate.family})
+        decision = mark_challenger(client, ref)
+    outcome = TrainingOutcome(task, ref.version, run.info.run_id, decision, candidate.family, candidate.best_epoch, candidate.device,
+                              round(candidate.seconds, 1), candidate.metrics, candidate.baseline, candidate.details)
+    log.info("candidate registered", extra=outcome.to_dict())
+    return outcome
+
+
+# The pyfunc class of each kind of version, by the name of its artifact (`MLmodel`'s python_function.artifacts).
+_WRAPPERS = {"checkpoint": ("nightshift_models.text_classifier", "TextClassifier"),
+             "forecaster": ("nightshift_models.metric_forecaster", "MetricForecaster")}
+
+
+def reregister(name: str, settings: Settings, version: str | None = None) -> list[dict[str, str]]:
+    """Re-register the versions of `name` (or only `version`) that ship their code as a top-level `models` package
+    (registered before nightshift named it `nightshift_models`), so that they load beside an application's own
+    `models`: the same artifacts and input example with today's package, logged into the version's own training
+    run (its lineage stays), registered as a new version that carries the old one's tags plus `reregistered_from`.
+    The aliases that pointed at the old version move to the new one (`champion` by compare-and-set); the old
+    version gets `reregistered_as`. Versions already on `nightshift_models` are left alone, so a second run does
+    nothing. Returns [{"from": old, "to": new, "aliases": "..."}].
+
+    Raises:
+        RegistryError: `name` or `version` is not registered.
+    """
+    import mlflow
+    from mlflow.models import Model
+
+
+    client = use_store(settings)
+    versions = ([client.get_model_version(name, resolve(client, f"{name}/{version}").version)] if version
+                else sorted(client.search_model_versions(f"name='{name}'"), key=lambda mv: int(mv.version)))
+    if not versions:
+        resolve(client, f"{name}/1")  # raises RegistryError naming the model
+    moved = []
+    for old in versions:
+        number = str(old.version)
+        if "reregistered_as" in old.tags:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=old.source, dst_path=tmp))
+            if not (local / "code" / "models").is_dir() or (local / "code" / "nightshift_models").is_dir():
+                continue
+            model = Model.load(str(local))
+            kind = next(iter(model.flavors["python_function"].get("artifacts", {})), None)
+            if kind not in _WRAPPERS:
+                continue
+            module, cls = _WRAPPERS[kind]
+            python_model = getattr(importlib.import_module(module), cls)()
+            artifacts = {kind: str(local / "artifacts" / Path(model.flavors["python_function"]["artifacts"][kind]["path"]).name)}
+            requirements = [line.strip() for line in (local / "requirements.txt").read_text().splitlines() if line.strip()]
+            with mlflow.start_run(run_id=old.run_id):
+                ref = log_version(name, python_model, artifacts, model.load_input_example(str(local)), requirements)
+        set_version_tags(client, ref, {**old.tags, "reregistered_from": number})
+        set_version_tags(client, ModelRef(name, number), {"reregistered_as": ref.version})
+        aliases = sorted(a for a, v in client.get_registered_model(name).aliases.items() if str(v) == number)  # search leaves them out
+        for alias in aliases:
+            if alias == CHAMPION:  # the same model in a new package: `previous` stays what it was
+                previous = alias_version(client, name, PREVIOUS)
+                compare_and_set_champion(client, name, number, ref.version, timeout=settings.promotion.lock_timeout,
+                                         lease=settings.promotion.lock_lease)
+                if previous:
+                    client.set_registered_model_alias(name, PREVIOUS, previous)
+                else:
+                    client.delete_registered_model_alias(name, PREVIOUS)
+            else:
+                client.set_registered_model_alias(name, alias, ref.version)
+        log.info("re-registered", extra={"model": name, "from": number, "to": ref.version, "aliases": aliases})
+        moved.append({"from": number, "to": ref.version, "aliases": ",".join(aliases)})
+    return moved

@@ -1,0 +1,39 @@
+import pytest
+
+from pipelines.config import ConfigError, Secret, load_settings
+
+
+def test_env_overrides_toml(tmp_path, monkeypatch):
+    cfg = tmp_path / "nightshift.toml"
+    cfg.write_text('experiment = "from-toml"\n[train]\nepochs = 7\nbatch_size = 8\n')
+    monkeypatch.setenv("NIGHTSHIFT_TRAIN_EPOCHS", "2")
+    monkeypatch.setenv("NIGHTSHIFT_HOME", str(tmp_path / "h"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # it would name the store instead (the next test)
+    s = load_settings(cfg)
+    assert s.train.epochs == 2 and s.train.batch_size == 8 and s.experiment == "from-toml"
+    assert s.mlflow_uri == f"sqlite:///{tmp_path / 'h' / 'mlflow' / 'mlflow.db'}"
+
+
+def test_mlflow_tracking_uri_overrides_store(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    monkeypatch.chdir(tmp_path)
+    assert load_settings().mlflow_uri == "http://127.0.0.1:5999"
+
+
+def test_bad_value_names_the_setting(monkeypatch):
+    monkeypatch.setenv("NIGHTSHIFT_TRAIN_EPOCHS", "three")
+    with pytest.raises(ConfigError, match="NIGHTSHIFT_TRAIN_EPOCHS"):
+        load_settings()
+
+
+def test_unknown_toml_key_is_named(tmp_path):
+    cfg = tmp_path / "n.toml"
+    cfg.write_text("[train]\nepoch = 3\n")
+    with pytest.raises(ConfigError, match="train.epoch"):
+        load_settings(cfg)
+
+
+def test_secret_never_printed():
+    s = Secret("hunter2")
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s) and "hunter2" not in f"{s}"
+    assert s.reveal() == "hunter2"

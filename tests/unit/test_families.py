@@ -1,0 +1,178 @@
+"""Model families chosen on validation (issue 13): the selection split, the choice, each family's pyfunc,
+the [UNK] warning on a Chinese snapshot, and the gate's comparison with the TF-IDF baseline."""
+
+import json
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+
+NORMAL_ZH = ["用户 {u} 登录成功", "任务 {n} 完成，耗时 {t} 秒", "数据同步完成，共 {n} 条记录", "定时备份已开始",
+             "服务健康检查通过", "缓存命中率 {t}%"]
+ANOMALY_ZH = ["磁盘空间不足，写入检查点失败", "内存溢出，进程 {n} 被终止", "网络连接超时，重试 {t} 次后失败", "显卡驱动崩溃，训练中断"]
+
+
+def chinese_lines(day: int, per_day: int, seed: int) -> list[dict]:
+    r = random.Random(seed)
+    docs = []
+    for i in range(per_day):
+        anomalous = r.random() < 0.15
+        template = r.choice(ANOMALY_ZH if anomalous else NORMAL_ZH)
+        text = template.format(u=r.choice(["张三", "李四", "王五"]), n=r.randint(10, 9999), t=r.randint(1, 99))
+        docs.append({"@timestamp": f"2026-11-{day:02d}T{(i * 24 // per_day):02d}:{i % 60:02d}:00Z", "message": text,
+                     "log": {"level": "error" if anomalous else "info"}, "labels": {"anomaly": anomalous}})
+    return docs
+
+
+def test_selection_split_holds_back_whole_templates():
+    from pipelines.tasks.log_anomaly import selection_split, template_key
+
+    rows = [{"timestamp": pd.Timestamp("2026-11-16") + pd.Timedelta(minutes=i), "text": f"{w} request served <NUM> ms",
+             "anomaly": False} for i, w in enumerate("abcdefghij" * 10)]
+    rows += [{"timestamp": pd.Timestamp("2026-11-16") + pd.Timedelta(minutes=i), "text": f"fatal {w} failure pod-{i}x",
+              "anomaly": True} for i, w in enumerate("klmno" * 4)]
+    frame = pd.DataFrame(rows)
+    train, val = selection_split(frame, 0.2, 0.2, seed=13)
+    assert len(train) + len(val) == len(frame)
+    assert val["timestamp"].max() == frame["timestamp"].max()  # the newest rows validate
+    held = set(val["text"].map(template_key)) - set(train["text"].map(template_key))
+    assert len(held & {f"fatal {w} failure" for w in "klmno"}) == 1  # one of five anomalous templates, whole
+    assert len(held & {f"{w} request served NUM ms" for w in "abcdefghij"}) == 2
+    assert train["anomaly"].any() and val["anomaly"].any()
+    assert template_key("pod checkout-0a1b2c3d4-xyz12 OOMKilled on <NODE>") == "pod OOMKilled on NODE"
+
+
+def test_choose_family_prefers_the_cheaper_on_a_tie():
+    from pipelines.tasks.log_anomaly import choose_family
+    from pipelines.training.fine_tune import FitResult
+
+    def fit(name, f1):
+        return FitResult(None, None, [0.5], [], 0, {"f1": f1, "primary": f1}, "cpu", family=name)
+
+    assert choose_family({"tfidf": fit("tfidf", 0.9), "embedding": fit("embedding", 0.9), "bert": fit("bert", 0.9)}).family == "tfidf"
+    won = choose_family({"tfidf": fit("tfidf", 0.8), "embedding": fit("embedding", float("nan")), "bert": fit("bert", 0.95)})
+    assert won.family == "bert" and set(won.family_metrics) == {"tfidf", "embedding", "bert"}
+
+
+def test_model_texts_prefix_the_context_fields():
+    from nightshift_models.text_classifier import model_texts
+
+    assert model_texts(["disk failure at 10.0.0.1"]) == ["disk failure at <IP>"]
+    assert model_texts(["disk failure"], ("level", "service"), {"level": ["ERROR"], "service": [None]}) == ["[error] [-] disk failure"]
+
+
+@pytest.mark.slow  # trains every model family: `make test-fast` leaves it out
+def test_every_family_is_logged_and_the_winner_served(settings, train_snapshot, tiny_bert, monkeypatch):
+    import mlflow
+
+    from pipelines.config import load_settings
+    from pipelines.registry.store import use_store
+    from pipelines.tasks.log_anomaly import train_log_anomaly
+
+    monkeypatch.setenv("NIGHTSHIFT_CANDIDATES_FAMILIES", "tfidf,embedding,bert")
+    monkeypatch.setenv("NIGHTSHIFT_TRAIN_EPOCHS", "1")
+    out = train_log_anomaly(train_snapshot.path, load_settings(), str(tiny_bert)).to_dict()
+    assert set(out["families"]) == {"tfidf", "embedding", "bert"}
+    scores = {name: m["f1"] for name, m in out["families"].items()}
+    assert out["metrics"]["f1"] == max(scores.values()) and out["family"] in scores
+    client = use_store(settings)
+    mv = client.get_model_version("log-anomaly", out["version"])
+    assert mv.tags["model.family"] == out["family"]
+    run = client.get_run(mv.run_id)
+    assert {"tfidf.f1", "embedding.f1", "bert.f1", "tfidf.pr_auc", "data.unk_rate"} <= set(run.data.metrics)
+    assert run.data.params["family"] == out["family"] and run.data.tags["data.unk_warning"] == "false"
+    assert run.data.metrics["baseline_f1"] == pytest.approx(run.data.metrics["tfidf.f1"])
+
+    model = mlflow.pyfunc.load_model(f"models:/log-anomaly/{out['version']}")
+    pred = model.predict(pd.DataFrame({"message": ["Out of memory: Killed process 4242 (python)", "GET /healthz 200"]}))
+    assert list(pred.columns) == ["anomaly_score", "is_anomaly"] and pred["anomaly_score"].between(0, 1).all()
+    assert model.unwrap_python_model().family in ("tfidf", "embedding", "bert-cls")
+
+
+@pytest.mark.parametrize("family", ["tfidf", "embedding"])
+def test_a_sklearn_family_round_trips_through_mlflow(settings, train_snapshot, tiny_bert, monkeypatch, family):
+    import mlflow
+
+    from pipelines.config import load_settings
+    from pipelines.tasks.log_anomaly import train_log_anomaly
+
+    monkeypatch.setenv("NIGHTSHIFT_CANDIDATES_FAMILIES", family)
+    out = train_log_anomaly(train_snapshot.path, load_settings(), str(tiny_bert)).to_dict()
+    assert out["family"] == family
+    model = mlflow.pyfunc.load_model(f"models:/log-anomaly/{out['version']}")
+    inner = model.unwrap_python_model()
+    assert inner.family == family and (inner.model is None) == (family == "tfidf")
+    frame = pd.DataFrame({"message": ["Out of memory: Killed process 4242 (python)", "GET /healthz 200"]})
+    np.testing.assert_allclose(model.predict(frame)["anomaly_score"].to_numpy(), inner.probabilities(frame["message"].tolist())[:, 0], rtol=1e-5)
+
+
+def test_a_chinese_snapshot_warns_about_unk_and_char_ngrams_tell_its_anomalies(home, tmp_path, tiny_bert, monkeypatch):
+    import mlflow
+
+    from pipelines.config import load_settings
+
+    monkeypatch.setenv("NIGHTSHIFT_CANDIDATES_FAMILIES", "tfidf,embedding,bert")  # the nightly default
+    settings = load_settings()
+
+    from pipelines.cli import parse_time
+    from pipelines.data.ingest import ingest_logs
+    from pipelines.registry.store import use_store
+    from pipelines.tasks.log_anomaly import train_log_anomaly
+
+    src = tmp_path / "zh.ndjson"
+    src.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for day in (16, 17, 18) for d in chinese_lines(day, 200, day)))
+    snap = ingest_logs(f"file://{src}", parse_time("2026-11-16"), parse_time("2026-11-19"), tmp_path / "snap", settings)
+    out = train_log_anomaly(snap.path, settings, str(tiny_bert)).to_dict()
+    assert out["unk_rate"] > settings.candidates.max_unk_rate
+    assert out["warnings"] and "[UNK]" in out["warnings"][0]
+    assert out["family"] == "tfidf"  # the tokenizer-reading families sit the night out
+    run = use_store(settings).get_run(out["run_id"])
+    assert run.data.tags["data.unk_warning"] == "true" and run.data.metrics["data.unk_rate"] > 0.3
+
+    fresh = chinese_lines(19, 200, seed=99)  # a new day: new numbers and names in the same phrasings
+    model = mlflow.pyfunc.load_model(f"models:/log-anomaly/{out['version']}")
+    pred = model.predict(pd.DataFrame({"message": [d["message"] for d in fresh]}))
+    truth = np.array([d["labels"]["anomaly"] for d in fresh])
+    scores = pred["anomaly_score"].to_numpy()
+    assert scores[truth].min() > scores[~truth].max()  # every anomalous line scores above every normal one
+    assert (pred["is_anomaly"].to_numpy() == truth).mean() >= 0.95
+
+
+def test_unk_rate_counts_unknown_word_pieces(tiny_bert):
+    from transformers import AutoTokenizer
+
+    from nightshift_models.bert import unk_rate
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert))
+    assert unk_rate(tokenizer, ["disk full while writing checkpoint"]) == 0.0
+    assert unk_rate(tokenizer, ["磁盘空间不足，写入检查点失败"]) > 0.5
+
+
+@pytest.mark.slow  # trains, then evaluates against the baseline: `make test-fast` leaves it out
+def test_the_gate_faces_the_tfidf_baseline(settings, train_snapshot, corpus, tmp_path, tiny_bert, monkeypatch):
+    from pipelines.cli import parse_time
+    from pipelines.config import load_settings
+    from pipelines.data.ingest import ingest_logs
+    from pipelines.registry.store import ModelRef, use_store
+    from pipelines.tasks import TASKS, evaluate
+    from pipelines.tasks.log_anomaly import face_baseline, train_log_anomaly
+
+    monkeypatch.setenv("NIGHTSHIFT_CANDIDATES_FAMILIES", "tfidf")
+    monkeypatch.setenv("NIGHTSHIFT_CANDIDATES_BASELINE_TOLERANCE", "0.02")  # the default, which the suite relaxes
+    s = load_settings()
+    out = train_log_anomaly(train_snapshot.path, s, str(tiny_bert)).to_dict()
+    fresh = ingest_logs(f"file://{corpus}", parse_time("2026-11-21"), parse_time("2026-11-22"), tmp_path / "fresh", s)
+    ref = f"log-anomaly/{out['version']}"
+    mine = evaluate(ref, fresh.path, s, baseline=True)
+    client, version = use_store(s), ModelRef("log-anomaly", out["version"])
+    check = face_baseline(client, version, fresh.path, s, mine.metrics)
+    # the served model is the TF-IDF family itself: it equals the baseline
+    assert check["ok"] and check["contenders"]["tfidf"]["f1"] == pytest.approx(mine.metrics["f1"])
+    assert mine.baselines["tfidf"]["f1"] == pytest.approx(mine.metrics["f1"])
+    worse = {**mine.metrics, "f1": check["contenders"]["tfidf"]["f1"] - 0.1}
+    refused = face_baseline(client, version, fresh.path, s, worse)
+    assert not refused["ok"] and "TF-IDF baseline" in refused["reason"] and "tfidf" in refused["contenders"]
+    # only log-anomaly faces a baseline at the gate
+    assert TASKS["log-anomaly"].baseline_test is face_baseline
+    assert TASKS["failure-rca"].baseline_test is None and TASKS["metric-forecast"].baseline_test is None

@@ -1,0 +1,69 @@
+"""Batch scoring of a file source, through the CLI, and evaluation."""
+
+import json
+
+import pytest
+
+
+def test_score_logs_writes_ml_fields_for_every_record(settings, train_snapshot, tiny_bert, corpus, tmp_path, capsys):
+    from pipelines.cli import main
+    from pipelines.tasks.log_anomaly import train_log_anomaly
+
+    train_log_anomaly(train_snapshot.path, settings, str(tiny_bert))
+    sink = tmp_path / "out" / "scored.ndjson"
+    code = main(["score", "logs", "--model", "log-anomaly@champion", "--source", f"file://{corpus}", "--sink", f"file://{sink}", "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    lines = sink.read_text().splitlines()
+    assert summary["read"] == summary["scored"] == summary["written"] == len(lines) == len(corpus.read_text().splitlines())
+    for line in lines:
+        ml = json.loads(line)["ml"]
+        assert 0.0 <= ml["anomaly"]["score"] <= 1.0 and isinstance(ml["anomaly"]["is_anomaly"], bool)
+        assert ml["model"] == {"name": "log-anomaly", "version": "1"} and ml["scored_at"]
+
+
+@pytest.mark.slow  # trains, then evaluates on a second window: `make test-fast` leaves it out
+def test_evaluate_reports_model_and_baseline(settings, train_snapshot, tiny_bert, corpus, tmp_path, capsys):
+    from pipelines.cli import main, parse_time
+    from pipelines.data.ingest import ingest_logs
+    from pipelines.tasks.log_anomaly import train_log_anomaly
+
+    train_log_anomaly(train_snapshot.path, settings, str(tiny_bert))
+    fresh = ingest_logs(f"file://{corpus}", parse_time("2026-11-21"), parse_time("2026-11-22"), tmp_path / "fresh", settings)
+    assert main(["evaluate", "log-anomaly/1", "--snapshot", str(fresh.path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for metrics in (out["metrics"], out["baselines"]["tfidf"]):
+        assert set(metrics) == {"precision", "recall", "f1", "pr_auc"}
+        assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert (out["unit"], out["examples"]) == ("lines", fresh.manifest["row_count"])
+    assert out["baseline_trained_on"] == str(train_snapshot.path)
+
+
+def test_unknown_model_reference_is_a_clear_error(settings, corpus, capsys):
+    from pipelines.cli import main
+
+    assert main(["score", "logs", "--model", "log-anomaly@champion", "--source", f"file://{corpus}"]) == 2
+    assert "log-anomaly@champion" in capsys.readouterr().err
+
+
+def test_texts_repeated_across_windows_are_scored_once_with_the_same_answer(home, monkeypatch):
+    """The scoring cache: a text seen in an earlier window is not sent to the model again, and its
+    probabilities are exactly what the model gives; an LRU of 2 forgets the oldest."""
+    import numpy as np
+
+    from serving.score_logs import TextCache
+    from tests.support.fakes import StandInClassifier
+
+    model = StandInClassifier()
+    cache = TextCache(100)
+    first = cache.probabilities(model, ["job failed", "ok", "ok"], 64)
+    second = cache.probabilities(model, ["ok", "job failed", "new error"], 64)
+    assert model.texts == ["job failed", "ok", "new error"]
+    np.testing.assert_array_equal(second, StandInClassifier().probabilities(["ok", "job failed", "new error"]))
+    np.testing.assert_array_equal(first, StandInClassifier().probabilities(["job failed", "ok", "ok"]))
+    small = TextCache(2)
+    small.probabilities(model, ["a", "b", "c"], 64)
+    assert list(small.rows) == ["b", "c"]
+    off = TextCache(0)
+    off.probabilities(model, ["ok"], 64)
+    assert model.texts[-1] == "ok" and not off.rows

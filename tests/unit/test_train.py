@@ -1,0 +1,81 @@
+"""Training on a tiny BERT, registration, and the pyfunc round trip through MLflow."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+def test_fine_tune_learns_a_separable_task(tiny_bert):
+    from pipelines.config import TrainSettings
+    from pipelines.tasks.log_anomaly import tune_anomaly_threshold
+    from pipelines.training.fine_tune import fine_tune
+
+    texts = [f"request served ok in <NUM> ms {w}" for w in "abcdefghij"] * 6 + [f"fatal error disk failure {w}" for w in "abcdefghij"] * 2
+    y = np.array([[0.0]] * 60 + [[1.0]] * 20, dtype=np.float32)
+    params = TrainSettings(epochs=4, batch_size=16, learning_rate=3e-3, patience=4, seed=1)
+    seen = []
+    result = fine_tune(texts, y, texts, y, checkpoint=str(tiny_bert), params=params, tune=tune_anomaly_threshold,
+                       on_epoch=lambda epoch, m: seen.append((epoch, m)))
+    assert [e for e, _ in seen] == [1, 2, 3, 4]
+    assert {"train_loss", "val_loss", "precision", "recall", "f1", "pr_auc"} <= set(seen[0][1])
+    assert seen[-1][1]["train_loss"] < seen[0][1]["train_loss"]
+    assert result.best_metrics["f1"] > 0.9
+    assert 0.0 < result.thresholds[0] < 1.0 and result.device == "cpu"
+
+
+def test_compact_training_set_keeps_positives():
+    from pipelines.training.fine_tune import compact_training_set
+
+    texts = ["a"] * 50 + ["b", "c", "d"] + ["bad"] * 5
+    y = np.array([[0]] * 53 + [[1]] * 5, dtype=np.float32)
+    out_texts, out_y = compact_training_set(texts, y, limit=3, seed=0)
+    assert out_texts.count("bad") == 1 and out_y.sum() == 1 and len(out_texts) == 3
+
+
+@pytest.mark.slow  # trains two versions: `make test-fast` leaves it out
+def test_train_registers_champion_and_pyfunc_round_trips(settings, train_snapshot, tiny_bert):
+    import mlflow
+
+    from pipelines.registry.store import alias_version, use_store
+    from pipelines.tasks.log_anomaly import train_log_anomaly
+
+    out = train_log_anomaly(train_snapshot.path, settings, str(tiny_bert))
+    assert out.version == "1" and out.decision == "promoted"
+    client = use_store(settings)
+    assert alias_version(client, "log-anomaly", "champion") == "1"
+    assert alias_version(client, "log-anomaly", "challenger") == "1"
+    mv = client.get_model_version("log-anomaly", "1")
+    assert mv.tags["data.snapshot_hash"] == train_snapshot.content_hash
+    run = client.get_run(mv.run_id)
+    assert run.data.params["snapshot_hash"] == train_snapshot.content_hash
+    assert len(client.get_metric_history(mv.run_id, "val_f1")) >= 1
+    assert "baseline_f1" in run.data.metrics
+
+    model = mlflow.pyfunc.load_model("models:/log-anomaly@champion")
+    assert model.metadata.signature is not None
+    frame = pd.DataFrame({"message": ["Out of memory: Killed process 4242 (python)", "GET /healthz 200"]})
+    pred = model.predict(frame)
+    assert list(pred.columns) == ["anomaly_score", "is_anomaly"]
+    assert pred["anomaly_score"].between(0, 1).all()
+
+    second = train_log_anomaly(train_snapshot.path, settings, str(tiny_bert))
+    assert second.version == "2" and second.decision == "pending"
+    assert alias_version(client, "log-anomaly", "champion") == "1"
+    assert alias_version(client, "log-anomaly", "challenger") == "2"
+
+
+def test_unusable_snapshot_registers_nothing(settings, tmp_path, tiny_bert):
+    import json
+
+    from pipelines.cli import parse_time
+    from pipelines.data.ingest import ingest_logs
+    from pipelines.registry.store import use_store
+    from pipelines.tasks.log_anomaly import TrainingDataError, train_log_anomaly
+
+    src = tmp_path / "normal.ndjson"
+    src.write_text("".join(json.dumps({"@timestamp": f"2026-11-16T{h:02d}:00:00Z", "message": f"ok {h}",
+                                       "labels": {"anomaly": False}}) + "\n" for h in range(24)))
+    snap = ingest_logs(f"file://{src}", parse_time("2026-11-16"), parse_time("2026-11-17"), tmp_path / "s", settings)
+    with pytest.raises(TrainingDataError, match="labels.anomaly"):
+        train_log_anomaly(snap.path, settings, str(tiny_bert))
+    assert use_store(settings).search_registered_models() == []
