@@ -21,7 +21,7 @@ from pipelines.data.ingest import ingest_logs
 from pipelines.data.records import parse_timestamp
 from pipelines.data.validation import FAILED, validate_snapshot, verdict
 from pipelines.errors import InputError, NightshiftError
-from pipelines.flow import embedded_metric_source, run_retrain
+from pipelines.flow import embedded_metric_source, run_retrain, shadow_line
 from pipelines.night_report import write_night_report
 from pipelines.registry.gate import promote, rollback
 from pipelines.registry.store import CHALLENGER, CHAMPION, PREVIOUS, alias_version, use_store
@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = score.add_parser("logs", parents=[common], help="score log documents and write ml.* fields")
     p.add_argument("--model", default="log-anomaly@champion")
     p.add_argument("--rca-model", help="root-cause model for ml.rca.* (default: failure-rca@champion when one exists; none: off)")
+    p.add_argument("--shadow-model", help="a second log-anomaly version scored in the same pass into ml.shadow.* (or setting "
+                                          "score.shadow_sink), with its agreement with --model (default: none)")
     p.add_argument("--source", required=True)
     p.add_argument("--format", choices=INPUT_FORMATS, help="how to read a file source (default: setting inputs.format, auto: by content)")
     p.add_argument("--sink", help="file://…ndjson (default for Elasticsearch: the documents' own index)")
@@ -232,7 +234,7 @@ def _rollback(args, settings):
 @command("score logs")
 def _score_logs(args, settings):
     out = score_logs(args.model, args.source, args.sink, with_format(settings, args.format), start=args.start, end=args.end,
-                     rca_model=args.rca_model)
+                     rca_model=args.rca_model, shadow_model=args.shadow_model)
     return {**out, "summary": f"scored {out['scored']} of {out['read']} documents with {out['model']} v{out['version']} "
                               f"({out['docs_per_s']:.0f} docs/s) -> {out['sink']}: written {out['written']}"
                               + (f" after {out['resumed_docs']} written by the interrupted run" if out.get("resumed_docs") else "")
@@ -240,7 +242,8 @@ def _score_logs(args, settings):
                               + "".join(f"\n  {n} {why}" for why, n in {**out['unscored_reasons'], **out['skipped_reasons'],
                                                                          **out.get('failed_reasons', {})}.items())
                               + (f"\n  root causes on {out['rca']['annotated']} documents of {out['rca']['jobs']} failed jobs with "
-                                 f"{out['rca']['model']} v{out['rca']['version']} ({out['rca']['fallback']} from the knowledge base)" if out.get("rca") else "")}
+                                 f"{out['rca']['model']} v{out['rca']['version']} ({out['rca']['fallback']} from the knowledge base)" if out.get("rca") else "")
+                              + (f"\n  shadow: {shadow_line(out['shadow'])}" if out.get("shadow") else "")}
 
 
 @command("ingest metrics")

@@ -90,6 +90,9 @@ class ScoreSettings:
     sort_window: int = 2048  # records sorted by length inside this window, then batched
     max_length: int = 128
     cache_texts: int = 100_000  # probabilities of this many recent distinct texts are reused across windows (0: off)
+    # issue 17: the log-anomaly version that lost its gate or awaits it, scored beside the champion (serving/shadow.py)
+    shadow: str = "fields"  # fields (ml.shadow.* on each document) | index (a sink of its own, shadow_sink) | off
+    shadow_sink: str = ""  # index mode: a URI, an index on the sink's cluster, or a file path; empty: nightshift-ml-results-shadow / NAME.shadow.ndjson
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from pipelines.data.snapshots import SnapshotError, load_snapshot
 from pipelines.data.validation import FAILED, brief, record_stopped_run, validate_snapshot, verdict
 from pipelines.errors import NightFailed, NightshiftError
 from pipelines.night_report import summary_path, try_night_report
-from pipelines.registry.gate import promote
+from pipelines.registry.gate import judge_first_version, promote
 from pipelines.registry.store import ABANDONED, CHALLENGER, CHAMPION, alias_version, prepare_store, use_store
 from pipelines.sources.prometheus import MetricDataError, ingest_metrics, named_queries
 from pipelines.tasks import TASKS, task
@@ -35,6 +35,7 @@ from pipelines.tasks.failure_rca import NoFailuresError
 from pipelines.telemetry import get_logger
 from serving.forecasts import forecast
 from serving.score_logs import score_logs
+from serving.shadow import OFF, shadow_candidate, shadow_mode
 
 log = get_logger("flow")
 DAG_ID = "nightly_retrain"
@@ -248,22 +249,35 @@ def train_candidate(plan: dict, model: str, snapshot: str, settings: Settings) -
 
 def gate_candidate(model: str, candidate: dict | None, holdout: str | None, settings: Settings) -> dict | None:
     """Drift checks and the promotion gate for the night's candidate, judged on the fresh holdout;
-    the candidate's outcome with the gate's decision (None when the model was not trained)."""
-    if candidate is None or candidate.get("decision") == "promoted":  # not trained, or the first version (champion at once)
-        return candidate
-    gate = promote(model, settings, holdout=holdout, version=candidate["version"])
+    the candidate's outcome with the gate's decision (None when the model was not trained). A first
+    version (champion at once) is judged on the holdout all the same (`judge_first_version`)."""
+    if candidate is None:
+        return None
+    if candidate.get("decision") == "promoted":  # the first version: no gate, but its holdout numbers and page
+        gate = judge_first_version(model, candidate["version"], settings, holdout)
+    else:
+        gate = promote(model, settings, holdout=holdout, version=candidate["version"])
     return {**candidate, "decision": gate["decision"],
             "promotion": {k: gate.get(k) for k in ("reason", "champion", "champion_now", "challenger_metrics", "champion_metrics",
                                                     "drift", "champion_decay")}}
 
 
 def score_fresh(plan: dict, settings: Settings) -> dict:
-    """Score the fresh window with the current champion, back into the source or a file sink."""
-    if alias_version(use_store(settings), "log-anomaly", CHAMPION) is None:  # e.g. the first night's training was stopped
+    """Score the fresh window with the current champion, back into the source or a file sink; in the same pass, the
+    log-anomaly version that lost its gate or awaits it (`serving.shadow.shadow_candidate`), unless setting
+    `score.shadow` is off. The result's `shadow` (absent without one) holds its agreement with the champion.
+
+    Raises:
+        ConfigError: setting `score.shadow` is not fields, index or off.
+    """
+    client = use_store(settings)
+    if alias_version(client, "log-anomaly", CHAMPION) is None:  # e.g. the first night's training was stopped
         return {"scored": 0, "model": "log-anomaly@champion", "version": None, "sink": None, "skipped": "no log-anomaly champion yet"}
     night = NightPlan.from_dict(plan)
     start, end = night.fresh_window
-    return score_logs("log-anomaly@champion", night.source, night.scored_sink, settings, start=start, end=end)
+    candidate = shadow_candidate(client, "log-anomaly") if shadow_mode(settings) != OFF else None
+    shadow = f"{candidate.ref.name}/{candidate.ref.version}" if candidate is not None else None
+    return score_logs("log-anomaly@champion", night.source, night.scored_sink, settings, start=start, end=end, shadow_model=shadow)
 
 
 def publish_forecasts(plan: dict, settings: Settings) -> dict:
@@ -299,6 +313,10 @@ def write_summary(plan: dict, outcomes: dict, scoring: dict | None, forecasts: d
     outcomes = {name: o if o is not None else missing(name) for name, o in outcomes.items()}
     if scoring is None:
         scoring = {"skipped": f"scoring failed ({', '.join(failed_tasks) or 'no result'})"}
+    shadow = scoring.get("shadow")
+    if shadow and str((outcomes.get(shadow["model"]) or {}).get("version")) == str(shadow["version"]):
+        # tonight's candidate was shadow-scored: its record says how it agreed with the champion it lost to (or awaits)
+        outcomes[shadow["model"]] = {**outcomes[shadow["model"]], "shadow": {k: v for k, v in shadow.items() if k not in ("model", "version")}}
     summary = {"logical_date": plan["logical_date"], "models": outcomes, "scoring": scoring, "validation": validation,
                "forecasts": forecasts, "failed_tasks": failed_tasks}
     path = Path(plan["summary_file"])
@@ -426,12 +444,26 @@ def describe(summary: dict) -> str:
             r = s["rca"]
             lines.append(f"  root causes on {r['annotated']} docs of {r['jobs']} failed jobs with {r['model']} v{r['version']} "
                          f"({r['fallback']} from the knowledge base)")
+        if s.get("shadow"):
+            lines.append(f"  shadow: {shadow_line(s['shadow'])}")
     f = summary.get("forecasts")
     if f and f.get("skipped"):
         lines.append(f"  forecasts not pushed: {f['skipped']}")
     elif f:
         lines.append(f"  pushed {f['horizon']} forecasts of {f['series']} series with {f['model']} v{f['version']} -> {f['pushgateway']}")
     return "\n".join(lines)
+
+
+def shadow_line(shadow: dict) -> str:
+    """One line on the shadow-scored version (the `shadow` of a scoring result): its agreement with the champion."""
+    def num(value: float | None, digits: int = 3) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    where = shadow["sink"]["uri"] if shadow.get("sink") else "ml.shadow.* fields"
+    return (f"{shadow['model']} v{shadow['version']} ({shadow.get('decision') or 'pending'}) beside champion v{shadow['champion_version']} "
+            f"on {shadow['documents']} docs ({'the whole window' if shadow.get('covers') == 'pass' else 'this run only'}): "
+            f"agreement {num(shadow['agreement'])}, kappa {num(shadow['kappa'])}, mean |score diff| {num(shadow['mean_abs_score_diff'], 4)}, "
+            f"flips {shadow['flips_to_anomaly']} to anomaly / {shadow['flips_to_normal']} to normal -> {where}")
 
 
 def ensure_pool(settings: Settings, env: dict[str, str] | None = None) -> None:

@@ -211,7 +211,7 @@ def _validation_section(validation: dict) -> str:
 
 
 def _operations_section(summary: dict) -> str:
-    """Scoring, forecasts and failed tasks, one line each."""
+    """Scoring, forecasts and failed tasks, one line each; then the shadow's agreement with the champion."""
     lines = []
     s = summary.get("scoring") or {}
     if s.get("skipped"):
@@ -225,7 +225,24 @@ def _operations_section(summary: dict) -> str:
         lines.append(f"pushed {f.get('horizon')} forecasts of {fmt(f.get('series'))} series with {f.get('model')} v{f.get('version')}")
     if summary.get("failed_tasks"):
         lines.append(f"failed tasks: {', '.join(summary['failed_tasks'])}")
-    return "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in lines) + "</ul>" if lines else ""
+    return ("<ul>" + "".join(f"<li>{esc(line)}</li>" for line in lines) + "</ul>" if lines else "") + _shadow_block(s.get("shadow"))
+
+
+def _shadow_block(shadow: dict | None) -> str:
+    """The shadow-scored version's agreement with the champion on the fresh window (`serving.shadow`), as a table."""
+    if not shadow:
+        return ""
+    where = (shadow.get("sink") or {}).get("uri") or "ml.shadow.* fields"
+    covers = "the whole window" if shadow.get("covers") == "pass" else "the documents this run read (it resumed an earlier one)"
+    rows: list[list[Any]] = [["documents compared", shadow.get("documents")], ["is_anomaly agrees (share)", shadow.get("agreement")],
+            ["Cohen's kappa", shadow["kappa"] if shadow.get("kappa") is not None else "undefined (one class throughout)"], ["mean |score difference|", shadow.get("mean_abs_score_diff")],
+            ["flips normal -> anomaly", shadow.get("flips_to_anomaly")], ["flips anomaly -> normal", shadow.get("flips_to_normal")],
+            ["anomalies: champion / shadow", f"{fmt(shadow.get('champion_anomalies'))} / {fmt(shadow.get('shadow_anomalies'))}"]]
+    return (f"<div class='card shadow' id='shadow'><h3>Shadow: {esc(shadow.get('model'))} v{esc(shadow.get('version'))} "
+            f"{badge(shadow.get('decision') or 'pending')} beside champion v{esc(shadow.get('champion_version'))}</h3>"
+            f"<p class='small'>scored in the same pass over {esc(covers)} -> <span class='mono'>{esc(where)}</span>"
+            + (" · logged as shadow.* metrics on its run" if shadow.get("logged_to_run") else "") + "</p>"
+            + table(["measure", "value"], rows, numeric=(1,)) + "</div>")
 
 
 def render_night(night: dict) -> str:

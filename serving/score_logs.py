@@ -4,7 +4,8 @@ The model is loaded once. Documents stream through in windows of `score.sort_win
 window the texts are length-sorted into batches, so memory stays flat however large the input.
 Every document read is written, in the order read: one without text to score is written unchanged
 and counted (`unscored`, by reason). A file sink resumes an interrupted run of the same model
-version over unchanged source files (`resume_key`, `pipelines.sources.FileLogSink`).
+version over unchanged source files (`resume_key`, `pipelines.sources.FileLogSink`). A shadow version
+(`serving.shadow`) can be scored beside the model in the same pass, into `ml.shadow.*` or a sink of its own.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import numpy as np
 from pipelines.config import Settings
 from pipelines.data.records import batched, format_timestamp, get_field, message_text, set_field
 from pipelines.registry.store import load_model, use_store
-from pipelines.sources.logs import file_path, open_log_sink, open_log_source
+from pipelines.sources.logs import FileLogSink, file_path, open_log_sink, open_log_source
 from pipelines.telemetry import get_logger
 from serving.root_causes import load_annotator
+from serving.shadow import ShadowScorer, load_shadow, log_agreement
 
 log = get_logger("score")
 
@@ -42,15 +44,19 @@ def default_sink(source_uri: str) -> str:
     return f"file://{path.with_name(plain.stem + '.scored.ndjson').resolve()}"
 
 
-def resume_key(source, model: tuple[str, str], rca, settings: Settings, start: datetime | None, end: datetime | None) -> dict | None:
+def resume_key(source, model: tuple[str, str], rca, settings: Settings, start: datetime | None, end: datetime | None,
+               shadow: ShadowScorer | None = None) -> dict | None:
     """What a file sink's interrupted run must share with this one to be resumed: the source files unchanged
-    (size, mtime), the models, the window and the fields. None (never resume) for a source that cannot say
-    it is unchanged (Elasticsearch)."""
+    (size, mtime), the models (the shadow's version and mode too), the window and the fields. None (never
+    resume) for a source that cannot say it is unchanged (Elasticsearch)."""
     if not hasattr(source, "fingerprint"):
         return None
-    return {"source": source.uri, "files": source.fingerprint(), "format": settings.inputs.format, "model": list(model),
-            "rca": [rca.name, rca.version] if rca is not None else None,
-            "window": [format_timestamp(t) if t else None for t in (start, end)], "fields": dataclasses.asdict(settings.fields)}
+    key = {"source": source.uri, "files": source.fingerprint(), "format": settings.inputs.format, "model": list(model),
+           "rca": [rca.name, rca.version] if rca is not None else None,
+           "window": [format_timestamp(t) if t else None for t in (start, end)], "fields": dataclasses.asdict(settings.fields)}
+    if shadow is not None:
+        key["shadow"] = shadow.key
+    return key
 
 
 class TextCache:
@@ -81,67 +87,102 @@ class TextCache:
 
 
 def annotate(docs: Iterable[tuple[str, dict]], classifier, model_name: str, version: str, settings: Settings,
-             counts: dict[str, int], unscored: dict[str, int], rca=None) -> Iterator[tuple[str, dict]]:
+             counts: dict[str, int], unscored: dict[str, int], rca=None, shadow: ShadowScorer | None = None) -> Iterator[tuple[str, dict]]:
     """Score documents window by window and set DESIGN.md's `ml.anomaly.*` and `ml.model.*` fields
-    (and `ml.rca.*` through `rca`, a `serving.root_causes.RootCauseAnnotator`, in the same pass).
+    (and `ml.rca.*` through `rca`, a `serving.root_causes.RootCauseAnnotator`, in the same pass; and
+    `ml.shadow.*` through `shadow`, a `serving.shadow.ShadowScorer`, which in index mode sends them to its own
+    sink and takes them off the documents yielded).
 
-    Yields every document, in the order read. One whose message field holds no text (missing, a number,
-    an object) is yielded unchanged and counted in `unscored` by reason; an array of strings is scored
-    as its lines joined.
+    Yields every document, in the order read (in index mode, after a resume, less those the main sink already
+    holds). One whose message field holds no text (missing, a number, an object) is yielded unchanged and
+    counted in `unscored` by reason; an array of strings is scored as its lines joined.
     """
     fields = settings.fields
     cache = TextCache(settings.score.cache_texts)
-    for window in batched(docs, settings.score.sort_window):
-        counts["read"] += len(window)
-        scorable, texts = [], []
-        for where, doc in window:
-            try:
-                texts.append(message_text(get_field(doc, fields.message)))
-            except ValueError as exc:
-                reason = f"field '{fields.message}' {exc}"
-                unscored[reason] = unscored.get(reason, 0) + 1
-                continue
-            scorable.append((where, doc))
-        if scorable:
-            probs = cache.probabilities(classifier, texts, settings.score.batch_size)
-            threshold = float(classifier.thresholds[0])
-            scored_at = format_timestamp(datetime.now(timezone.utc).replace(microsecond=0))
-            for (where, doc), p in zip(scorable, probs[:, 0]):
-                set_field(doc, "ml.anomaly.score", round(float(p), 6))
-                set_field(doc, "ml.anomaly.is_anomaly", bool(p >= threshold))
-                set_field(doc, "ml.model.name", model_name)
-                set_field(doc, "ml.model.version", version)
-                set_field(doc, "ml.scored_at", scored_at)
-                counts["scored"] += 1
-            if rca is not None:
-                rca.annotate(scorable)
-        yield from window
+    try:
+        for window in batched(docs, settings.score.sort_window):
+            counts["read"] += len(window)
+            scorable, texts = [], []
+            for where, doc in window:
+                try:
+                    texts.append(message_text(get_field(doc, fields.message)))
+                except ValueError as exc:
+                    reason = f"field '{fields.message}' {exc}"
+                    unscored[reason] = unscored.get(reason, 0) + 1
+                    continue
+                scorable.append((where, doc))
+            if scorable:
+                probs = cache.probabilities(classifier, texts, settings.score.batch_size)
+                threshold = float(classifier.thresholds[0])
+                scored_at = format_timestamp(datetime.now(timezone.utc).replace(microsecond=0))
+                champion = []
+                for (where, doc), p in zip(scorable, probs[:, 0]):
+                    score, flag = round(float(p), 6), bool(p >= threshold)
+                    set_field(doc, "ml.anomaly.score", score)
+                    set_field(doc, "ml.anomaly.is_anomaly", flag)
+                    set_field(doc, "ml.model.name", model_name)
+                    set_field(doc, "ml.model.version", version)
+                    set_field(doc, "ml.scored_at", scored_at)
+                    champion.append((score, flag))
+                    counts["scored"] += 1
+                if shadow is not None:
+                    shadow.score(scorable, texts, champion)
+                if rca is not None:
+                    rca.annotate(scorable)
+            yield from (shadow.route(window) if shadow is not None else window)
+        if shadow is not None:
+            shadow.finish()  # its sink completes before the main one can
+    except BaseException:  # an error, or the sink closing this generator: the shadow's sink keeps what it has
+        if shadow is not None:
+            shadow.abort()
+        raise
 
 
 def score_logs(model_ref: str, source_uri: str, sink_uri: str | None, settings: Settings,
-               start: datetime | None = None, end: datetime | None = None, rca_model: str | None = None) -> dict:
+               start: datetime | None = None, end: datetime | None = None, rca_model: str | None = None,
+               shadow_model: str | None = None) -> dict:
     """Score every document of the source (optionally only [start, end)) and write it to the sink.
 
     `rca_model`: the root-cause model for `ml.rca.*` (default: the failure-rca champion when there is one; "none": off).
+    `shadow_model`: a second log-anomaly version scored beside the model in the same pass (`serving.shadow`: into
+    `ml.shadow.*`, or a sink of its own, as setting `score.shadow` says); None or "none": no shadow. The result's
+    `shadow` holds its agreement with the model, also logged as `shadow.*` metrics on the shadow version's run.
+
+    Raises:
+        RegistryError: a model reference is not registered.
+        ConfigError: a setting (`score.shadow`, `score.shadow_sink`, a sink) cannot be used.
     """
     client = use_store(settings)
     ref, model = load_model(client, model_ref)
     classifier = model.unwrap_python_model()
     rca = load_annotator(client, rca_model, settings)
+    shadow = load_shadow(client, shadow_model, ref, settings, TextCache(settings.score.cache_texts))
     source = open_log_source(source_uri, settings)
-    sink = open_log_sink(sink_uri or default_sink(source_uri), settings)
+    sink_uri = sink_uri or default_sink(source_uri)
+    sink = open_log_sink(sink_uri, settings)
+    if shadow is not None:
+        shadow.open_sink(sink_uri, sink, source, settings)
     counts = {"read": 0, "scored": 0}
     skipped: dict[str, int] = {}  # not read: already scored (Elasticsearch)
     unscored: dict[str, int] = {}  # read and written unchanged: no text to score
     started = time.perf_counter()
-    # Elasticsearch reads only the documents this version has not scored yet, resuming from the last checkpoint.
-    marker = {"ml.model.name": ref.name, "ml.model.version": ref.version}
+    # Elasticsearch reads only the documents this version (and shadow, in fields mode) has not scored yet, resuming
+    # from the last checkpoint.
+    marker = {"ml.model.name": ref.name, "ml.model.version": ref.version, **(shadow.marker if shadow is not None else {})}
     # A file sink resumes after the documents an interrupted run of this same pass already wrote.
-    done = sink.resume(resume_key(source, (ref.name, ref.version), rca, settings, start, end)) if hasattr(sink, "resume") else 0
+    key = resume_key(source, (ref.name, ref.version), rca, settings, start, end, shadow)
+    done = sink.resume(key) if hasattr(sink, "resume") else 0
+    if shadow is not None:  # index mode: its own sink may hold fewer (or more) than the main one
+        done = shadow.resume(done, key, sink.partial if isinstance(sink, FileLogSink) else None)
     docs = source.iter_unscored(marker, sink, start, end, skipped) if hasattr(source, "iter_unscored") else source.iter_docs(start, end)
     with closing(docs):  # a failed run still releases what the source holds (an Elasticsearch point-in-time)
         todo = islice(docs, done, None) if done else docs
-        written = sink.write(annotate(todo, classifier, ref.name, ref.version, settings, counts, unscored, rca))
+        try:
+            written = sink.write(annotate(todo, classifier, ref.name, ref.version, settings, counts, unscored, rca, shadow))
+        except BaseException:
+            if shadow is not None:
+                shadow.abort()  # when the sink failed before reading a document; otherwise done already
+            raise
     seconds = time.perf_counter() - started
     out = {"model": ref.name, "version": ref.version, "source": source.uri, "sink": sink.uri, **counts, **written,
            "unscored": sum(unscored.values()), "unscored_reasons": unscored,
@@ -149,5 +190,8 @@ def score_logs(model_ref: str, source_uri: str, sink_uri: str | None, settings: 
            "docs_per_s": counts["scored"] / seconds if seconds else 0.0}
     if rca is not None:
         out["rca"] = {"model": rca.name, "version": rca.version, **rca.counts}
+    if shadow is not None:
+        out["shadow"] = shadow.report(out)
+        out["shadow"]["logged_to_run"] = shadow.run_id if log_agreement(client, out["shadow"], shadow.run_id, start) else None
     log.info("scored", extra=out)
     return out

@@ -1,5 +1,6 @@
-"""Moving aliases safely: the promotion lock, the compare-and-set that moves `champion`, and
-`mark_challenger`, which every training run calls on its new version.
+"""Moving aliases safely: the promotion lock, the compare-and-set that moves `champion`,
+`mark_challenger`, which every training run calls on its new version, and `retire_challenger`, which the
+gate calls once it has decided (`challenger` means "waiting for the gate").
 
 The lock is a file lock beside a local SQLite store, and for a remote tracking server a registered
 model created as a mutex with an owner token (the registry refuses a second one with the same name,
@@ -16,11 +17,12 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from pipelines.config import ConfigError, PromotionSettings
 from pipelines.errors import PromotionError
 from pipelines.registry.store import CHALLENGER, CHAMPION, PREVIOUS, ModelRef, alias_version, set_version_tags
+from pipelines.registry.version_page import write_version_page
 from pipelines.telemetry import get_logger
 
 log = get_logger("promotion")
@@ -223,17 +225,49 @@ def compare_and_set_champion(client, name: str, expected: str | None, new: str, 
         return True, new
 
 
-def mark_challenger(client, ref: ModelRef) -> str:
-    """Alias the new version `challenger`; make it `champion` only when there is none yet.
+FIRST_VERSION = "first version: no champion yet"  # `promotion.reason` of a version that became champion unopposed
 
-    The full gate (drift, fresh-holdout comparison) lives in `pipelines.registry.gate`.
+
+def retire_challenger(client, ref: ModelRef) -> bool:
+    """Remove the alias `challenger` when it points at `ref` (the gate has decided on it); True when removed.
+
+    Call it under `promotion_lock`: `mark_challenger` moves the alias under the same lock, so a newer
+    candidate's alias is never the one removed.
     """
-    client.set_registered_model_alias(ref.name, CHALLENGER, ref.version)
-    first = {"promotion.decision": "promoted", "promotion.reason": "first version: no champion yet"}
+    if alias_version(client, ref.name, CHALLENGER) != ref.version:
+        return False
+    client.delete_registered_model_alias(ref.name, CHALLENGER)
+    return True
+
+
+def mark_challenger(client, ref: ModelRef) -> str:
+    """Make the new version `champion` when there is none yet, else alias it `challenger` ("waiting for the gate").
+
+    A first version is champion at once (compare-and-set: of two first versions registered at once only one wins;
+    the other waits as `challenger`) and never carries `challenger`. The version is tagged `promotion.decision`
+    (`promoted` or `pending`) and `promotion.reason`, and its page describes it
+    (`pipelines.registry.version_page`). The full gate (drift, fresh-holdout comparison) lives in
+    `pipelines.registry.gate`; it also judges a first version on the holdout (`judge_first_version`).
+    Returns "promoted" or "pending".
+
+    Raises:
+        PromotionError: the promotion lock could not be had in time (`LockLost`: its lease ran out).
+        StoreUnreachable: the registry did not answer.
+    """
+    first = {"promotion.decision": "promoted", "promotion.reason": FIRST_VERSION}
+    record: dict[str, Any] = {"model": ref.name, "challenger": ref.version, "champion": None}
     # Compare-and-set: of two first versions registered at once, only one becomes champion.
     if alias_version(client, ref.name, CHAMPION) is None and compare_and_set_champion(
             client, ref.name, None, ref.version, on_commit=lambda: set_version_tags(client, ref, first))[0]:
         log.info("first champion", extra={"model": ref.name, "version": ref.version})
+        write_version_page(client, ref, {**record, "decision": "promoted", "champion_now": ref.version,
+                                         "reasons": [FIRST_VERSION, "the gate judges it on the night's fresh holdout, for the record"]})
         return "promoted"
-    set_version_tags(client, ref, {"promotion.decision": "pending", "promotion.reason": "awaiting the promotion gate"})
+    with promotion_lock(client, ref.name) as held:  # the gate removes `challenger` under this lock (`retire_challenger`)
+        held.check()
+        client.set_registered_model_alias(ref.name, CHALLENGER, ref.version)
+        set_version_tags(client, ref, {"promotion.decision": "pending", "promotion.reason": "awaiting the promotion gate"})
+    write_version_page(client, ref, {**record, "decision": "pending", "champion": alias_version(client, ref.name, CHAMPION),
+                                     "reasons": ["awaiting the promotion gate: it judges this version against the champion on the "
+                                                 "night's fresh holdout"]})
     return "pending"

@@ -7,8 +7,11 @@ trained on. The challenger becomes champion only when it beats the champion's pr
 or its own in `promotion.guard_tolerances`), its data
 validation passed, and its training data did not drift severely together with a label shift
 (which points at a labelling fault rather than a changed world). The decision and its reasons go
-into the version's tags and its run (`promotion/decision.json`); the replaced champion keeps the
-alias `previous`, so `rollback` can restore it.
+into the version's tags, its run (`promotion/decision.json`, `holdout_*` metrics, the holdout as a
+dataset input) and its page (the version's description: `pipelines.registry.version_page`); once
+the gate has decided, the version loses the alias `challenger` ("waiting for the gate"). The replaced
+champion keeps the alias `previous`, so `rollback` can restore it. A first version becomes champion
+unopposed, and is judged on the fresh holdout all the same (`judge_first_version`).
 
 Moving `champion` is a compare-and-set: under a lock, the current champion is re-read and the
 alias moves only when it is still the version the challenger was judged against. The lock is a
@@ -33,19 +36,22 @@ from typing import Any, Callable
 from pipelines.config import ConfigError, PromotionSettings, Settings
 from pipelines.data.drift import check_drift
 from pipelines.data.snapshots import Snapshot, load_snapshot, parse_window_tag, window_tag
-from pipelines.errors import PromotionError
-from pipelines.registry.aliases import compare_and_set_champion, promotion_lock
+from pipelines.errors import NightshiftError, PromotionError
+from pipelines.registry.aliases import FIRST_VERSION, compare_and_set_champion, promotion_lock, retire_challenger
 from pipelines.registry.store import (
     ABANDONED,
     CHALLENGER,
     CHAMPION,
     PREVIOUS,
     ModelRef,
+    RegistryError,
     alias_version,
+    log_snapshot_input,
     resolve,
     set_version_tags,
     use_store,
 )
+from pipelines.registry.version_page import write_version_page
 from pipelines.tasks import evaluate, task
 from pipelines.tasks.spec import TaskSpec, finite
 from pipelines.telemetry import get_logger
@@ -186,13 +192,16 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _log_record(client, ref: ModelRef, record: dict, metrics: dict[str, float]) -> None:
-    """The decision as `promotion/decision.json`, run tags and holdout metrics on the version's run."""
+def _log_record(client, ref: ModelRef, record: dict, metrics: dict[str, float], holdout: Snapshot | None = None) -> None:
+    """The decision as `promotion/decision.json`, run tags, holdout metrics and the holdout as a dataset input
+    (context `holdout`) on the version's run."""
     from mlflow.entities import Metric
 
     run_id = client.get_model_version(ref.name, ref.version).run_id
     if not run_id:
         return
+    if holdout is not None:
+        log_snapshot_input(client, run_id, holdout, "holdout")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "decision.json").write_text(json.dumps(record, indent=2, default=str))
         client.log_artifacts(run_id, tmp, "promotion")
@@ -214,7 +223,17 @@ def _drift_for(client, challenger: ModelRef, champion: ModelRef, settings: Setti
 def promote(name: str, settings: Settings, holdout: str | Path | None = None, version: str | None = None,
             before_commit: Callable[[], None] | None = None) -> dict:
     """Run the gate for `name`'s challenger (or `version`) against its champion; move `champion`
-    by compare-and-set when it passes. Returns the decision record (also in tags and on the run)."""
+    by compare-and-set when it passes. Returns the decision record (also in tags, on the run and on the
+    version page): `decision` promoted|rejected|stale|kept, `reasons` (one line each), `contenders`
+    ({challenger, champion, baselines: {metric: value}} on the holdout), `champion_now`. With no champion
+    yet the version becomes champion unopposed and is judged on the holdout for the record
+    (`judge_first_version`). The version loses `challenger` once promoted or rejected.
+
+    Raises:
+        ConfigError: a `promotion.*` setting is out of range. RegistryError: no challenger (or `version`).
+        PromotionError: the holdout overlaps a training window or none is found, or the lock is not had in time.
+        TrainingDataError: the holdout cannot judge the versions (no labelled line, no whole window).
+    """
     cfg = settings.promotion
     for setting in ("margin", "guard_tolerance", "decay_tolerance"):
         if getattr(cfg, setting) < 0:
@@ -222,6 +241,9 @@ def promote(name: str, settings: Settings, holdout: str | Path | None = None, ve
     guard_tolerances(cfg)  # a malformed setting fails before any evaluation runs
     client = use_store(settings)
     spec = task(name)
+    if version is None and alias_version(client, name, CHALLENGER) is None:
+        raise RegistryError(f"model {name!r}: no version waits for the gate (alias '{CHALLENGER}' is set on a new candidate and "
+                            "removed once the gate decides); pass --version N to judge a version again")
     challenger = resolve(client, f"{name}/{version}" if version else f"{name}@{CHALLENGER}")
     champion_version = alias_version(client, name, CHAMPION)
     user, at = current_user(), _now()
@@ -230,37 +252,42 @@ def promote(name: str, settings: Settings, holdout: str | Path | None = None, ve
     if champion_version is None:
         moved, now = compare_and_set_champion(
             client, name, None, challenger.version, timeout=cfg.lock_timeout, lease=cfg.lock_lease,
-            on_commit=lambda: set_version_tags(client, challenger, {"promotion.decision": PROMOTED, "promotion.reason": "first version: no champion yet"}))
+            on_commit=lambda: set_version_tags(client, challenger, {"promotion.decision": PROMOTED, "promotion.reason": FIRST_VERSION}))
         if moved:
-            return {**base, "decision": PROMOTED, "reason": "first version: no champion yet", "champion_now": now}
+            return _judge_first(client, spec, challenger, settings, holdout, base)
         assert now is not None  # not moved: the champion is no longer None
         champion_version = base["champion"] = now  # another first version won the race
     if champion_version == challenger.version:
+        _retire(client, challenger, cfg)
         return {**base, "decision": KEPT, "reason": f"v{challenger.version} already is the champion", "champion_now": champion_version}
 
     champion = ModelRef(name, champion_version)
     tags = client.get_model_version(name, challenger.version).tags
     if tags.get("promotion.decision") == ABANDONED:  # its training task died before deciding; a retry registered another
         reason = f"v{challenger.version} was abandoned: {tags.get('promotion.reason', 'its training task died')}"
+        _retire(client, challenger, cfg)
         return {**base, "decision": REJECTED, "reason": reason, "reasons": [reason], "champion_now": champion_version}
     if "rollback.at" in tags:  # refused without touching its tags: they keep saying who rolled it back and why
         reason = (f"v{challenger.version} was rolled back at {tags['rollback.at']} by {tags.get('rollback.by')}: "
                   f"{tags.get('rollback.reason')}; train a new candidate")
+        _retire(client, challenger, cfg)
         return {**base, "decision": REJECTED, "reason": reason, "reasons": [reason], "champion_now": champion_version}
 
     snapshot = choose_holdout(client, spec, [challenger, champion], settings, holdout)
     drift = _drift_for(client, challenger, champion, settings)
     validation = tags.get("validation.status", "not_run")
-    challenger_metrics = holdout_metrics(f"{name}/{challenger.version}", snapshot.path, settings)
+    # With no baseline test of its own, the task's evaluation baselines still go into the record's table.
+    judged = evaluate(f"{name}/{challenger.version}", snapshot.path, settings, baseline=spec.baseline_test is None)
+    challenger_metrics, baselines = finite(judged.metrics), {b: finite(m) for b, m in judged.baselines.items()}
     champion_metrics = holdout_metrics(f"{name}/{champion.version}", snapshot.path, settings)
     decay = champion_decay(client, champion, champion_metrics, spec, cfg)
     ok, reasons = decide(spec, challenger_metrics, champion_metrics, validation, drift, cfg)
     versus: dict[str, Any] = (spec.baseline_test(client, challenger, snapshot.path, settings, challenger_metrics, spec.primary) if spec.baseline_test
-              else {"ok": True, "reason": f"no baseline test for {name}", "contenders": {"challenger": challenger_metrics}})
+              else {"ok": True, "reason": f"no baseline test for {name}", "contenders": {"challenger": challenger_metrics, **baselines}})
     ok &= versus["ok"]
     reasons.append(versus["reason"])
-    record = {**base, "primary": spec.primary, "guards": list(spec.guards),
-              "holdout": {"snapshot": str(snapshot.path), "content_hash": snapshot.content_hash, "window": window_tag(snapshot.window)},
+    record = {**base, "primary": spec.primary, "guards": list(spec.guards), "lower_is_better": sorted(spec.lower_is_better),
+              "holdout": _holdout_entry(snapshot),
               "challenger_metrics": challenger_metrics, "champion_metrics": champion_metrics,
               "contenders": {**versus["contenders"], "champion": champion_metrics},
               "validation": validation, "drift": drift, "champion_decay": decay,
@@ -272,10 +299,10 @@ def promote(name: str, settings: Settings, holdout: str | Path | None = None, ve
     if ok:
         if before_commit:
             before_commit()
-        record.update(decision=PROMOTED, reasons=reasons, reason="; ".join(reasons))
+        record.update(decision=PROMOTED, reasons=reasons, reason="; ".join(reasons), champion_now=challenger.version)
         moved, now = compare_and_set_champion(
             client, name, champion_version, challenger.version, timeout=cfg.lock_timeout, lease=cfg.lock_lease,
-            on_commit=lambda: _record(client, challenger, record, challenger_metrics, champion_metrics))
+            on_commit=lambda: _record(client, challenger, record, snapshot))
         if not moved:
             decision = STALE
             reasons.append(f"compare-and-set lost: champion moved from v{champion_version} to v{now} while the gate ran; "
@@ -290,13 +317,39 @@ def promote(name: str, settings: Settings, holdout: str | Path | None = None, ve
                 record.update(decision=KEPT, reason=f"v{challenger.version} was promoted by another gate while this one ran; its record stands")
             else:
                 held.check()
-                _record(client, challenger, record, challenger_metrics, champion_metrics)
+                record["champion_now"] = now
+                _record(client, challenger, record, snapshot)
     log.info("gate decided", extra={"model": name, "challenger": challenger.version, "champion": champion_version,
                                     "decision": decision, "champion_now": now})
     return {**record, "champion_now": now}
 
 
-def _record(client, ref: ModelRef, record: dict, challenger_metrics: dict, champion_metrics: dict) -> None:
+def _holdout_entry(snapshot: Snapshot) -> dict[str, str]:
+    return {"snapshot": str(snapshot.path), "content_hash": snapshot.content_hash, "window": window_tag(snapshot.window)}
+
+
+def holdout_run_metrics(record: dict) -> dict[str, float]:
+    """The record's holdout numbers as run metrics: the version's `holdout_<metric>`, the champion's
+    `holdout_champion_<metric>`, each baseline's `holdout_baseline_<name>_<metric>` (finite values only)."""
+    out = {f"holdout_{k}": v for k, v in finite(record.get("challenger_metrics") or {}).items()}
+    out.update({f"holdout_champion_{k}": v for k, v in finite(record.get("champion_metrics") or {}).items()})
+    for name, metrics in (record.get("contenders") or {}).items():
+        if name not in ("challenger", "champion"):
+            out.update({f"holdout_baseline_{name}_{k}": v for k, v in finite(metrics).items()})
+    return out
+
+
+def _retire(client, ref: ModelRef, cfg: PromotionSettings) -> None:
+    """The gate decided on `ref`: `challenger` no longer points at it (under the lock, `retire_challenger`)."""
+    with promotion_lock(client, ref.name, cfg.lock_timeout, cfg.lock_lease) as held:
+        held.check()
+        retire_challenger(client, ref)
+
+
+def _record(client, ref: ModelRef, record: dict, holdout: Snapshot | None) -> None:
+    """Under the promotion lock: the decision's tags on the version; `challenger` removed from it once decided
+    (promoted or rejected; a stale version waits for the gate again); the record, holdout metrics and holdout input
+    on its run (`_log_record`); and its page (`write_version_page`)."""
     tags = {"promotion.decision": record["decision"], "promotion.reason": record["reason"][:4000],
             "promotion.by": record["by"], "promotion.at": record["at"]}
     if record.get("champion"):
@@ -306,8 +359,69 @@ def _record(client, ref: ModelRef, record: dict, challenger_metrics: dict, champ
     if record.get("holdout"):
         tags["promotion.holdout_hash"] = record["holdout"]["content_hash"]
     set_version_tags(client, ref, tags)
-    _log_record(client, ref, record, {**{f"holdout_{k}": v for k, v in challenger_metrics.items()},
-                                      **{f"holdout_champion_{k}": v for k, v in champion_metrics.items()}})
+    if record["decision"] in (PROMOTED, REJECTED):
+        retire_challenger(client, ref)
+    _log_record(client, ref, record, holdout_run_metrics(record), holdout)
+    write_version_page(client, ref, record)
+
+
+def judge_first_version(name: str, version: str, settings: Settings, holdout: str | Path | None = None) -> dict:
+    """Judge version `version` of `name`, made champion unopposed as the first version (`mark_challenger`), on the
+    fresh holdout all the same, so that its run and page say how it does on data it never saw.
+
+    The holdout is `holdout` or the newest one after its training window (`choose_holdout`). Its metrics and its
+    baselines' (the task's `evaluate`) go on its run (`holdout_*`, `holdout_baseline_*`, the holdout as a dataset
+    input, `promotion/decision.json`), the tags `promotion.by`, `.at` and `.holdout_hash` on the version, and the
+    version page is written. A holdout that cannot judge it (none found, overlapping its training window, no
+    labelled line) is said in the record and on the page; the promotion stands either way.
+    Returns the decision record (decision `promoted`; `champion_now`: the champion now).
+
+    Raises:
+        RegistryError: `name`/`version` is not registered. StoreUnreachable: the registry did not answer.
+    """
+    client = use_store(settings)
+    ref = resolve(client, f"{name}/{version}")
+    base = {"model": name, "challenger": ref.version, "champion": None, "by": current_user(), "at": _now()}
+    return _judge_first(client, task(name), ref, settings, holdout, base)
+
+
+def _judge_first(client, spec: TaskSpec, ref: ModelRef, settings: Settings, holdout: str | Path | None, base: dict) -> dict:
+    cfg = settings.promotion
+    tags = client.get_model_version(ref.name, ref.version).tags
+    record: dict[str, Any] = {**base, "decision": PROMOTED, "reason": FIRST_VERSION, "primary": spec.primary, "guards": list(spec.guards),
+                              "lower_is_better": sorted(spec.lower_is_better), "holdout": None, "challenger_metrics": {},
+                              "champion_metrics": {}, "contenders": {}, "validation": tags.get("validation.status", "not_run"),
+                              "drift": {"status": "not_run", "reason": "no champion to compare with"}}
+    reasons = [FIRST_VERSION]
+    snapshot = None
+    try:
+        snapshot = choose_holdout(client, spec, [ref], settings, holdout)
+        report = evaluate(f"{ref.name}/{ref.version}", snapshot.path, settings)
+    except NightshiftError as exc:  # the promotion stands; the page says why there are no holdout numbers
+        reasons.append(f"not judged on a fresh holdout: {exc}")
+        log.warning("first version not judged on a holdout", extra={"model": ref.name, "version": ref.version, "reason": str(exc)})
+        snapshot = None
+    else:
+        metrics = finite(report.metrics)
+        baselines = {b: finite(m) for b, m in report.baselines.items()}
+        record.update(holdout=_holdout_entry(snapshot), challenger_metrics=metrics, contenders={"challenger": metrics, **baselines})
+        reasons.append(f"judged on the fresh holdout for the record ({report.examples} {report.unit}): a first version faces no gate")
+        mine = metrics.get(spec.primary, math.nan)
+        for b, values in sorted(baselines.items()):
+            theirs = values.get(spec.primary, math.nan)
+            if math.isfinite(mine) and math.isfinite(theirs):
+                verdict = "ahead of" if spec.gain(spec.primary, mine, theirs) >= 0 else "behind"
+                reasons.append(f"{spec.primary} {mine:.4f} vs baseline {b} {theirs:.4f}: {verdict} it")
+        if report.note:
+            reasons.append(report.note)
+    record["reasons"] = reasons
+    with promotion_lock(client, ref.name, cfg.lock_timeout, cfg.lock_lease) as held:
+        now = alias_version(client, ref.name, CHAMPION)
+        held.check()
+        record["champion_now"] = now
+        _record(client, ref, record, snapshot)
+    log.info("first version judged", extra={"model": ref.name, "version": ref.version, "holdout": (record["holdout"] or {}).get("snapshot")})
+    return record
 
 
 def _record_decay(client, champion: ModelRef, fresh: dict[str, float], decay: dict, holdout: Snapshot) -> None:

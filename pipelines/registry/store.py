@@ -1,7 +1,8 @@
 """The MLflow registry: where the store is, how a model reference resolves, and the aliases.
 
 The registered models are the tasks of `pipelines.tasks.TASKS`; the alias `champion` is what serving
-uses and `challenger` the latest candidate that passed validation.
+uses, `challenger` the latest candidate waiting for the gate (removed once the gate decides; the version's
+`promotion.*` tags say what happened), and `previous` the champion it replaced.
 
 `prepare_store` sets the store and the experiment up once, before a night fans out into parallel
 tasks; `use_store` is idempotent and safe to call from many processes at once anyway (a SQLite
@@ -12,16 +13,20 @@ that loses the race reads the winner's experiment).
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from pipelines.config import Settings
 from pipelines.errors import NightshiftError
 from pipelines.telemetry import get_logger
+
+if TYPE_CHECKING:
+    from pipelines.data.snapshots import Snapshot
 
 log = get_logger("registry")
 
@@ -187,3 +192,32 @@ def training_snapshot(client, ref: ModelRef) -> Path | None:
     run_id = client.get_model_version(ref.name, ref.version).run_id
     path = client.get_run(run_id).data.tags.get("data.snapshot") if run_id else None
     return Path(path) if path and Path(path).is_dir() else None
+
+
+DIGEST_CHARS = 36  # MLflow keeps a dataset's digest in 36 characters (the SQL store's column)
+
+
+def snapshot_input(snapshot: Snapshot, context: str):
+    """A snapshot as an MLflow dataset input (a run's Datasets panel), built without reading its data.
+
+    Name `DATASET/FOLDER` (`logs/2026-11-22`); digest the first 36 hex digits of its content hash (all MLflow
+    keeps; the whole `sha256:…` hash is the input's tag `content_hash`); source its folder (a local dataset
+    source); profile its row count; `context` (`training`, `holdout`) as MLflow's `mlflow.data.context` tag.
+    Returns an `mlflow.entities.DatasetInput` for `MlflowClient.log_inputs`.
+    """
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    digest = snapshot.content_hash.partition(":")[2] or snapshot.content_hash
+    name = f"{snapshot.manifest.get('dataset') or 'snapshot'}/{snapshot.path.name}"
+    # What `mlflow.data.meta_dataset.MetaDataset` on a local source logs (source type `local`, source {"uri": ...}),
+    # plus a profile: a dataset known by its metadata only.
+    entity = Dataset(name, digest[:DIGEST_CHARS], "local", json.dumps({"uri": str(snapshot.path)}),
+                     profile=json.dumps({"num_rows": snapshot.manifest.get("row_count")}))
+    return DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, context), InputTag("content_hash", snapshot.content_hash)])
+
+
+def log_snapshot_input(client, run_id: str, snapshot: Snapshot, context: str) -> None:
+    """Log `snapshot` as a dataset input of the run `run_id` (`snapshot_input`); the run may have ended (the gate
+    logs the holdout on the candidate's training run)."""
+    client.log_inputs(run_id, datasets=[snapshot_input(snapshot, context)])

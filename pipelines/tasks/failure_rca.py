@@ -33,8 +33,16 @@ from pipelines.registry.store import ModelRef, training_snapshot
 from pipelines.tasks.spec import EvaluationReport, TaskSpec, TrainingOutcome
 from pipelines.telemetry import get_logger
 from pipelines.training.classification import ThresholdTuner, tune_threshold
-from pipelines.training.fine_tune import classifier_candidate, classifier_params, classifier_requirements, compact_training_set, fine_tune
+from pipelines.training.fine_tune import (
+    FitResult,
+    classifier_candidate,
+    classifier_params,
+    classifier_requirements,
+    compact_training_set,
+    fine_tune,
+)
 from pipelines.training.loop import OnEpoch, split_by_time
+from pipelines.training.plots import Scored, TrainingReport, classifier_report, log_report
 from pipelines.training.register import register_candidate
 
 log = get_logger("rca")
@@ -173,8 +181,19 @@ def training_split(jobs: pd.DataFrame, settings: Settings, where: str) -> tuple[
     return train, val
 
 
+def rca_report(result: FitResult, y_val: np.ndarray, labels: Sequence[str], baseline: Scored, facts: dict) -> TrainingReport:
+    """The training report of a failure-rca run (`pipelines.training.plots.classifier_report`) on its validation jobs
+    (`y_val` (N, K) of `labels`): the fine-tuned BERT (`result`, with its kept epoch's probabilities) against the
+    TF-IDF one-vs-rest `baseline`, micro-averaged precision-recall, the label decisions at the per-label thresholds
+    (micro-averaged counts and per label) and the epochs. `facts` head the page."""
+    return classifier_report(TASK, y_val, labels, "bert", {"bert": Scored(result.best_metrics, result.val_probs), "tfidf (baseline)": baseline},
+                             result.thresholds, SUMMARY_METRICS, facts, history=result.history, best_epoch=result.best_epoch,
+                             curve_metrics=("micro_f1", "macro_f1"))
+
+
 def train_failure_rca(snapshot_dir: str | Path, settings: Settings, base_model: str | None = None) -> TrainingOutcome:
-    """Fine-tune, log and register a `failure-rca` candidate from a log snapshot; return the outcome."""
+    """Fine-tune, log and register a `failure-rca` candidate from a log snapshot; return the outcome. The run carries
+    the per-epoch curves (`pipelines.training.loop.log_epoch_metrics`) and the training report (`rca_report`)."""
     import mlflow
 
     from nightshift_models.bert import resolve_checkpoint
@@ -189,7 +208,7 @@ def train_failure_rca(snapshot_dir: str | Path, settings: Settings, base_model: 
     texts, y = compact_training_set(train["model_text"].tolist(), y_train, params.max_train_examples, params.seed)
     val_texts = val["model_text"].tolist()
     checkpoint = resolve_checkpoint(base_model or params.base_model)
-    _, _, baseline_metrics = fit_baseline(texts, y, val_texts, y_val, labels, params.seed)
+    baseline_model, _, baseline_metrics = fit_baseline(texts, y, val_texts, y_val, labels, params.seed)
 
     def fit(on_epoch: OnEpoch):
         mlflow.log_dict(label_space.to_json(), "rca/label_space.json")
@@ -200,6 +219,9 @@ def train_failure_rca(snapshot_dir: str | Path, settings: Settings, base_model: 
             result = fine_tune(texts, y, val_texts, y_val, checkpoint=probed, params=params, tune=label_threshold_tuner(labels),
                                on_epoch=on_epoch)
         result.seconds = time.perf_counter() - started
+        facts = {"validation jobs": len(val), "labelled validation jobs": int(y_val.any(axis=1).sum()), "labels": len(labels),
+                 "training examples": len(texts), "kept epoch": result.best_epoch}
+        log_report(TASK, lambda: rca_report(result, y_val, labels, Scored(baseline_metrics, baseline_proba(baseline_model, val_texts)), facts))
         return classifier_candidate(
             result, checkpoint=checkpoint, params=params, snapshot=snapshot,
             meta={"task": TASK, "outputs": labels, "label_space": label_space.to_json(), "knowledge_base": knowledge_base.to_json(),

@@ -27,6 +27,7 @@ from pipelines.tasks.spec import EvaluationReport, TaskSpec, TrainingOutcome
 from pipelines.telemetry import get_logger
 from pipelines.training.classification import binary_report, tune_threshold
 from pipelines.training.fine_tune import (
+    OUTCOME_FAMILY_METRICS,
     FitResult,
     classifier_candidate,
     classifier_params,
@@ -35,6 +36,7 @@ from pipelines.training.fine_tune import (
     fine_tune,
 )
 from pipelines.training.loop import EPOCH_LOSSES, OnEpoch, ignore_epoch, split_by_time
+from pipelines.training.plots import Scored, TrainingReport, classifier_report, log_report
 from pipelines.training.register import register_candidate
 
 log = get_logger("train")
@@ -168,7 +170,8 @@ def fit_families(data: Prepared, families: Sequence[str], checkpoint: str, setti
 
     tfidf: `nightshift_models.baselines.tfidf_logreg`; embedding: `nightshift_models.baselines.EmbeddingLogReg` on the frozen
     `checkpoint`; bert: `fine_tune` of `checkpoint` (per-epoch metrics through `on_epoch`).
-    Returns {family: FitResult} with thresholds and metrics tuned on validation by `tune_anomaly_threshold`.
+    Returns {family: FitResult} with thresholds and metrics tuned on validation by `tune_anomaly_threshold`, and the
+    validation probabilities (`val_probs`, (N, 1)) they come from.
     """
     from nightshift_models.bert import load_encoder, pick_device
 
@@ -192,7 +195,8 @@ def fit_families(data: Prepared, families: Sequence[str], checkpoint: str, setti
                                         device=device, batch_size=params.batch_size * 2)
             probs = model.predict_proba(val_texts, params.batch_size * 2)[:, 1:2]
         thresholds, metrics = tune_anomaly_threshold(data.y_val, probs)
-        out[family] = FitResult(model, tokenizer, thresholds, [metrics], 0, metrics, device, time.perf_counter() - started, family=family)
+        out[family] = FitResult(model, tokenizer, thresholds, [metrics], 0, metrics, device, time.perf_counter() - started, family=family,
+                                val_probs=probs)
         log.info("family fitted", extra={"family": family, "seconds": round(out[family].seconds, 1),
                                           **{k: round(v, 4) for k, v in metrics.items() if k in ("f1", "pr_auc")}})
     return out
@@ -215,6 +219,24 @@ def choose_family(fits: dict[str, FitResult], tie: float = 1e-9) -> FitResult:
     return result
 
 
+def anomaly_report(data: Prepared, fits: dict[str, FitResult], result: FitResult, baseline: dict[str, float] | None) -> TrainingReport:
+    """The training report of a log-anomaly run (`pipelines.training.plots.classifier_report`) on the validation
+    split the family was chosen on: every fitted family compared and its precision-recall curve (`fits`, as
+    `fit_families` returns them), the TF-IDF baseline's metrics when it was not among them (`baseline`), the
+    served family's (`result`, `choose_family`'s) confusion matrix at its threshold, and the BERT's epochs."""
+    scored = {name: Scored(fit.best_metrics, fit.val_probs) for name, fit in fits.items()}
+    if baseline is not None:
+        scored["tfidf (baseline)"] = Scored(baseline)
+    bert = fits.get("bert")
+    facts = {"served family": f"{result.family} (the best validation F1; a tie goes to the cheaper family)",
+             "threshold": result.thresholds[0], "validation rows": len(data.val),
+             "anomalous validation rows": int(data.y_val.sum()), "training examples": len(data.texts),
+             "families fitted": ", ".join(fits)}
+    return classifier_report("log-anomaly", data.y_val, ["anomaly"], result.family, scored, result.thresholds, OUTCOME_FAMILY_METRICS,
+                             facts, history=bert.history if bert else (), best_epoch=bert.best_epoch if bert else 0,
+                             curve_metrics=("f1", "pr_auc"))
+
+
 def train_log_anomaly(snapshot_dir: str | Path, settings: Settings, base_model: str | None = None) -> TrainingOutcome:
     """Fit every candidate family (`candidates.families`) on a log snapshot, register the one best on
     validation F1 as a `log-anomaly` candidate, and return the outcome.
@@ -223,6 +245,9 @@ def train_log_anomaly(snapshot_dir: str | Path, settings: Settings, base_model: 
     `candidates.max_unk_rate` the run warns (metric `data.unk_rate`, tag `data.unk_warning`, the outcome's
     `warnings`) and the families that read through that tokenizer (embedding, bert) sit the night out:
     the character n-grams of the TF-IDF family carry it.
+
+    The run carries the per-epoch curves (`pipelines.training.loop.log_epoch_metrics`) and the training report
+    (`anomaly_report`, `training_report.html`).
 
     Raises:
         TrainingDataError: a split without both classes. ConfigError: a bad `candidates.*` setting.
@@ -255,7 +280,9 @@ def train_log_anomaly(snapshot_dir: str | Path, settings: Settings, base_model: 
         mlflow.set_tag("data.unk_warning", "true" if warnings else "false")
         if warnings:
             mlflow.set_tag("warnings", " | ".join(warnings)[:4000])
-        result = choose_family(fit_families(data, families, checkpoint, settings, on_epoch))
+        fits = fit_families(data, families, checkpoint, settings, on_epoch)
+        result = choose_family(fits)
+        log_report("log-anomaly", lambda: anomaly_report(data, fits, result, baseline))
         return classifier_candidate(
             result, checkpoint=checkpoint, params=params, snapshot=snapshot,
             meta={"task": "log-anomaly", "outputs": ["anomaly"], "context_fields": list(context_fields(settings))},

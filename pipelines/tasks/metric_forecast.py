@@ -36,6 +36,7 @@ from pipelines.sources.prometheus import format_duration, parse_duration, step_g
 from pipelines.tasks.spec import EvaluationReport, TaskSpec, TrainingOutcome
 from pipelines.telemetry import get_logger
 from pipelines.training.loop import OnEpoch, Validation, ignore_epoch, optimizer_step, run_epochs, seed_everything
+from pipelines.training.plots import SeriesForecast, TrainingReport, forecast_report, log_report
 from pipelines.training.register import Candidate, register_candidate, requirements
 
 if TYPE_CHECKING:
@@ -336,8 +337,61 @@ def evaluate_forecaster(client, ref: ModelRef, forecaster, snapshot_dir: Path, s
                             baselines=out["baseline_metrics"], details={"series": out["series"]})
 
 
+def series_mae(pred: np.ndarray, grid, w: Windows, horizon: int) -> np.ndarray:
+    """(S,) each series' MAE of the (B, H, 3) scaled quantile forecasts `pred` on windows `w`, in the grid's
+    robust-scaled units (`forecast_errors`' MAE, per series); NaN for a series without an observed target."""
+    from nightshift_models.forecaster import targets
+
+    y, m = (t.numpy().astype(np.float64) for t in targets(grid, w.rows, w.ends, horizon))
+    ok = (m > 0) & np.isfinite(pred[..., 1])
+    err = np.where(ok, np.abs(y - pred[..., 1]), 0.0)
+    series = grid.values.shape[0]
+    total = np.bincount(w.rows, weights=err.sum(axis=1), minlength=series)
+    count = np.bincount(w.rows, weights=ok.sum(axis=1), minlength=series)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def series_forecast(data: MetricData, grid, w: Windows, pred: np.ndarray, row: int, mae: float, cut: int, cfg) -> SeriesForecast:
+    """Series `row`'s forecasts for the training report (`pipelines.training.plots.forecast_plot`), in original units:
+    those of its windows in `w` whose origins lie one horizon apart (the earliest first), so that they tile the
+    validation period, and the series itself from one lookback before the first origin."""
+    mine = np.flatnonzero(w.rows == row)
+    mine = mine[np.argsort(w.ends[mine], kind="stable")]
+    chosen: list[int] = []
+    for i in mine:
+        if not chosen or w.ends[i] >= w.ends[chosen[-1]] + cfg.horizon:
+            chosen.append(int(i))
+    picked = np.asarray(chosen, dtype=np.int64)
+    ends = w.ends[picked]
+    start = max(int(ends.min()) - cfg.lookback + 1, 0) if len(ends) else cut
+    return SeriesForecast(data.ids[row], float(mae), data.times[start:], data.raw[row, start:],
+                          data.times[ends[:, None] + np.arange(1, cfg.horizon + 1)], grid.unscale(pred[picked], w.rows[picked]),
+                          float(data.times[cut]))
+
+
+def forecaster_report(data: MetricData, grid, cfg, val: Windows, cut: int, fit: ForecastFit, served: str, pred: np.ndarray,
+                      report: dict) -> TrainingReport:
+    """The training report of a metric-forecast run (`pipelines.training.plots.forecast_report`) on its validation
+    windows: the served family `served` (its scaled forecasts `pred` (B, H, 3)) against every contender and
+    baseline (`report`, `evaluate_forecasts`'), forecast against actual for the series worst and best on validation
+    MAE (`series_mae`), and the LSTM's epochs (`fit`)."""
+    mae = series_mae(pred, grid, val, cfg.horizon)
+    scored = np.flatnonzero(np.isfinite(mae))
+    rows = [] if not len(scored) else list(dict.fromkeys([int(scored[np.argmax(mae[scored])]), int(scored[np.argmin(mae[scored])])]))
+    scores = {**report["contenders"], **{f"{name} (baseline)": s for name, s in report["baselines"].items()}}
+    facts = {"served family": f"{served} (weighed and chosen on validation)", "series": len(data.ids),
+             "validation windows": len(val.rows), "validation from": str(np.datetime64(int(data.times[cut]), "s")),
+             "step": format_duration(cfg.step), "lookback (steps)": cfg.lookback, "horizon (steps)": cfg.horizon,
+             "kept LSTM epoch": fit.best_epoch}
+    return forecast_report(TASK, served, scores, ("mae", "mae_last", "mase", "smape", "coverage"), ("mae", "mae_last", "mase"),
+                           [series_forecast(data, grid, val, pred, r, mae[r], cut, cfg) for r in rows],
+                           {sid: float(v) for sid, v in zip(data.ids, mae)}, facts, fit.history, fit.best_epoch)
+
+
 def train_metric_forecast(snapshot_dir: str | Path, settings: Settings) -> TrainingOutcome:
-    """Train, log and register a `metric-forecast` candidate from a metric snapshot; return the outcome."""
+    """Train, log and register a `metric-forecast` candidate from a metric snapshot; return the outcome. The run
+    carries the per-epoch curves (`pipelines.training.loop.log_epoch_metrics`), the evaluation
+    (`evaluation/forecast_report.json`) and the training report (`forecaster_report`)."""
     from nightshift_models.forecaster import ForecasterConfig, SeriesGrid, predict_scaled
 
     params = settings.forecast
@@ -369,6 +423,7 @@ def train_metric_forecast(snapshot_dir: str | Path, settings: Settings) -> Train
         families = committee.forecast(grid, val.rows, val.ends, lstm, ("committee",) + committee.names)
         report = evaluate_forecasts(grid, cfg, train, val, families[committee.family], params.seed, contenders=families, mase_until=cut)
         mlflow.log_dict(report, "evaluation/forecast_report.json")
+        log_report(TASK, lambda: forecaster_report(data, grid, cfg, val, cut, result, committee.family, families[committee.family], report))
         return forecaster_candidate(result, committee, report, {**meta, "committee": committee.to_meta()}, example)
 
     return register_candidate(

@@ -40,6 +40,7 @@ class FitResult:
     extras: dict = field(default_factory=dict)
     family: str = "bert"  # what `model` is: bert (a fine-tuned classifier), tfidf or embedding (nightshift_models.baselines)
     family_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # every contender's validation metrics
+    val_probs: np.ndarray | None = None  # (N, K) validation probabilities the thresholds and metrics come from
 
 
 def compact_training_set(texts: Sequence[str], targets: np.ndarray, limit: int, seed: int) -> tuple[list[str], np.ndarray]:
@@ -75,7 +76,8 @@ def fine_tune(
     """Fine-tune BERT with K sigmoid outputs: class-weighted BCE, AdamW with linear warm-up and
     decay, dynamic padding, bf16 autocast on CUDA, thresholds tuned on validation by `tune` each epoch,
     early stopping on the validation metric `select` (`pipelines.training.loop.run_epochs`; log-anomaly:
-    PR-AUC, threshold-free; the primary metric breaks ties and stands in where it is undefined)."""
+    PR-AUC, threshold-free; the primary metric breaks ties and stands in where it is undefined). The result holds
+    the kept epoch's validation probabilities (`val_probs`, (N, K)) for the training report."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
@@ -113,7 +115,7 @@ def fine_tune(
         probs = predict_proba(model, tokenizer, val_texts, batch_size=params.batch_size * 2, max_length=params.max_length, device=device)
         val_loss = float(torch.nn.functional.binary_cross_entropy(torch.tensor(probs).clamp(1e-6, 1 - 1e-6), torch.tensor(val_targets, dtype=torch.float32)))
         thresholds, metrics = tune(val_targets, probs)
-        return Validation({"val_loss": val_loss, **metrics}, extra=thresholds)
+        return Validation({"val_loss": val_loss, **metrics}, extra=(thresholds, probs))
 
     def rank(metrics: dict[str, float]) -> tuple[float, float]:
         chosen = metrics.get(select, metrics["primary"])
@@ -121,7 +123,9 @@ def fine_tune(
 
     run = run_epochs(model, epochs=params.epochs, patience=params.patience, train_epoch=train_epoch, validate=validate,
                      rank=rank, on_epoch=on_epoch, logger=log)
-    return FitResult(model, tokenizer, run.best.extra, run.history, run.best.epoch, run.best.metrics, device, time.perf_counter() - started)
+    thresholds, probs = run.best.extra
+    return FitResult(model, tokenizer, thresholds, run.history, run.best.epoch, run.best.metrics, device, time.perf_counter() - started,
+                     val_probs=probs)
 
 
 def classifier_params(checkpoint: str, params: TrainSettings) -> dict[str, Any]:

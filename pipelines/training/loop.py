@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -30,6 +31,44 @@ EPOCH_LOSSES = ("train_loss", "val_loss")  # the metrics of an epoch that are no
 
 def ignore_epoch(epoch: int, metrics: dict[str, float]) -> None:
     """The default `OnEpoch`: nothing."""
+
+
+# MLflow's chart view groups metrics into sections by the name before the last '/' and lists the named sections
+# first, sorted, then "Model metrics" (the names without '/': best_*, baseline_*, ...) and "System metrics"
+# (system/*). The per-epoch curves get the section below so they come first; `epochs/...` subsections (per-label,
+# GPU) sort right after it. tests/unit/test_training_report.py checks no other section of a run sorts before it.
+EPOCH_SECTION = "epochs"
+_GPU_TELEMETRY = re.compile(r"gpu\d+_")  # `pipelines.telemetry.gpu_telemetry`'s names
+
+
+def epoch_metric_names(metrics: dict[str, float]) -> dict[str, float]:
+    """One epoch's metrics (`run_epochs`' `{train_loss, **validation metrics, **GPU telemetry}`) under the names
+    they are charted by in MLflow, non-finite values left out: `epochs/train_loss`, `epochs/val_loss`, a validation
+    metric M as `epochs/val_M`, a per-label one `M.LABEL` as `epochs/val_M_by_label/LABEL`, GPU telemetry as
+    `epochs/gpu/NAME`."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if not np.isfinite(value):
+            continue
+        if key in EPOCH_LOSSES:
+            name = key
+        elif _GPU_TELEMETRY.match(key):
+            name = f"gpu/{key}"
+        elif "." in key:
+            metric, _, label = key.partition(".")
+            name = f"val_{metric}_by_label/{label}"
+        else:
+            name = f"val_{key}"
+        out[f"{EPOCH_SECTION}/{name}"] = float(value)
+    return out
+
+
+def log_epoch_metrics(epoch: int, metrics: dict[str, float]) -> None:
+    """The `OnEpoch` of a training run: the epoch's metrics on the active MLflow run at step `epoch`, named by
+    `epoch_metric_names`."""
+    import mlflow
+
+    mlflow.log_metrics(epoch_metric_names(metrics), step=epoch)
 
 
 def seed_everything(seed: int) -> None:
@@ -63,7 +102,7 @@ def optimizer_step(loss, model, optimizer, schedule, max_grad_norm: float = 1.0)
 @dataclass
 class Validation:
     """One epoch's validation: its metrics (`val_loss` first) and what the model needs beside its weights
-    to be used as validated (`extra`: the BERT's tuned thresholds; None for the LSTM)."""
+    to be used as validated (`extra`: the BERT's tuned thresholds and the validation probabilities they were tuned on; None for the LSTM)."""
 
     metrics: dict[str, float]
     extra: Any = None

@@ -2,14 +2,18 @@
 
 A task hands in what is its own: the run's params, a `fit(on_epoch)` that trains inside the run and returns a
 `Candidate` (the metrics to log and report, and `package`: the version's files and pyfunc), and the pip
-requirements. The rest is the same for every model: the validation gate, the lineage tags, the snapshot's
-manifest and validation report, per-epoch metrics, the signature, the `nightshift_models` code, the version's
-tags and the challenger alias.
+requirements. The rest is the same for every model: the validation gate, the run's name (model and night), the
+lineage (tags, the code version, the snapshot as the run's dataset input), the snapshot's manifest and validation
+report, per-epoch metrics, the signature, the `nightshift_models` code, the version's tags and the challenger alias.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import re
+import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +23,23 @@ import numpy as np
 import pandas as pd
 
 import nightshift_models
-from pipelines.config import Settings
+from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.data.snapshots import Snapshot, window_tag
 from pipelines.data.validation import log_to_active_run, require_not_failed
 from pipelines.registry.aliases import compare_and_set_champion, mark_challenger
-from pipelines.registry.store import CHAMPION, PREVIOUS, ModelRef, alias_version, resolve, set_version_tags, use_store
+from pipelines.registry.store import (
+    CHAMPION,
+    PREVIOUS,
+    ModelRef,
+    alias_version,
+    log_snapshot_input,
+    resolve,
+    set_version_tags,
+    use_store,
+)
+from pipelines.registry.version_page import DESCRIPTION_CHARS
 from pipelines.telemetry import get_logger
-from pipelines.training.loop import EPOCH_LOSSES, OnEpoch
+from pipelines.training.loop import OnEpoch, log_epoch_metrics
 from pipelines.training.outcome import TrainingOutcome
 
 log = get_logger("train")
@@ -81,18 +95,64 @@ def log_version(task: str, python_model: Any, artifacts: dict[str, str], example
     return ModelRef(task, str(info.registered_model_version))
 
 
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def night_of(snapshot: Snapshot) -> str:
+    """The night a snapshot belongs to, as `YYYY-MM-DD`: its folder's name when that is a date (the flow names the
+    night's snapshots so), else the date of its window's end, else of its creation."""
+    if _DAY.match(snapshot.path.name):
+        return snapshot.path.name
+    end = snapshot.window[1]
+    return end.date().isoformat() if end else str(snapshot.manifest.get("created_at") or "")[:10] or "unknown"
+
+
+def run_name(task: str, snapshot: Snapshot) -> str:
+    """The training run's name: the model and the night (`log-anomaly night 2026-11-22`)."""
+    return f"{task} night {night_of(snapshot)}"
+
+
+def code_version() -> dict[str, str]:
+    """Tags naming the code that trained a version: `code.version` (the installed nightshift package's version,
+    "unknown" when it is not installed) and, where the project is a git checkout with git on the PATH,
+    `code.git_commit` (also as MLflow's own `mlflow.source.git.commit`, which the run page shows) and
+    `code.git_dirty` ("true" with uncommitted changes to tracked files). Never raises: no git means no git tags."""
+    try:
+        tags = {"code.version": importlib.metadata.version("nightshift")}
+    except importlib.metadata.PackageNotFoundError:
+        tags = {"code.version": "unknown"}
+    git = shutil.which("git")
+    if git is None or not (PROJECT_ROOT / ".git").exists():
+        return tags
+    try:
+        head = subprocess.run([git, "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0 or not re.fullmatch(r"[0-9a-f]{40,64}", head.stdout.strip()):
+            return tags
+        tags["code.git_commit"] = tags["mlflow.source.git.commit"] = head.stdout.strip()
+        dirty = subprocess.run([git, "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30)
+        if dirty.returncode == 0:
+            tags["code.git_dirty"] = str(bool(dirty.stdout.strip())).lower()
+    except (OSError, subprocess.SubprocessError):  # git present but unusable here (permissions, a hung filesystem)
+        pass
+    return tags
+
+
 def register_candidate(task: str, snapshot: Snapshot, settings: Settings, *, params: dict[str, Any],
                        fit: Callable[[OnEpoch], Candidate], pip_requirements: Sequence[str]) -> TrainingOutcome:
     """Train and register one candidate version of the model `task` from `snapshot`; return the outcome.
 
-    Refuses a snapshot whose validation failed, then inside one MLflow run: the lineage tags (`task`,
-    `data.snapshot_hash`, `data.window`, `data.snapshot`), `params` with the snapshot's path and hash, the
-    manifest (`data/manifest.json`) and the validation report (`validation/`), then `fit(on_epoch)` (it may log
-    more to the run; `on_epoch` logs each epoch's metrics at that step, `val_` before all but the losses), the
+    Refuses a snapshot whose validation failed, then inside one MLflow run named after the model and the night
+    (`run_name`): the lineage tags (`task`, `night`, `data.snapshot_hash`, `data.window`, `data.snapshot`), the code
+    version (`code_version`), the snapshot as the run's `training` dataset input (`log_snapshot_input`), `params`
+    with the snapshot's path and hash, the manifest (`data/manifest.json`) and the validation report
+    (`validation/`), then `fit(on_epoch)` (it may log
+    more to the run; `on_epoch` is `pipelines.training.loop.log_epoch_metrics`: each epoch's metrics at that step, under `epochs/`), the
     candidate's metrics and params, the tag `model.family`, and the pyfunc from `candidate.package` with its
     signature, the `nightshift_models` package as code and `pip_requirements`, registered as `task`. The
     version is tagged (lineage, `validation.status`, `drift.status`=not_run, `model.family`) and becomes the
-    challenger (`mark_challenger`: the champion too when there is none).
+    champion when there is none, else the `challenger` waiting for the gate (`mark_challenger`, which also
+    writes the version's page).
 
     Raises:
         ValidationFailed: the snapshot failed validation (nothing is logged).
@@ -101,16 +161,14 @@ def register_candidate(task: str, snapshot: Snapshot, settings: Settings, *, par
 
     require_not_failed(snapshot)  # the gate: a snapshot that failed validation trains nothing
     client = use_store(settings)
-    with mlflow.start_run(run_name=f"{task} {snapshot.manifest['window']['end'] or ''}".strip()) as run:
-        mlflow.set_tags({"task": task, "data.snapshot_hash": snapshot.content_hash, "data.window": window_tag(snapshot.window),
-                         "data.snapshot": str(snapshot.path)})
+    with mlflow.start_run(run_name=run_name(task, snapshot)) as run:
+        mlflow.set_tags({"task": task, "night": night_of(snapshot), "data.snapshot_hash": snapshot.content_hash,
+                         "data.window": window_tag(snapshot.window), "data.snapshot": str(snapshot.path), **code_version()})
+        log_snapshot_input(client, run.info.run_id, snapshot, "training")
         mlflow.log_params({**params, "snapshot": str(snapshot.path), "snapshot_hash": snapshot.content_hash})
         mlflow.log_dict(snapshot.manifest, "data/manifest.json")
         validation_status = log_to_active_run(snapshot)  # DIR/validation/* as artifacts, when present
-        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            mlflow.log_metrics({k if k in EPOCH_LOSSES else f"val_{k}": v for k, v in metrics.items() if np.isfinite(v)}, step=epoch)
-
-        candidate = fit(on_epoch)
+        candidate = fit(log_epoch_metrics)
         mlflow.log_metrics({k: v for k, v in {**candidate.run_metrics, "best_epoch": candidate.best_epoch,
                                               "train_seconds": candidate.seconds}.items() if np.isfinite(v)})
         mlflow.log_params({"device": candidate.device, "family": candidate.family, **candidate.run_params})
@@ -175,6 +233,8 @@ def reregister(name: str, settings: Settings, version: str | None = None) -> lis
             with mlflow.start_run(run_id=old.run_id):
                 ref = log_version(name, python_model, artifacts, model.load_input_example(str(local)), requirements)
         set_version_tags(client, ref, {**old.tags, "reregistered_from": number})
+        if old.description:  # its page: the decision and holdout numbers are the old version's, and still true
+            client.update_model_version(name, ref.version, description=f"Re-registered from v{number}.\n\n{old.description}"[:DESCRIPTION_CHARS])
         set_version_tags(client, ModelRef(name, number), {"reregistered_as": ref.version})
         aliases = sorted(a for a, v in client.get_registered_model(name).aliases.items() if str(v) == number)  # search leaves them out
         for alias in aliases:

@@ -183,7 +183,7 @@ def test_training_killed_mid_epoch_is_retried_and_the_night_ends_consistent(depl
     while killed is None:  # the first epoch logged, the second under way: kill the task process
         assert time.monotonic() < deadline, "train_log_anomaly never reached its second epoch"
         running = [r for r in night_runs(client, "log-anomaly", "2026-11-17") if r.info.status == "RUNNING"]
-        if running and client.get_metric_history(running[0].info.run_id, "train_loss"):
+        if running and client.get_metric_history(running[0].info.run_id, "epochs/train_loss"):
             ti = api.tasks("second-night")["train_log_anomaly"]
             assert ti["state"] == "running" and ti["try_number"] == 1, ti
             assert "best_epoch" not in client.get_run(running[0].info.run_id).data.metrics  # still training

@@ -591,6 +591,71 @@ def test_scoring_an_index_into_a_file(loaded, demo_docs, stand_in, home, tmp_pat
     assert not any("ml" in d for d in loaded.docs("logs-*").values())  # the index is left alone
 
 
+# ---- shadow scoring (issue 17) ---------------------------------------------------------------------------
+
+def shadow_score(cluster, shadow: str, version="1"):
+    from serving.score_logs import score_logs
+
+    return score_logs(f"log-anomaly/{version}", source_uri(cluster), None, load_settings(), start=T0, end=T1, shadow_model=f"log-anomaly/{shadow}")
+
+
+@pytest.fixture
+def shadowed(stand_in):
+    """v1 the champion, v2 a rejected candidate scoring 0.8 for 'fail'/'timeout' (else 0.2), v3 a pending one."""
+    stand_in["registry"].register("log-anomaly", 1, "promoted", alias="champion")
+    stand_in["registry"].register("log-anomaly", 2, "rejected")
+    stand_in["registry"].register("log-anomaly", 3, "pending")
+    stand_in["versions"]["2"] = StandInClassifier(words=("fail", "timeout"), high=0.8, low=0.2)
+    return stand_in
+
+
+def test_shadow_fields_are_written_in_place_and_a_new_shadow_reads_again(loaded, demo_docs, shadowed, home):
+    expected = sum(in_window(d) for d in demo_docs)
+    first = shadow_score(loaded, "2")
+    assert first["written"] == expected and first["shadow"]["documents"] == expected and first["shadow"]["covers"] == "pass"
+    scored = [d for d in loaded.docs("logs-*").values() if "ml" in d]
+    assert len(scored) == expected
+    for doc in scored:
+        text = doc["message"].lower()
+        assert doc["ml"]["shadow"] == {"score": 0.8 if ("fail" in text or "timeout" in text) else 0.2,
+                                       "is_anomaly": "fail" in text or "timeout" in text, "model": {"name": "log-anomaly", "version": "2"}}
+    flags = [(d["ml"]["anomaly"]["is_anomaly"], d["ml"]["shadow"]["is_anomaly"]) for d in scored]
+    assert first["shadow"]["agreement"] == round(sum(c == s for c, s in flags) / expected, 6)
+    assert shadowed["registry"].metrics["run-log-anomaly-2"]["shadow.documents"] == [(float(expected), 20261117)]
+
+    again = shadow_score(loaded, "2")  # the filter finds champion and shadow on every document: nothing to read
+    assert (again["read"], again["skipped"], again["shadow"]["documents"], again["shadow"]["covers"]) == (0, expected, 0, "this run")
+    assert len(shadowed["registry"].metrics["run-log-anomaly-2"]["shadow.documents"]) == 1  # nothing compared: nothing logged
+    other = shadow_score(loaded, "3")  # another shadow: every document is read and written again
+    assert other["written"] == expected and {d["ml"]["shadow"]["model"]["version"] for d in loaded.docs("logs-*").values() if "ml" in d} == {"3"}
+
+
+def test_shadow_index_mode_writes_a_results_index_and_resumes_with_the_main_sink(loaded, demo_docs, shadowed, home, monkeypatch):
+    monkeypatch.setenv("NIGHTSHIFT_SCORE_SHADOW", "index")
+    monkeypatch.setenv("NIGHTSHIFT_SCORE_SHADOW_SINK", loaded.name("nightshift-ml-results-shadow"))  # on the source's cluster
+    monkeypatch.setenv("NIGHTSHIFT_SCORE_SORT_WINDOW", "20")
+    monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_BULK_MAX_BYTES", "3000")
+    expected = sum(in_window(d) for d in demo_docs)
+    shadowed["classifier"] = StandInClassifier(crash_on_call=5)
+    with pytest.raises(RuntimeError, match="killed mid-run"):
+        shadow_score(loaded, "2")
+    written_before = sum(1 for d in loaded.docs("logs-*").values() if "ml" in d)
+    assert 0 < written_before <= len(loaded.docs("nightshift-ml-results-shadow"))  # the shadow index is never behind
+
+    shadowed["classifier"] = StandInClassifier()
+    resumed = shadow_score(loaded, "2")
+    assert resumed["resumed_from"] is not None and resumed["shadow"]["covers"] == "this run"
+    sources = loaded.docs("logs-*")
+    assert sum(1 for d in sources.values() if "ml" in d) == expected and all("shadow" not in d.get("ml", {}) for d in sources.values())
+    assert {n for (index, _), n in loaded.update_counts().items() if "shadow" not in index} == {1}  # the main sink: each document once
+    results = loaded.docs("nightshift-ml-results-shadow")
+    assert len(results) == expected and resumed["shadow"]["sink"]["failed"] == 0
+    for (_, result_id), doc in results.items():
+        ref = (doc["source_document"]["index"], doc["source_document"]["id"])
+        assert result_id == f"{ref[0]}:{ref[1]}" and "ml" in sources[ref] and doc["@timestamp"]
+        assert set(doc["ml"]) == {"shadow"} and doc["ml"]["shadow"]["model"]["version"] == "2"
+
+
 # ---- the index template ----------------------------------------------------------------------------------
 
 def test_install_template_maps_ml_fields(cluster, home, capsys):

@@ -110,7 +110,7 @@ def test_better_challenger_is_promoted(registry, capsys, tmp_path):
     out = json.loads(capsys.readouterr().out)
     assert out["decision"] == "promoted" and out["holdout"]["snapshot"] == str(registry.holdout.path), out.get("reasons")
     assert out["challenger_metrics"]["f1"] > out["champion_metrics"]["f1"]
-    assert aliases(client) == {"champion": "2", "previous": "1", "challenger": "2"}
+    assert aliases(client) == {"champion": "2", "previous": "1", "challenger": None}  # decided: no longer waiting
 
     tags = client.get_model_version(NAME, "2").tags
     assert tags["promotion.decision"] == "promoted" and "beats it" in tags["promotion.reason"]
@@ -118,6 +118,16 @@ def test_better_challenger_is_promoted(registry, capsys, tmp_path):
     assert tags["drift.status"] in ("none", "warn", "severe") and tags["drift.reference_version"] == "1"
     run = client.get_run(client.get_model_version(NAME, "2").run_id)
     assert run.data.tags["promotion.decision"] == "promoted" and "holdout_f1" in run.data.metrics
+    assert {"holdout_champion_f1", "holdout_baseline_tfidf_f1"} <= set(run.data.metrics)
+    assert any(i.dataset.name == "logs-fresh/2026-11-20_2026-11-21" for i in run.inputs.dataset_inputs)  # the holdout, as a dataset
+    # the version page: the decision, one reason per line, the holdout table, links to the run's reports
+    page = client.get_model_version(NAME, "2").description
+    assert page.startswith("### Promoted: v2 is the champion, replacing v1")
+    assert all(f"- {reason}" in page for reason in out["reasons"])
+    assert "| metric | v2 (this version) | v1 (champion) | tfidf (baseline) |" in page and "| **f1** (primary) |" in page
+    assert "[drift report](#/experiments/" in page and "/artifactPath/promotion/decision.json)" in page
+    assert main(["promote", NAME]) == 2  # nothing waits for the gate any more
+    assert "no version waits for the gate" in capsys.readouterr().err
     decision = json.loads(run_artifact(client, "2", "promotion/decision.json", tmp_path))
     assert decision["decision"] == "promoted" and decision["champion_metrics"] == out["champion_metrics"]
     assert json.loads(run_artifact(client, "2", "drift/report.json", tmp_path))["reference_version"] == "1"
@@ -136,10 +146,11 @@ def test_poisoned_challenger_is_rejected(registry, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["decision"] == "rejected"
     assert out["challenger_metrics"]["f1"] < out["champion_metrics"]["f1"]
-    assert aliases(client) == {"champion": "2", "previous": "1", "challenger": "3"}
+    assert aliases(client) == {"champion": "2", "previous": "1", "challenger": None}  # decided: the tags say what happened
 
     tags = client.get_model_version(NAME, "3").tags
     assert tags["promotion.decision"] == "rejected" and "f1" in tags["promotion.reason"] and "does not beat" in tags["promotion.reason"]
+    assert client.get_model_version(NAME, "3").description.startswith("### Rejected: v3 stays out; the champion is v2")
     assert tags["drift.label_shift"] == "true"  # 30% flipped labels move the anomaly rate
     assert client.get_run(client.get_model_version(NAME, "3").run_id).data.tags["promotion.decision"] == "rejected"
 
@@ -180,6 +191,7 @@ def test_nightly_gate_promotes_and_scoring_follows(registry, tmp_path):
     reset(client, champion="1", challenger="2")
     outcome = gate_candidate(NAME, {"model": NAME, "version": "2", "decision": "pending"}, str(registry.holdout.path), registry.settings)
     assert outcome["decision"] == "promoted" and outcome["promotion"]["champion_now"] == "2"
+    assert aliases(client)["challenger"] is None
     assert gate_candidate(NAME, None, str(registry.holdout.path), registry.settings) is None  # training was skipped
 
     plan = plan_night(registry.settings, "2026-11-21", registry.holdout.manifest["source"])  # fresh window: 2026-11-20

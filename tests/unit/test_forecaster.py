@@ -201,7 +201,7 @@ def test_train_registers_metric_forecast_and_pyfunc_round_trips(quick_forecaster
     run = client.get_run(mv.run_id)
     assert run.data.params["snapshot_hash"] == snap.content_hash and run.data.params["lookback"] == "32"
     assert run.data.params["family"] == out["family"] and run.data.tags["model.family"] == out["family"]
-    assert [m.step for m in client.get_metric_history(mv.run_id, "val_mae")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(mv.run_id, "epochs/val_mae")] == [1, 2]
     assert "baseline_predict_linear_mae" in run.data.metrics and "mae_ratio_vs_predict_linear" in run.data.metrics
     assert "contender_ets_mae" in run.data.metrics and "best_mase" in run.data.metrics
 

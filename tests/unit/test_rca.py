@@ -133,7 +133,7 @@ def test_train_failure_rca_registers_and_pyfunc_round_trips(settings, quick_rca,
     labels = load_label_space().labels
     assert {"best_micro_f1", "best_macro_f1", "baseline_micro_f1", "baseline_macro_f1"} <= set(run.data.metrics)
     assert any(k.startswith("best_f1.") for k in run.data.metrics)  # per-label F1 of the labels seen in validation
-    assert len(client.get_metric_history(mv.run_id, "val_micro_f1")) == 6
+    assert len(client.get_metric_history(mv.run_id, "epochs/val_micro_f1")) == 6
     assert {f"best_threshold.{label}" for label in labels} <= set(run.data.metrics)
     assert run.data.params["epochs"] == "6" and run.data.params["max_length"] == "64"
     assert "rca/label_space.json" in {a.path for a in client.list_artifacts(mv.run_id, "rca")}

@@ -1,5 +1,9 @@
 """Training on a tiny BERT, registration, and the pyfunc round trip through MLflow."""
 
+import importlib.metadata
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -33,9 +37,12 @@ def test_compact_training_set_keeps_positives():
 
 
 @pytest.mark.slow  # trains two versions: `make test-fast` leaves it out
-def test_train_registers_champion_and_pyfunc_round_trips(settings, train_snapshot, tiny_bert):
+def test_train_registers_champion_and_pyfunc_round_trips(settings, train_snapshot, corpus, tiny_bert, tmp_path):
     import mlflow
 
+    from pipelines.cli import parse_time
+    from pipelines.data.ingest import ingest_logs
+    from pipelines.flow import gate_candidate
     from pipelines.registry.store import alias_version, use_store
     from pipelines.tasks.log_anomaly import train_log_anomaly
 
@@ -43,12 +50,37 @@ def test_train_registers_champion_and_pyfunc_round_trips(settings, train_snapsho
     assert out.version == "1" and out.decision == "promoted"
     client = use_store(settings)
     assert alias_version(client, "log-anomaly", "champion") == "1"
-    assert alias_version(client, "log-anomaly", "challenger") == "1"
+    assert alias_version(client, "log-anomaly", "challenger") is None  # a first version never waits for the gate
     mv = client.get_model_version("log-anomaly", "1")
     assert mv.tags["data.snapshot_hash"] == train_snapshot.content_hash
+    assert mv.description.startswith("### Promoted: v1 is the first champion")
     run = client.get_run(mv.run_id)
     assert run.data.params["snapshot_hash"] == train_snapshot.content_hash
-    assert len(client.get_metric_history(mv.run_id, "val_f1")) >= 1
+    # lineage as MLflow shows it: the run is named after the model and the night, the snapshot is its training input
+    assert run.info.run_name == "log-anomaly night 2026-11-21" and run.data.tags["night"] == "2026-11-21"
+    assert run.data.tags["code.version"] == importlib.metadata.version("nightshift")
+    checkout = shutil.which("git") is not None and (Path(__file__).resolve().parents[2] / ".git").exists()
+    assert ("code.git_commit" in run.data.tags) == checkout and ("mlflow.source.git.commit" in run.data.tags) == checkout
+    (training,) = run.inputs.dataset_inputs
+    assert training.dataset.name == "logs/snap-train" and training.dataset.digest == train_snapshot.content_hash[7:43]
+    assert {t.key: t.value for t in training.tags} == {"mlflow.data.context": "training", "content_hash": train_snapshot.content_hash}
+    assert str(train_snapshot.path) in training.dataset.source
+
+    # The night's gate judges the first version on the fresh holdout all the same: numbers on its run, a page.
+    holdout = ingest_logs(f"file://{corpus}", parse_time("2026-11-21"), parse_time("2026-11-22"), tmp_path / "fresh" / "2026-11-22",
+                          settings, dataset="logs-fresh")
+    gated = gate_candidate("log-anomaly", out.to_dict(), str(holdout.path), settings)
+    assert gated["decision"] == "promoted" and gated["promotion"]["champion_now"] == "1"
+    assert set(gated["promotion"]["challenger_metrics"]) >= {"f1", "precision", "recall", "pr_auc"}
+    run = client.get_run(mv.run_id)
+    assert {"holdout_f1", "holdout_baseline_tfidf_f1"} <= set(run.data.metrics)
+    assert {i.dataset.name: {t.key: t.value for t in i.tags}["mlflow.data.context"] for i in run.inputs.dataset_inputs} == {
+        "logs/snap-train": "training", "logs-fresh/2026-11-22": "holdout"}
+    page = client.get_model_version("log-anomaly", "1").description
+    assert "| **f1** (primary) |" in page and "tfidf (baseline)" in page and "`fresh/2026-11-22`" in page
+    assert "/artifactPath/promotion/decision.json)" in page
+    assert client.get_model_version("log-anomaly", "1").tags["promotion.holdout_hash"] == holdout.content_hash
+    assert len(client.get_metric_history(mv.run_id, "epochs/val_f1")) >= 1  # per-epoch curves, charted first (issue 18)
     assert "baseline_f1" in run.data.metrics
 
     model = mlflow.pyfunc.load_model("models:/log-anomaly@champion")
@@ -61,7 +93,8 @@ def test_train_registers_champion_and_pyfunc_round_trips(settings, train_snapsho
     second = train_log_anomaly(train_snapshot.path, settings, str(tiny_bert))
     assert second.version == "2" and second.decision == "pending"
     assert alias_version(client, "log-anomaly", "champion") == "1"
-    assert alias_version(client, "log-anomaly", "challenger") == "2"
+    assert alias_version(client, "log-anomaly", "challenger") == "2"  # waiting for the gate
+    assert client.get_model_version("log-anomaly", "2").description.startswith("### Waiting for the gate")
 
 
 def test_unusable_snapshot_registers_nothing(settings, tmp_path, tiny_bert):
