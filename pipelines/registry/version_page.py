@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from pathlib import PurePath
 from typing import Any
+from urllib.parse import urlencode
 
 from pipelines.registry.store import ModelRef
 from pipelines.telemetry import get_logger
@@ -26,6 +27,9 @@ DESCRIPTION_CHARS = 5000  # MLflow keeps a model version's description in 5000 c
 KNOWN_REPORTS = (("validation report", "validation/report.html"), ("drift report", "drift/report.html"),
                  ("decision record", "promotion/decision.json"))
 REPORT_SUFFIXES = (".html", ".png", ".svg")
+# The picture the page shows, the first the run holds (`pipelines.training.plots`): how the model ranks on validation.
+PICTURES = (("PR curves on the validation split", "training_report/pr_curve.png"),
+            ("forecast against actual, worst series on validation", "training_report/forecast_worst.png"))
 
 
 def _number(value: Any) -> str:
@@ -85,9 +89,10 @@ def holdout_table(record: dict) -> list[str]:
     return rows
 
 
-def version_description(record: dict, links: dict[str, str] | None = None) -> str:
-    """The version page's markdown: the decision, one reason per line, the holdout table (`holdout_table`) and the
-    `links` ({label: href}); at most `DESCRIPTION_CHARS` characters (long reasons are cut first)."""
+def version_description(record: dict, links: dict[str, str] | None = None, picture: tuple[str, str] | None = None) -> str:
+    """The version page's markdown: the decision, one reason per line, the holdout table (`holdout_table`), the
+    `links` ({label: href}) and `picture` ((alt text, src): an image the page shows); at most `DESCRIPTION_CHARS`
+    characters (long reasons are cut first)."""
     def build(reason_chars: int) -> str:
         lines = [f"### {_headline(record)}", ""]
         who = " ".join(filter(None, [f"by {record['by']}" if record.get("by") else "", f"at {record['at']}" if record.get("at") else ""]))
@@ -106,6 +111,8 @@ def version_description(record: dict, links: dict[str, str] | None = None) -> st
             lines += ["No numbers on a fresh holdout.", ""]
         if links:
             lines += ["**Reports**", ""] + [f"- [{label}]({href})" for label, href in links.items()] + [""]
+        if picture:
+            lines += [f"![{picture[0]}]({picture[1]})", ""]
         return "\n".join(lines).rstrip() + "\n"
 
     for reason_chars in (1000, 300, 120):
@@ -137,6 +144,23 @@ def report_links(client, run_id: str | None) -> dict[str, str]:
     return links
 
 
+def report_picture(client, run_id: str | None) -> tuple[str, str] | None:
+    """(alt text, src) of the first of `PICTURES` the run holds, as the tracking server serves it (`get-artifact`,
+    relative to the UI, which shows images in a description); None without one."""
+    if not run_id:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        files = {f.path for f in client.list_artifacts(run_id, "training_report")}
+    except (MlflowException, OSError):
+        return None
+    for alt, path in PICTURES:
+        if path in files:
+            return alt, "get-artifact?" + urlencode({"path": path, "run_uuid": run_id})
+    return None
+
+
 def write_version_page(client, ref: ModelRef, record: dict) -> str:
     """Write the description of version `ref` from `record` (`version_description`, with `report_links` of its run);
     returns the markdown.
@@ -145,6 +169,6 @@ def write_version_page(client, ref: ModelRef, record: dict) -> str:
         MlflowException: the registry refused the update.
     """
     run_id = client.get_model_version(ref.name, ref.version).run_id
-    text = version_description(record, report_links(client, run_id))
+    text = version_description(record, report_links(client, run_id), report_picture(client, run_id))
     client.update_model_version(ref.name, ref.version, description=text)
     return text

@@ -7,6 +7,7 @@ aliases, the holdout table and the links to the run's reports must be on the pag
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
@@ -126,6 +127,13 @@ def test_the_version_page_tells_the_story(store, tmp_path):
         query = urllib.parse.urlencode({"path": path, "run_uuid": run.info.run_id})
         with urllib.request.urlopen(f"{store.url}/get-artifact?{query}", timeout=30) as answer:
             assert answer.status == 200 and answer.read(1)
+
+    # a picture of the training report, served by the tracking server
+    image = re.search(r'<img[^>]*src="([^"]*get-artifact[^"]*)"', dom)  # the UI's sanitizer keeps src only
+    assert image, "no report picture on the page"
+    src = html.unescape(image[1])
+    with urllib.request.urlopen(f"{store.url}/{src}", timeout=30) as answer:
+        assert answer.status == 200 and answer.read(8) == b"\x89PNG\r\n\x1a\n"
 
     # a link opens the report in the run's artifact view
     drift = next(href for href, label in links.items() if label == "drift report")
