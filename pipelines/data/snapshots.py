@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -42,6 +43,25 @@ class SnapshotError(NightshiftError, RuntimeError):
 
 
 Window = tuple[datetime | None, datetime | None]
+
+
+@dataclass(frozen=True)
+class Split:
+    """A part of a snapshot that a run used on its own: the validation split a candidate was chosen on.
+
+    `name`: what the part is (`validation`); `digest`: `rows_digest` of its rows, in order; `rows`: how many
+    examples it holds (log lines, failed jobs or forecast windows).
+    """
+
+    name: str
+    digest: str
+    rows: int
+
+
+def rows_digest(frame: pd.DataFrame) -> str:
+    """sha256 (hex) of a frame's rows in order, from pandas' per-row hash of its values: the same rows give the same
+    digest on any machine."""
+    return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()
 
 
 def window_tag(window: Window) -> str:

@@ -26,7 +26,7 @@ from pipelines.errors import NightshiftError
 from pipelines.telemetry import get_logger
 
 if TYPE_CHECKING:
-    from pipelines.data.snapshots import Snapshot
+    from pipelines.data.snapshots import Snapshot, Split
 
 log = get_logger("registry")
 
@@ -197,12 +197,13 @@ def training_snapshot(client, ref: ModelRef) -> Path | None:
 DIGEST_CHARS = 36  # MLflow keeps a dataset's digest in 36 characters (the SQL store's column)
 
 
-def snapshot_input(snapshot: Snapshot, context: str):
+def snapshot_input(snapshot: Snapshot, context: str, split: Split | None = None):
     """A snapshot as an MLflow dataset input (a run's Datasets panel), built without reading its data.
 
     Name `DATASET/FOLDER` (`logs/2026-11-22`); digest the first 36 hex digits of its content hash (all MLflow
     keeps; the whole `sha256:…` hash is the input's tag `content_hash`); source its folder (a local dataset
     source); profile its row count; `context` (`training`, `holdout`) as MLflow's `mlflow.data.context` tag.
+    With `split`, the part of the snapshot instead: name `DATASET/FOLDER#validation`, the part's own digest and rows.
     Returns an `mlflow.entities.DatasetInput` for `MlflowClient.log_inputs`.
     """
     from mlflow.entities import Dataset, DatasetInput, InputTag
@@ -212,12 +213,14 @@ def snapshot_input(snapshot: Snapshot, context: str):
     name = f"{snapshot.manifest.get('dataset') or 'snapshot'}/{snapshot.path.name}"
     # What `mlflow.data.meta_dataset.MetaDataset` on a local source logs (source type `local`, source {"uri": ...}),
     # plus a profile: a dataset known by its metadata only.
-    entity = Dataset(name, digest[:DIGEST_CHARS], "local", json.dumps({"uri": str(snapshot.path)}),
-                     profile=json.dumps({"num_rows": snapshot.manifest.get("row_count")}))
+    rows = snapshot.manifest.get("row_count")
+    if split is not None:
+        name, digest, rows = f"{name}#{split.name}", split.digest, split.rows
+    entity = Dataset(name, digest[:DIGEST_CHARS], "local", json.dumps({"uri": str(snapshot.path)}), profile=json.dumps({"num_rows": rows}))
     return DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, context), InputTag("content_hash", snapshot.content_hash)])
 
 
-def log_snapshot_input(client, run_id: str, snapshot: Snapshot, context: str) -> None:
+def log_snapshot_input(client, run_id: str, snapshot: Snapshot, context: str, split: Split | None = None) -> None:
     """Log `snapshot` as a dataset input of the run `run_id` (`snapshot_input`); the run may have ended (the gate
     logs the holdout on the candidate's training run)."""
-    client.log_inputs(run_id, datasets=[snapshot_input(snapshot, context)])
+    client.log_inputs(run_id, datasets=[snapshot_input(snapshot, context, split)])

@@ -27,7 +27,7 @@ from nightshift_models.label_space import LabelSpace, LabelSpaceError, load_labe
 from nightshift_models.normalize import normalize
 from pipelines.config import ConfigError, Settings, TrainSettings
 from pipelines.data.failed_jobs import failure_jobs, targets
-from pipelines.data.snapshots import Snapshot, load_snapshot
+from pipelines.data.snapshots import Snapshot, Split, load_snapshot, rows_digest
 from pipelines.errors import TrainingDataError
 from pipelines.registry.store import ModelRef, training_snapshot
 from pipelines.tasks.spec import EvaluationReport, TaskSpec, TrainingOutcome
@@ -230,6 +230,7 @@ def train_failure_rca(snapshot_dir: str | Path, settings: Settings, base_model: 
 
     outcome = register_candidate(
         TASK, snapshot, tuned, fit=fit, pip_requirements=classifier_requirements(),
+        validation=Split("validation", rows_digest(val[["text"]]), len(val)),
         params={**classifier_params(checkpoint, params),
                 "train_jobs": len(train), "train_examples": len(texts), "validation_jobs": len(val),
                 "labels": len(labels), "pooling": params.pooling, "head_init": "linear probe (LP-FT)", "label_space": f"{label_space.name}@{label_space.version}",

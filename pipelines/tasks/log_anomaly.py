@@ -20,7 +20,7 @@ import pandas as pd
 
 from nightshift_models.baselines import FAMILIES, EmbeddingLogReg, baseline_proba, tfidf_logreg
 from pipelines.config import ConfigError, Settings
-from pipelines.data.snapshots import Snapshot, load_snapshot
+from pipelines.data.snapshots import Snapshot, Split, load_snapshot, rows_digest
 from pipelines.errors import TrainingDataError
 from pipelines.registry.store import ModelRef, training_snapshot
 from pipelines.tasks.spec import EvaluationReport, TaskSpec, TrainingOutcome
@@ -292,6 +292,7 @@ def train_log_anomaly(snapshot_dir: str | Path, settings: Settings, base_model: 
 
     return register_candidate(
         "log-anomaly", snapshot, settings, fit=fit, pip_requirements=classifier_requirements(),
+        validation=Split("validation", rows_digest(data.val[["timestamp", "text"]]), len(data.val)),
         params={**classifier_params(checkpoint, params),
                 "train_rows": len(data.train), "train_examples": len(data.texts), "validation_rows": len(data.val),
                 "train_anomalies": int(data.targets.sum()), "validation_anomalies": int(data.y_val.sum()),

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 
 from nightshift_models.forecast_baselines import predict_linear, residual_band, seasonal_naive
 from nightshift_models.forecast_contenders import available_contenders, build_committee, fit_statistical
 from pipelines.config import ForecastSettings, Settings
-from pipelines.data.snapshots import DATA_FILE, Snapshot, load_snapshot, window_tag
+from pipelines.data.snapshots import DATA_FILE, Snapshot, Split, load_snapshot, rows_digest, window_tag
 from pipelines.errors import TrainingDataError
 from pipelines.registry.store import ModelRef
 from pipelines.sources.prometheus import format_duration, parse_duration, step_grid
@@ -426,8 +427,10 @@ def train_metric_forecast(snapshot_dir: str | Path, settings: Settings) -> Train
         log_report(TASK, lambda: forecaster_report(data, grid, cfg, val, cut, result, committee.family, families[committee.family], report))
         return forecaster_candidate(result, committee, report, {**meta, "committee": committee.to_meta()}, example)
 
+    windows = pd.DataFrame({"series": np.asarray(data.ids)[val.rows], "end": data.times[val.ends]})  # one row per validation window
     return register_candidate(
         TASK, data.snapshot, settings, fit=fit, pip_requirements=requirements(("torch", "mlflow"), ("pandas", "numpy")),
+        validation=Split("validation", rows_digest(windows), len(windows)),
         params={"step": meta["step"], "lookback": cfg.lookback, "horizon": cfg.horizon, "season": cfg.season,
                 "hidden_size": cfg.hidden_size, "layers": cfg.layers, "epochs": params.epochs,
                 "batch_size": params.batch_size, "learning_rate": params.learning_rate,

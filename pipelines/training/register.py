@@ -24,7 +24,7 @@ import pandas as pd
 
 import nightshift_models
 from pipelines.config import PROJECT_ROOT, Settings
-from pipelines.data.snapshots import Snapshot, window_tag
+from pipelines.data.snapshots import Snapshot, Split, window_tag
 from pipelines.data.validation import log_to_active_run, require_not_failed
 from pipelines.registry.aliases import compare_and_set_champion, mark_challenger
 from pipelines.registry.store import (
@@ -139,12 +139,14 @@ def code_version() -> dict[str, str]:
 
 
 def register_candidate(task: str, snapshot: Snapshot, settings: Settings, *, params: dict[str, Any],
-                       fit: Callable[[OnEpoch], Candidate], pip_requirements: Sequence[str]) -> TrainingOutcome:
+                       fit: Callable[[OnEpoch], Candidate], pip_requirements: Sequence[str],
+                       validation: Split | None = None) -> TrainingOutcome:
     """Train and register one candidate version of the model `task` from `snapshot`; return the outcome.
 
     Refuses a snapshot whose validation failed, then inside one MLflow run named after the model and the night
     (`run_name`): the lineage tags (`task`, `night`, `data.snapshot_hash`, `data.window`, `data.snapshot`), the code
-    version (`code_version`), the snapshot as the run's `training` dataset input (`log_snapshot_input`), `params`
+    version (`code_version`), the snapshot as the run's `training` dataset input (`log_snapshot_input`) and
+    `validation`, the part of it the candidate was chosen on, as its `validation` input, `params`
     with the snapshot's path and hash, the manifest (`data/manifest.json`) and the validation report
     (`validation/`), then `fit(on_epoch)` (it may log
     more to the run; `on_epoch` is `pipelines.training.loop.log_epoch_metrics`: each epoch's metrics at that step, under `epochs/`), the
@@ -165,6 +167,8 @@ def register_candidate(task: str, snapshot: Snapshot, settings: Settings, *, par
         mlflow.set_tags({"task": task, "night": night_of(snapshot), "data.snapshot_hash": snapshot.content_hash,
                          "data.window": window_tag(snapshot.window), "data.snapshot": str(snapshot.path), **code_version()})
         log_snapshot_input(client, run.info.run_id, snapshot, "training")
+        if validation is not None:
+            log_snapshot_input(client, run.info.run_id, snapshot, "validation", validation)
         mlflow.log_params({**params, "snapshot": str(snapshot.path), "snapshot_hash": snapshot.content_hash})
         mlflow.log_dict(snapshot.manifest, "data/manifest.json")
         validation_status = log_to_active_run(snapshot)  # DIR/validation/* as artifacts, when present

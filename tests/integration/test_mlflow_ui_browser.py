@@ -147,13 +147,13 @@ def test_the_version_page_tells_the_story(store, tmp_path):
 
     # the runs say which night, which data and which code
     assert run.info.run_name == "log-anomaly night 2026-11-21" and run_of(store, "1").info.run_name == "log-anomaly night 2026-11-18"
-    assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"logs/2026-11-21", "logs-fresh/2026-11-21"}
+    assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"logs/2026-11-21", "logs/2026-11-21#validation", "logs-fresh/2026-11-21"}
     run_page = re.search(r'<a[^>]*href="(#/experiments/[^"/]+/runs/[^"/]+)"[^>]*>training run</a>', dom)
     assert run_page, "no link to the training run"
     text = visible_text(ui(f"{store.url}/{run_page[1]}", profile))
-    # its overview names the night, shows the training snapshot in the Datasets panel (the holdout behind "+1") and the code version
+    # its overview names the night, shows the training snapshot in the Datasets panel (the validation split and the holdout behind "+2") and the code version
     about = text[text.find("About this run"):]
-    assert "log-anomaly night 2026-11-21" in text and re.search(r"Datasets logs/2026-11-21 \(\w{36}\) training \+1", about), about
+    assert "log-anomaly night 2026-11-21" in text and re.search(r"Datasets logs/2026-11-21 \(\w{36}\) training \+2", about), about
     assert f"code.version : {run.data.tags['code.version']}" in about
 
     # a screenshot of v2's page, kept in docs/ when asked

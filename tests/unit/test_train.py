@@ -1,6 +1,7 @@
 """Training on a tiny BERT, registration, and the pyfunc round trip through MLflow."""
 
 import importlib.metadata
+import json
 import shutil
 from pathlib import Path
 
@@ -61,10 +62,15 @@ def test_train_registers_champion_and_pyfunc_round_trips(settings, train_snapsho
     assert run.data.tags["code.version"] == importlib.metadata.version("nightshift")
     checkout = shutil.which("git") is not None and (Path(__file__).resolve().parents[2] / ".git").exists()
     assert ("code.git_commit" in run.data.tags) == checkout and ("mlflow.source.git.commit" in run.data.tags) == checkout
-    (training,) = run.inputs.dataset_inputs
-    assert training.dataset.name == "logs/snap-train" and training.dataset.digest == train_snapshot.content_hash[7:43]
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    training, validation = inputs["logs/snap-train"], inputs["logs/snap-train#validation"]
+    assert len(inputs) == 2 and training.dataset.digest == train_snapshot.content_hash[7:43]
     assert {t.key: t.value for t in training.tags} == {"mlflow.data.context": "training", "content_hash": train_snapshot.content_hash}
-    assert str(train_snapshot.path) in training.dataset.source
+    assert str(train_snapshot.path) in training.dataset.source and str(train_snapshot.path) in validation.dataset.source
+    # the validation split the family was chosen on: its own digest and size (the run's validation_rows)
+    assert {t.key: t.value for t in validation.tags}["mlflow.data.context"] == "validation"
+    assert validation.dataset.digest != training.dataset.digest
+    assert json.loads(validation.dataset.profile)["num_rows"] == int(run.data.params["validation_rows"])
 
     # The night's gate judges the first version on the fresh holdout all the same: numbers on its run, a page.
     holdout = ingest_logs(f"file://{corpus}", parse_time("2026-11-21"), parse_time("2026-11-22"), tmp_path / "fresh" / "2026-11-22",
@@ -75,7 +81,7 @@ def test_train_registers_champion_and_pyfunc_round_trips(settings, train_snapsho
     run = client.get_run(mv.run_id)
     assert {"holdout_f1", "holdout_baseline_tfidf_f1"} <= set(run.data.metrics)
     assert {i.dataset.name: {t.key: t.value for t in i.tags}["mlflow.data.context"] for i in run.inputs.dataset_inputs} == {
-        "logs/snap-train": "training", "logs-fresh/2026-11-22": "holdout"}
+        "logs/snap-train": "training", "logs/snap-train#validation": "validation", "logs-fresh/2026-11-22": "holdout"}
     page = client.get_model_version("log-anomaly", "1").description
     assert "| **f1** (primary) |" in page and "tfidf (baseline)" in page and "`fresh/2026-11-22`" in page
     assert "/artifactPath/promotion/decision.json)" in page
