@@ -121,7 +121,7 @@ def run(quick: bool = False) -> list[dict]:
                          "baseline": "mlflow models serve, same version", "baseline_value": baseline_tps, "ratio": served_tps / baseline_tps,
                          "extra": {"p50 ms": 1000 * np.percentile(served, 50), "baseline p50 ms": 1000 * np.percentile(baseline, 50)}})
             return [{**r, "value": float(r["value"]), "baseline_value": float(r["baseline_value"]), "ratio": float(r["ratio"]),
-                     "extra": {k: float(v) for k, v in r["extra"].items()}} for r in rows]
+                     "section": "Online serving", "extra": {k: float(v) for k, v in r["extra"].items()}} for r in rows]
         finally:
             for proc in servers:
                 proc.terminate()
