@@ -95,7 +95,11 @@ class Windows:
 
 
 def split_windows(observed: np.ndarray, lookback: int, horizon: int, validation_fraction: float, where: str) -> tuple[Windows, Windows, int]:
-    """Training windows with every target before the cut, validation windows with every target after it."""
+    """Training windows with every target before the cut, validation windows with every target after it.
+
+    Raises:
+        TrainingDataError: too few steps for one window on each side, or no observed target on one side.
+    """
     n = observed.shape[1]
     cut = int(round(n * (1 - validation_fraction)))
     train_ends = np.arange(lookback - 1, cut - horizon)
@@ -105,8 +109,12 @@ def split_windows(observed: np.ndarray, lookback: int, horizon: int, validation_
         raise TrainingDataError(f"snapshot {where}: {n} steps are too few for a lookback of {lookback} and a horizon of {horizon} with "
                                 f"validation fraction {validation_fraction} (need about {need}; settings forecast.lookback, "
                                 "forecast.horizon, forecast.validation_fraction)")
-
-    return windows_ending(observed, train_ends, horizon), windows_ending(observed, val_ends, horizon), cut
+    train, val = windows_ending(observed, train_ends, horizon), windows_ending(observed, val_ends, horizon)
+    for part, windows, steps in (("training", train, f"before step {cut}"), ("validation", val, f"from step {cut} on")):
+        if len(windows.rows) == 0:  # e.g. a window that ends after the data: nothing observed to learn or judge on
+            raise TrainingDataError(f"snapshot {where}: no series has an observed point in the {part} part ({steps} of {n}); "
+                                    "the window reaches past the data, or the series stopped reporting")
+    return train, val, cut
 
 
 def windows_ending(observed: np.ndarray, ends: np.ndarray, horizon: int) -> Windows:

@@ -324,3 +324,18 @@ def test_gate_promotes_the_better_forecaster_on_a_fresh_holdout(quick_forecaster
     assert out["version"] == "2" and out["unit"] == "windows" and out["examples"] > 0
     assert set(out["metrics"]) == {"mae", "mae_last", "mase", "smape", "coverage"}
     assert set(out["baselines"]) >= {"predict_linear", "seasonal_naive_daily"}
+
+
+def test_a_window_that_reaches_past_the_data_is_a_clear_error_not_a_key_error():
+    """A metric window ending after the data (a partial night): the validation part holds no observed point."""
+    import numpy as np
+
+    from pipelines.errors import TrainingDataError
+    from pipelines.tasks.metric_forecast import split_windows
+
+    observed = np.ones((2, 400), dtype=bool)
+    observed[:, 300:] = False  # the newest quarter was never scraped
+    with pytest.raises(TrainingDataError, match=r"snapshot snap/x: no series has an observed point in the validation part \(from step 340"):
+        split_windows(observed, 24, 8, 0.15, "snap/x")
+    train, val, cut = split_windows(np.ones((2, 400), dtype=bool), 24, 8, 0.15, "snap/x")
+    assert cut == 340 and len(train.rows) and len(val.rows)
