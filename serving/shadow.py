@@ -42,6 +42,7 @@ from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
+from statsmodels.stats.inter_rater import cohens_kappa
 
 from pipelines.config import ConfigError, Settings
 from pipelines.data.records import get_field, set_field
@@ -136,15 +137,12 @@ class Agreement:
         return self.both_anomaly + self.both_normal + self.to_anomaly + self.to_normal
 
     def kappa(self) -> float | None:
-        """Cohen's kappa of the two models' flags (sklearn's `cohen_kappa_score` on the same flags); None when it is
-        undefined: both models put every document in the same one class (chance agreement is 1)."""
-        n = self.documents
-        if not n:
+        """Cohen's kappa of the two models' flags, from the counted 2x2 table (statsmodels' `cohens_kappa`); None
+        when it is undefined: no documents, or both models put every document in the same one class."""
+        table = np.array([[self.both_anomaly, self.to_normal], [self.to_anomaly, self.both_normal]])  # champion rows
+        if self.documents in (0, self.both_anomaly, self.both_normal):  # chance agreement is 1
             return None
-        observed = (self.both_anomaly + self.both_normal) / n
-        champion, shadow = (self.both_anomaly + self.to_normal) / n, (self.both_anomaly + self.to_anomaly) / n
-        chance = champion * shadow + (1 - champion) * (1 - shadow)
-        return None if chance >= 1.0 else (observed - chance) / (1 - chance)
+        return float(cohens_kappa(table).kappa)
 
     def summary(self) -> dict[str, Any]:
         """`documents` compared; `agreement` (share in [0, 1], None with no documents), `kappa` (None when undefined),

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.support.fakes import StandInClassifier
+from tests.support.ndjson import hidden, read_ndjson, write_ndjson
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,19 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def docs(n: int) -> list[dict]:
     return [{"@timestamp": f"2026-11-16T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z", "id": i,
              "message": "worker failed" if i % 7 == 0 else f"request {i} ok", "labels": {"anomaly": i % 7 == 0}} for i in range(n)]
-
-
-def write_ndjson(path: Path, items: list[dict]) -> str:
-    path.write_text("".join(json.dumps(d) + "\n" for d in items))
-    return f"file://{path}"
-
-
-def read_ndjson(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def hidden(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
 def test_every_document_read_is_written_and_the_unscored_unchanged_and_counted(home, stand_in, tmp_path, capsys):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fakes import FakeRegistry, StandInClassifier
+from tests.support.ndjson import hidden, read_ndjson, write_ndjson
 
 ROOT = Path(__file__).resolve().parents[2]
 NIGHT = "2026-11-17"  # its fresh window is 2026-11-16
@@ -41,19 +42,6 @@ def docs(n: int) -> list[dict]:
            for i in range(n)]
     out.insert(5, {"@timestamp": "2026-11-16T00:00:05Z", "id": "no-text", "message": 404})
     return out
-
-
-def write_ndjson(path: Path, items: list[dict]) -> str:
-    path.write_text("".join(json.dumps(d) + "\n" for d in items))
-    return f"file://{path}"
-
-
-def read_ndjson(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def hidden(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
 def shadow_model() -> StandInClassifier:
