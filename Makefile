@@ -8,7 +8,7 @@ export NIGHTSHIFT_HOME ?= $(CURDIR)/.nightshift
 # pip's site config lists local indexes that lack most packages; its notes about them are noise.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: setup system-deps airflow es-deps es demo demo-es demo-forecast lint test test-fast test-integration test-e2e bench serve ui clean
+.PHONY: setup system-deps airflow es-deps es demo demo-es demo-forecast demo-cluster lint test test-fast test-integration test-e2e bench serve ui clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ system-deps:
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	  else echo "need root to apt-get install postgresql" >&2; fi; fi
+	@# Redis, the Celery broker of the multi-machine deployment (make demo-cluster, tests/e2e/test_celery_e2e.py)
+	@if ! command -v redis-server >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else echo "need root to apt-get install redis-server" >&2; fi; fi
 	@# Debian's Chromium, headless: the browser test renders the night, validation and drift reports (tests/integration/test_report_browser.py)
 	@if ! command -v chromium >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
@@ -89,6 +93,12 @@ bench: setup system-deps
 # api-server, scheduler (LocalExecutor) and dag-processor; prints the UI's URL and login. Ctrl-C stops it.
 airflow: setup system-deps
 	bash infra/scripts/start_airflow.sh --port $${PORT:-8080}
+
+# The deployment at scale, on loopback: PostgreSQL, Redis, SeaweedFS (S3), an MLflow server, Airflow (CeleryExecutor)
+# and two Celery workers that share no disk (infra/scripts/start_cluster.sh); runs one night of the embedded demo
+# corpus, prints where each task ran and where its data lives, then stops everything.
+demo-cluster: setup system-deps
+	bash infra/scripts/demo_cluster.sh
 
 # Online answers (after `make demo`): the three champions on http://127.0.0.1:$${PORT:-8000} (nightshift serve; /docs,
 # /v1/log-anomaly, /v1/failure-rca, /v1/metric-forecast, the seed's /predict). MODEL=NAME serves that one model with

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from pipelines import storage
 from pipelines.config import INPUT_FORMATS, Settings, load_settings
 from pipelines.data.demo_logs import write_demo_logs
 from pipelines.data.demo_metrics import write_demo_metrics
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=6)
     p.add_argument("--per-day", type=int, default=1500)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--hard", action="store_true", help="the hard variant: unseen vocabulary on the last day, Chinese lines, mislabelled lines")
 
     ingest = sub.add_parser("ingest", help="snapshot one window of a source").add_subparsers(dest="kind", required=True)
     p = ingest.add_parser("logs", parents=[common], help="logs from file://FILE|DIR|GLOB (read by content) or http(s)://host:port/INDEX")
@@ -80,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=INPUT_FORMATS, help="how to read file sources (default: setting inputs.format, auto: by content)")
     p.add_argument("--start", type=parse_time, help="required for Elasticsearch; for files default: the first timestamp")
     p.add_argument("--end", type=parse_time, help="required for Elasticsearch; for files default: just after the last timestamp")
-    p.add_argument("--out", type=Path, required=True, help="the snapshot folder to create")
+    p.add_argument("--out", type=storage.path, required=True, help="the snapshot folder (or s3://… prefix) to create")
     p = ingest.add_parser("metrics", parents=[common], help="metrics from http(s)://prometheus:9090 (query_range) or file://…om|csv[.gz]")
     p.add_argument("--source", help="default: setting prometheus.url, else the embedded demo metrics")
     p.add_argument("--query", action="append", metavar="[NAME=]PROMQL",
@@ -88,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=parse_time, help="required for Prometheus; for files default: the first sample")
     p.add_argument("--end", type=parse_time, help="required for Prometheus; for files default: one step after the last sample")
     p.add_argument("--step", help="resolution, e.g. 15m (default: setting forecast.step)")
-    p.add_argument("--out", type=Path, required=True, help="the snapshot folder to create")
+    p.add_argument("--out", type=storage.path, required=True, help="the snapshot folder (or s3://… prefix) to create")
 
     p = sub.add_parser("reregister", parents=[common],
                        help="re-register versions that ship their code as `models` (before nightshift_models); aliases follow")
@@ -96,22 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="only this version (default: every such version of NAME)")
 
     p = sub.add_parser("validate", parents=[common], help="run a Great Expectations suite over a snapshot (exit 1 when it fails)")
-    p.add_argument("snapshot", type=Path, metavar="DIR")
+    p.add_argument("snapshot", type=storage.path, metavar="DIR")
     p.add_argument("--suite", choices=["logs", "metrics"], help="default: from the snapshot's dataset")
     p.add_argument("--warn-only", action="store_true", help="report failures as 'warn' and exit 0 (exploration)")
 
     p = sub.add_parser("train", parents=[common], help="train and register a candidate")
     p.add_argument("model", choices=list(TASKS))
-    p.add_argument("--snapshot", type=Path, required=True)
+    p.add_argument("--snapshot", type=storage.path, required=True)
     p.add_argument("--base-model", help="a local Hugging Face checkpoint (default: packaged MiniLM-L6)")
 
     p = sub.add_parser("evaluate", parents=[common], help="evaluate a registered version on a snapshot")
     p.add_argument("model", metavar="NAME@ALIAS|NAME/VERSION")
-    p.add_argument("--snapshot", type=Path, required=True)
+    p.add_argument("--snapshot", type=storage.path, required=True)
 
     p = sub.add_parser("promote", parents=[common], help="run the promotion gate: challenger vs champion on a fresh holdout")
     p.add_argument("model", metavar="NAME")
-    p.add_argument("--holdout", type=Path, metavar="SNAPSHOT_DIR", help="default: the newest fresh snapshot after both training windows")
+    p.add_argument("--holdout", type=storage.path, metavar="SNAPSHOT_DIR", help="default: the newest fresh snapshot after both training windows")
     p.add_argument("--version", help="gate this version instead of the challenger alias")
 
     p = sub.add_parser("rollback", parents=[common], help="move champion back to the previous champion")
@@ -164,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @command("demo-data")
 def _demo_data(args, settings):
-    path = write_demo_logs(args.out, days=args.days, per_day=args.per_day, seed=args.seed)
+    path = write_demo_logs(args.out, days=args.days, per_day=args.per_day, seed=args.seed, variant="hard" if args.hard else "default")
     metrics = write_demo_metrics(args.out, seed=args.seed)
     return {"logs": str(path), "metrics": str(metrics), "summary": f"demo corpus written to {path}, metric history to {metrics}"}
 

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.errors import InputError, NightshiftError
+from pipelines.storage import StoragePath
+from pipelines.storage import is_remote as storage_is_remote
+from pipelines.storage import path as storage_path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -308,15 +311,15 @@ class ServeSettings:
 
 @dataclass(frozen=True)
 class CandidateSettings:
-    """Which model families compete for `log-anomaly` each night, how they are validated, and the baseline gate.
+    """Which model families compete for `log-anomaly` and `failure-rca` each night, how they are validated, and the baseline gate.
 
-    Every family trains on the same snapshot and split; the one best on the primary metric (F1) on
-    validation is registered (a tie goes to the cheaper: tfidf, then embedding, then bert).
+    Every family trains on the same snapshot and split; the one best on the task's primary metric (F1, micro-F1)
+    on validation is registered (a tie goes to the cheaper: tfidf, then embedding, then bert).
     """
 
     families: str = "tfidf,embedding,bert"  # comma-separated: tfidf (word + char n-grams), embedding (frozen encoder + LR), bert (fine-tuned)
     context_fields: str = ""  # snapshot columns prefixed to the text, e.g. "level,service" -> "[error] [kernel] message"; callers must then send them
-    template_holdout: float = 0.2  # share of message templates (per class) held out of training into validation, besides the newest rows
+    template_holdout: float = 0.2  # share of message templates (per class; failure-rca: of first error lines) held out of training into validation, besides the newest rows
     early_stopping_metric: str = "pr_auc"  # the BERT epoch kept: best validation PR-AUC (threshold-free; F1 jumps with few positives)
     max_unk_rate: float = 0.05  # [UNK] share of word pieces under the BERT tokenizer above which the run warns (language mismatch)
     baseline_tolerance: float = 0.02  # the gate: the challenger may trail the TF-IDF baseline trained on its snapshot by at most this (primary metric)
@@ -352,6 +355,9 @@ class AirflowSettings:
 @dataclass(frozen=True)
 class Settings:
     home: Path = Path.home() / ".nightshift"  # NIGHTSHIFT_HOME; never inside the source tree or site-packages
+    # NIGHTSHIFT_STORAGE: where tasks leave data for each other (snapshots, reports, scored files, night summaries): a
+    # local folder or an object store, `s3://bucket/prefix` (endpoint and keys from the AWS_* variables); empty: home
+    storage: str = ""
     service: str = "nightshift"
     tracking_uri: str = ""  # empty: SQLite under home; MLFLOW_TRACKING_URI overrides
     experiment: str = "nightshift"
@@ -393,8 +399,23 @@ class Settings:
         return self.home / "mlflow" / "artifacts"
 
     @property
-    def snapshot_root(self) -> Path:
-        return self.home / "snapshots"
+    def storage_root(self) -> StoragePath:
+        """The storage root (`pipelines.storage`): setting `storage`, else the home folder.
+
+        Raises:
+            ConfigError: setting `storage` names a scheme fsspec does not know (or whose library is missing).
+        """
+        if not self.storage:
+            return self.home
+        try:
+            root = storage_path(self.storage)
+        except (ValueError, ImportError) as exc:
+            raise ConfigError(f"setting storage: cannot use {self.storage!r}: {exc}") from None
+        return root if storage_is_remote(root) else root.resolve()
+
+    @property
+    def snapshot_root(self) -> StoragePath:
+        return self.storage_root / "snapshots"
 
     @property
     def airflow_home(self) -> Path:

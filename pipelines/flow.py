@@ -18,6 +18,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from pipelines import storage
 from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.data.demo_logs import DEMO_DAYS, DEMO_START, write_demo_logs
 from pipelines.data.demo_metrics import METRICS_FILE, write_demo_metrics
@@ -29,7 +30,9 @@ from pipelines.errors import NightFailed, NightshiftError
 from pipelines.night_report import summary_path, try_night_report
 from pipelines.registry.gate import judge_first_version, promote
 from pipelines.registry.store import ABANDONED, CHALLENGER, CHAMPION, alias_version, prepare_store, use_store
+from pipelines.resources import project_dir
 from pipelines.sources.prometheus import MetricDataError, ingest_metrics, named_queries
+from pipelines.storage import StoragePath
 from pipelines.tasks import TASKS, task
 from pipelines.tasks.failure_rca import NoFailuresError
 from pipelines.telemetry import get_logger
@@ -74,21 +77,22 @@ class NightPlan:
     """
 
     logical_date: date
-    source: str
+    source: str | None  # None: the embedded demo corpus, written on each worker that reads it (a worker's home is its own)
     base_model: str
     train_window: tuple[datetime, datetime]
     fresh_window: tuple[datetime, datetime]
-    train_snapshot: Path
-    fresh_snapshot: Path
+    # locations under the storage root (`pipelines.storage`): local paths, or `s3://…` on an object store
+    train_snapshot: StoragePath
+    fresh_snapshot: StoragePath
     scored_sink: str | None  # None: scores go back into the Elasticsearch source
-    summary_file: Path
+    summary_file: StoragePath
     # The metric branch: the newest `forecast.holdout_days` are the forecaster's holdout (whole lookback-plus-horizon
     # windows fit inside); it trains on the `forecast.train_days` before them.
     metric_source: str | None  # None: the embedded demo history, written when first read
     metric_window: tuple[datetime, datetime]
     metric_fresh_window: tuple[datetime, datetime]
-    metric_snapshot: Path
-    metric_fresh_snapshot: Path
+    metric_snapshot: StoragePath
+    metric_fresh_snapshot: StoragePath
     store: dict = field(default_factory=dict)  # the MLflow store, as `prepare_store` set it up
 
     def to_dict(self) -> dict:
@@ -97,8 +101,10 @@ class NightPlan:
             value = getattr(self, f.name)
             if isinstance(value, tuple):
                 value = [v.isoformat() for v in value]
-            elif isinstance(value, (date, Path)):
-                value = value.isoformat() if isinstance(value, date) else str(value)
+            elif isinstance(value, date):
+                value = value.isoformat()
+            elif f.name.endswith(("_snapshot", "_file")):
+                value = storage.uri(value)  # a plain path, or s3://…
             out[f.name] = value
         return out
 
@@ -110,7 +116,7 @@ class NightPlan:
             if f.name.endswith("_window"):
                 values[f.name] = tuple(datetime.fromisoformat(v) for v in value)
             elif f.name.endswith(("_snapshot", "_file")):
-                values[f.name] = Path(value)
+                values[f.name] = storage.path(value)
             elif f.name == "logical_date":
                 values[f.name] = date.fromisoformat(value)
         return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
@@ -123,13 +129,14 @@ def plan_night(settings: Settings, logical_date: str | datetime, source: str | N
     fresh_start = day - timedelta(days=1)
     train_start = fresh_start - timedelta(days=settings.retrain.train_days)
     metric_fresh = day - timedelta(days=settings.forecast.holdout_days)
-    source = source or settings.retrain.log_source or embedded_source(settings)
+    source = source or settings.retrain.log_source or None
     night = day.date().isoformat()
+    scored = settings.storage_root / "scored" / night / "logs.scored.ndjson"
     return NightPlan(
         logical_date=day.date(), source=source, base_model=base_model or settings.train.base_model,
         train_window=(train_start, fresh_start), fresh_window=(fresh_start, day),
         train_snapshot=settings.snapshot_root / "logs" / night, fresh_snapshot=settings.snapshot_root / "logs-fresh" / night,
-        scored_sink=None if source.startswith(("http", "elasticsearch://")) else f"file://{settings.home / 'scored' / night / 'logs.scored.ndjson'}",
+        scored_sink=None if (source or "").startswith(("http", "elasticsearch://")) else storage.uri(scored) if storage.is_remote(scored) else f"file://{scored}",
         summary_file=summary_path(settings, night),
         metric_source=settings.prometheus.url or None,
         metric_window=(metric_fresh - timedelta(days=settings.forecast.train_days), metric_fresh), metric_fresh_window=(metric_fresh, day),
@@ -159,32 +166,30 @@ def permanent(exc: BaseException) -> bool:
 
 
 def ingest_window(plan: dict, which: str, settings: Settings) -> str:
-    """Snapshot the night's `train` or `fresh` window; returns the snapshot folder.
+    """Snapshot the night's `train` or `fresh` window; returns the snapshot's location (`storage.uri`).
 
     Raises:
         SnapshotError: the window is empty, or the snapshot exists with other data (see `permanent`).
     """
     night = NightPlan.from_dict(plan)
     start, end = getattr(night, f"{which}_window")
-    return str(ingest_logs(night.source, start, end, getattr(night, f"{which}_snapshot"), settings,
-                           dataset="logs" if which == "train" else "logs-fresh").path)
+    return storage.uri(ingest_logs(night.source or embedded_source(settings), start, end, getattr(night, f"{which}_snapshot"), settings,
+                                   dataset="logs" if which == "train" else "logs-fresh").path)
 
 
 def ingest_metric_window(plan: dict, which: str, settings: Settings) -> str:
     """Snapshot the night's `train` or `fresh` metric window (the named queries at `forecast.step`); returns the snapshot folder."""
     night, key = NightPlan.from_dict(plan), "metric" if which == "train" else "metric_fresh"
     start, end = getattr(night, f"{key}_window")
-    return str(ingest_metrics(night.metric_source or embedded_metric_source(settings), named_queries(settings), start, end,
-                              settings.forecast.step, getattr(night, f"{key}_snapshot"), settings).path)
+    return storage.uri(ingest_metrics(night.metric_source or embedded_metric_source(settings), named_queries(settings), start, end,
+                                      settings.forecast.step, getattr(night, f"{key}_snapshot"), settings).path)
 
 
 def validate_window(plan: dict, snapshot: str, suite: str, settings: Settings) -> dict:
     """The gate between ingest and train: run the suite over a night's snapshot; the verdict is also kept
-    under the night's folder, for the summary."""
+    under the night's folder of the storage root, for the summary (whichever worker writes it)."""
     out = verdict(validate_snapshot(snapshot, suite, settings))
-    path = Path(plan["summary_file"]).parent / "validation" / f"{suite}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2, default=str))
+    storage.write_text(storage.path(plan["summary_file"]).parent / "validation" / f"{suite}.json", json.dumps(out, indent=2, default=str))
     return out
 
 
@@ -241,7 +246,7 @@ def train_candidate(plan: dict, model: str, snapshot: str, settings: Settings) -
 
         torch.set_num_threads(settings.train.cpu_threads)
     try:
-        return task(model).train(Path(snapshot), settings, plan["base_model"] or None).to_dict()
+        return task(model).train(storage.path(snapshot), settings, plan["base_model"] or None).to_dict()
     except NoFailuresError as exc:
         log.info("no candidate tonight", extra={"model": model, "reason": str(exc)})
         return None
@@ -277,7 +282,7 @@ def score_fresh(plan: dict, settings: Settings) -> dict:
     start, end = night.fresh_window
     candidate = shadow_candidate(client, "log-anomaly") if shadow_mode(settings) != OFF else None
     shadow = f"{candidate.ref.name}/{candidate.ref.version}" if candidate is not None else None
-    return score_logs("log-anomaly@champion", night.source, night.scored_sink, settings, start=start, end=end, shadow_model=shadow)
+    return score_logs("log-anomaly@champion", night.source or embedded_source(settings), night.scored_sink, settings, start=start, end=end, shadow_model=shadow)
 
 
 def publish_forecasts(plan: dict, settings: Settings) -> dict:
@@ -297,8 +302,8 @@ def write_summary(plan: dict, outcomes: dict, scoring: dict | None, forecasts: d
     """The night's summary (`summary.json` under the night's folder): each model's outcome, scoring,
     validation, forecasts, and the tasks that failed (a model whose task failed says which). With
     `settings`, the night's HTML report is written beside it too (`report`: its path, or None)."""
-    night = Path(plan["summary_file"]).parent
-    validation = {p.stem: json.loads(p.read_text()) for p in sorted((night / "validation").glob("*.json"))}
+    night = storage.path(plan["summary_file"]).parent
+    validation = {p.stem: json.loads(p.read_text()) for p in sorted((night / "validation").glob("*.json"), key=lambda p: p.name)}
     failed = [suite for suite, v in validation.items() if v["status"] == "failed"]
     failed_tasks = sorted(failed_tasks or [])
 
@@ -319,9 +324,7 @@ def write_summary(plan: dict, outcomes: dict, scoring: dict | None, forecasts: d
         outcomes[shadow["model"]] = {**outcomes[shadow["model"]], "shadow": {k: v for k, v in shadow.items() if k not in ("model", "version")}}
     summary = {"logical_date": plan["logical_date"], "models": outcomes, "scoring": scoring, "validation": validation,
                "forecasts": forecasts, "failed_tasks": failed_tasks}
-    path = Path(plan["summary_file"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2, default=str))
+    storage.write_text(storage.path(plan["summary_file"]), json.dumps(summary, indent=2, default=str))
     if settings is not None:
         summary["report"] = try_night_report(settings, plan["logical_date"])
     return summary
@@ -370,7 +373,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     return {
         **os.environ,
         "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(project_dir("dags")),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",

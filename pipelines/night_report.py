@@ -12,10 +12,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pipelines import storage
 from pipelines.config import Settings
 from pipelines.errors import InputError, MissingInput
 from pipelines.pages import CURRENT_COLOUR, REFERENCE_COLOUR, UiLinks, badge, esc, figure, fmt, link, page, png, table, truncate
 from pipelines.registry.store import use_store
+from pipelines.storage import StoragePath
 from pipelines.telemetry import get_logger
 
 log = get_logger("report")
@@ -23,9 +25,10 @@ log = get_logger("report")
 NIGHT_REPORT_FILE = "report.html"
 
 
-def summary_path(settings: Settings, date: str) -> Path:
-    """Where the night of logical date `date` (YYYY-MM-DD) keeps its summary: `$NIGHTSHIFT_HOME/runs/D/summary.json`."""
-    return settings.home / "runs" / date / "summary.json"
+def summary_path(settings: Settings, date: str) -> StoragePath:
+    """Where the night of logical date `date` (YYYY-MM-DD) keeps its summary: `runs/D/summary.json` under the storage
+    root (setting `storage`; default `$NIGHTSHIFT_HOME`)."""
+    return settings.storage_root / "runs" / date / "summary.json"
 # ---- the night report: gather ----------------------------------------------------------------
 
 def _mlflow_facts(client, name: str, outcome: dict) -> dict:
@@ -76,7 +79,7 @@ def gather_night(settings: Settings, date: str) -> dict:
     path = summary_path(settings, date)
     if not path.is_file():
         raise MissingInput(f"night {date}: no summary at {path}; run `nightshift retrain --logical-date {date}` first "
-                                "(or point NIGHTSHIFT_HOME at the home that ran it)")
+                                "(or point NIGHTSHIFT_HOME / NIGHTSHIFT_STORAGE at the home or storage that ran it)")
     summary = json.loads(path.read_text())
     try:
         client = use_store(settings)
@@ -201,7 +204,7 @@ def _validation_section(validation: dict) -> str:
         out.append(f"<div class='card validation' id='validation-{esc(suite)}'><h3>{esc(suite)} suite {badge(v.get('status'))}</h3>"
                    f"<p>{fmt(s.get('successful'))} of {fmt(s.get('evaluated'))} expectations met on {fmt(v.get('rows'))} rows of "
                    f"<span class='mono'>{esc(v.get('snapshot'))}</span>"
-                   + (f" · {link(Path(html_file).as_uri(), 'validation report')}" if html_file else "") + "</p>")
+                   + (f" · {link(html_file if '://' in html_file else Path(html_file).as_uri(), 'validation report')}" if html_file else "") + "</p>")
         if v.get("failed"):
             out.append(table(["failed check", "rows", "of", "e.g."],
                              [[f["check"], f.get("rows"), f.get("of"), truncate((f.get("examples") or [""])[0], 120)] for f in v["failed"]],
@@ -272,7 +275,7 @@ def render_night(night: dict) -> str:
     return page(f"nightshift night {night['date']}", body)
 
 
-def write_night_report(settings: Settings, date: str, out: str | Path | None = None, ui_url: str | None = None) -> Path:
+def write_night_report(settings: Settings, date: str, out: str | Path | None = None, ui_url: str | None = None) -> StoragePath:
     """Write the night report of `date` (default `runs/D/report.html` beside the summary; atomically)
     and return its path. `ui_url` overrides the setting `ui_url` for the links into MLflow.
 
@@ -280,16 +283,12 @@ def write_night_report(settings: Settings, date: str, out: str | Path | None = N
         FileNotFoundError: the night has no summary.
     """
     import dataclasses
-    import os
 
     if ui_url:
         settings = dataclasses.replace(settings, ui_url=ui_url)
     night = gather_night(settings, date)
-    path = Path(out) if out else Path(night["summary_file"]).with_name(NIGHT_REPORT_FILE)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(render_night(night))
-    tmp.replace(path)
+    path = storage.path(out) if out else storage.path(night["summary_file"]).with_name(NIGHT_REPORT_FILE)
+    storage.write_text(path, render_night(night))
     log.info("night report written", extra={"night": date, "path": str(path)})
     return path
 

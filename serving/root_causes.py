@@ -94,6 +94,7 @@ class RootCauseAnnotator:
             self.counts["fallback"] += 1
         set_field(doc, "ml.rca.model.name", self.name)
         set_field(doc, "ml.rca.model.version", self.version)
+        set_field(doc, "ml.rca.model.family", getattr(self.classifier, "family", "bert"))
         self.counts["annotated"] += 1
 
 

@@ -62,9 +62,10 @@ def resume_key(source, model: tuple[str, str], rca, settings: Settings, start: d
 class TextCache:
     """Probabilities of the most recently scored distinct texts (an LRU of `size` entries).
 
-    Logs repeat across windows as well as inside one, and the classifier runs each distinct text of a
-    window once; with this cache each distinct text of a whole run is scored about once. A text's
-    probabilities depend only on the text, so cached and fresh answers are identical.
+    Logs repeat across windows as well as inside one; with this cache each distinct text of a whole run is
+    scored about once. Entries are keyed by the text the classifier reads (`read_as`: a message normalised), so
+    messages that differ only in their masked parts (numbers, ids, paths) share one. Probabilities depend only
+    on that text, so cached and fresh answers are identical.
     """
 
     def __init__(self, size: int):
@@ -75,15 +76,29 @@ class TextCache:
         """(len(texts), K), as `classifier.probabilities(texts)` would return."""
         if not self.size:
             return classifier.probabilities(texts, batch_size)
-        missing = list(dict.fromkeys(t for t in texts if t not in self.rows))
+        keys = read_as(classifier, texts)
+        missing: dict[str, str] = {}  # key -> the first message read as it: the one sent to the model
+        for key, text in zip(keys, texts):
+            if key not in self.rows:
+                missing.setdefault(key, text)
         if missing:
-            self.rows.update(zip(missing, classifier.probabilities(missing, batch_size)))
-        out = np.stack([self.rows[t] for t in texts])
-        for t in texts:
-            self.rows.move_to_end(t)
+            self.rows.update(zip(missing, classifier.probabilities(list(missing.values()), batch_size)))
+        out = np.stack([self.rows[k] for k in keys])
+        for k in keys:
+            self.rows.move_to_end(k)
         while len(self.rows) > self.size:
             self.rows.popitem(last=False)
         return out
+
+
+def read_as(classifier, texts: list[str]) -> list[str]:
+    """The text `classifier` reads for each message: for a `TextClassifier`, the normalised message (context fields
+    `[-]`, as `probabilities` reads them without context); for any other classifier, the message itself."""
+    from nightshift_models.text_classifier import TextClassifier, model_texts  # pulls mlflow
+
+    if isinstance(classifier, TextClassifier):
+        return model_texts(texts, (classifier.meta or {}).get("context_fields", ()))
+    return texts
 
 
 def annotate(docs: Iterable[tuple[str, dict]], classifier, model_name: str, version: str, settings: Settings,
@@ -98,6 +113,7 @@ def annotate(docs: Iterable[tuple[str, dict]], classifier, model_name: str, vers
     counted in `unscored` by reason; an array of strings is scored as its lines joined.
     """
     fields = settings.fields
+    family = getattr(classifier, "family", "bert")  # the model family the version won with (issue 13)
     cache = TextCache(settings.score.cache_texts)
     try:
         for window in batched(docs, settings.score.sort_window):
@@ -122,6 +138,7 @@ def annotate(docs: Iterable[tuple[str, dict]], classifier, model_name: str, vers
                     set_field(doc, "ml.anomaly.is_anomaly", flag)
                     set_field(doc, "ml.model.name", model_name)
                     set_field(doc, "ml.model.version", version)
+                    set_field(doc, "ml.model.family", family)
                     set_field(doc, "ml.scored_at", scored_at)
                     champion.append((score, flag))
                     counts["scored"] += 1

@@ -112,6 +112,17 @@ def es_node():
     node.stop()
 
 
+@pytest.fixture(scope="session")
+def object_store():
+    """A real S3 object store (SeaweedFS, infra/scripts/start_seaweedfs.sh) with its bucket, started once per test
+    session on loopback and stopped at the end; `object_store.uri()` gives each test its own prefix."""
+    from tests.support.object_store import ObjectStore
+
+    store = ObjectStore().start()
+    yield store
+    store.stop()
+
+
 @pytest.fixture
 def es_credentials(es_node, monkeypatch):
     """The node's user as nightshift's basic-auth settings, as a deployment would configure them."""

@@ -68,7 +68,8 @@ mkdir -p "$AIRFLOW_HOME"
 [ -s "$AIRFLOW_HOME/jwt_secret" ] || "$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(32))' >"$AIRFLOW_HOME/jwt_secret"
 export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
-export AIRFLOW__CORE__EXECUTOR=LocalExecutor
+# LocalExecutor unless the caller chose one: infra/scripts/start_cluster.sh runs it with the CeleryExecutor and its workers
+export AIRFLOW__CORE__EXECUTOR="${AIRFLOW__CORE__EXECUTOR:-LocalExecutor}"
 export AIRFLOW__CORE__PARALLELISM="$PARALLELISM"
 export AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT=120
 export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$PORT/execution/"

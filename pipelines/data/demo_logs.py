@@ -4,6 +4,13 @@ Four services (an nginx front end, Kubernetes, PyTorch training jobs, Ceph stora
 lines with variable ids, IPs, paths, durations and sizes. Anomalies come in incident bursts. One
 family of anomaly templates (and one phrasing per root cause) is held back from every day but the
 last, so evaluating on the last day measures generalisation to unseen messages, not memory.
+
+The hard variant (`variant="hard"`, `nightshift demo-data --hard`) adds, from a random stream of its own (the
+default corpus stays the same line for line): on the last day, incident bursts whose words never occur on
+any earlier day (`ANOMALY_NOVEL`); every day, a share of Chinese lines (`ZH_SHARE` of the normal traffic,
+with Chinese incidents, new phrasings on the last day); and on the earlier days, a share of mislabelled
+lines (`MISLABELLED_SHARE` of the lines outside training jobs, the anomaly flag flipped), as hand-labelled
+logs have.
 """
 
 from __future__ import annotations
@@ -179,6 +186,34 @@ UNLABELLED_HELD_BACK: list[Fill] = [
     lambda r: "Illegal instruction (core dumped) in libtorch_cpu.so: the CPU lacks the AVX-512 instructions the build needs",
 ]
 
+# Hard variant, last day only: incidents in words that no earlier line uses (the tests check it).
+ANOMALY_NOVEL: list[Template] = [
+    T("kubernetes", "critical", lambda r: f"thermal trip: junction {r.randint(95, 110)} celsius, throttling engaged, shutdown imminent"),
+    T("ceph", "critical", lambda r: f"PSU {r.randint(1, 4)} redundancy gone; voltage sag {r.uniform(10.5, 11.4):.2f} volts observed, chassis brownout"),
+    T("nginx", "critical", lambda r: f"TLS handshake aborted: certificate expired {r.randint(1, 30)} hours ago, peer rejected"),
+    T("pytorch", "critical", lambda r: f"InfiniBand link flapped {r.randint(3, 40)} times, fabric partition isolated, RDMA queue pairs destroyed"),
+]
+ZH_SHARE = 0.1  # Chinese lines per day, as a share of the normal lines
+ZH_NORMAL: list[Fill] = [
+    lambda r: f"用户 {_user(r)} 登录成功，会话 {r.randint(1000, 9999)} 已建立",
+    lambda r: f"任务 {r.randint(10000, 99999)} 完成，耗时 {r.randint(1, 900)} 秒",
+    lambda r: f"数据同步完成，共 {r.randint(100, 99999)} 条记录",
+    lambda r: f"定时备份已开始，目标卷 vol-{r.getrandbits(32):08x}",
+    lambda r: f"服务健康检查通过，延迟 {r.randint(1, 80)} 毫秒",
+    lambda r: f"缓存命中率 {r.randint(60, 99)}%，节点 {_node(r)}",
+]
+ZH_ANOMALY_SEEN: list[Fill] = [
+    lambda r: f"磁盘空间不足，写入检查点 {_path(r)} 失败",
+    lambda r: f"内存溢出，进程 {r.randint(1000, 99999)} 被终止",
+    lambda r: f"网络连接超时，重试 {r.randint(2, 9)} 次后失败",
+]
+ZH_ANOMALY_NOVEL: list[Fill] = [
+    lambda r: f"显卡驱动崩溃，训练中断，节点 {_node(r)} 需要重启",
+    lambda r: f"存储集群降级，{r.randint(2, 40)} 个数据副本丢失",
+]
+MISLABELLED_SHARE = 0.03  # lines outside training jobs on the earlier days whose anomaly flag is flipped
+VARIANTS = ("default", "hard")
+
 TRACEBACK = "Traceback (most recent call last):"
 
 
@@ -200,8 +235,44 @@ def _doc(ts: datetime, service: str, level: str, message: str, host: str, anomal
     }
 
 
-def generate_logs(start: datetime, days: int = 6, per_day: int = 1500, seed: int = 7) -> Iterator[dict]:
-    """Yield the corpus in time order: normal traffic, incident bursts and failing training jobs."""
+def _bursts(r: random.Random, day_start: datetime, fills: list[Fill], service: str, level: str) -> list[dict]:
+    """Two or three incidents of one phrasing each, a few minutes long."""
+    docs = []
+    for _ in range(r.randint(2, 3)):
+        fill, burst_start = r.choice(fills), day_start + timedelta(seconds=r.uniform(0, 86000))
+        docs += [_doc(burst_start + timedelta(seconds=r.uniform(0, 600)), service, level, fill(r), _node(r), True) for _ in range(r.randint(6, 12))]
+    return docs
+
+
+def harden(docs: list[dict], start: datetime, days: int, per_day: int, seed: int) -> list[dict]:
+    """The hard variant's lines added to (and labels flipped in) the default corpus `docs`, from a random stream of its own."""
+    r = random.Random(f"hard-{seed}")
+    last_day_date = (start + timedelta(days=days - 1)).date().isoformat()
+    for doc in docs:  # label noise on the earlier days, outside the training jobs (the root-cause labels stay right)
+        if doc["@timestamp"][:10] < last_day_date and "job_id" not in doc["labels"] and r.random() < MISLABELLED_SHARE:
+            doc["labels"]["anomaly"] = not doc["labels"]["anomaly"]
+    extra: list[dict] = []
+    for day in range(days):
+        day_start, last_day = start + timedelta(days=day), day == days - 1
+        for _ in range(int(per_day * ZH_SHARE)):
+            extra.append(_doc(day_start + timedelta(seconds=r.uniform(0, 86400)), r.choice(["pytorch", "ceph"]), "info",
+                              r.choice(ZH_NORMAL)(r), _node(r), False))
+        extra += _bursts(r, day_start, ZH_ANOMALY_NOVEL if last_day else ZH_ANOMALY_SEEN, "ceph", "error")
+        if last_day:
+            for t in r.sample(ANOMALY_NOVEL, 2):
+                extra += _bursts(r, day_start, [t.render], t.service, t.level)
+    return docs + extra
+
+
+def generate_logs(start: datetime, days: int = 6, per_day: int = 1500, seed: int = 7, variant: str = "default") -> Iterator[dict]:
+    """Yield the corpus in time order: normal traffic, incident bursts and failing training jobs; with
+    `variant="hard"`, the hard variant's lines too (`harden`).
+
+    Raises:
+        ValueError: an unknown variant.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"demo corpus variant {variant!r}: expected one of {', '.join(VARIANTS)}")
     r = random.Random(seed)
     docs: list[dict] = []
     for day in range(days):
@@ -235,6 +306,8 @@ def generate_logs(start: datetime, days: int = 6, per_day: int = 1500, seed: int
             lines.append(f"job {job} failed with exit code {r.choice([1, 134, 137, 139])}")
             for i, line in enumerate(lines):
                 docs.append(_doc(ts + timedelta(seconds=30 + i * 0.2), "pytorch", "error", line, host, True, causes, job))
+    if variant == "hard":
+        docs = harden(docs, start, days, per_day, seed)
     docs.sort(key=lambda d: d["@timestamp"])
     yield from docs
 
@@ -243,13 +316,14 @@ DEMO_START = datetime(2026, 11, 16, tzinfo=timezone.utc)
 DEMO_DAYS = 6
 
 
-def write_demo_logs(out_dir: Path, start: datetime = DEMO_START, days: int = DEMO_DAYS, per_day: int = 1500, seed: int = 7) -> Path:
-    """Write `out_dir/logs.ndjson`, atomically; return its path."""
+def write_demo_logs(out_dir: Path, start: datetime = DEMO_START, days: int = DEMO_DAYS, per_day: int = 1500, seed: int = 7,
+                    variant: str = "default") -> Path:
+    """Write `out_dir/logs.ndjson` (`generate_logs`'s `variant`), atomically; return its path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "logs.ndjson"
     tmp = path.with_suffix(".ndjson.tmp")
     with tmp.open("w") as fh:
-        for doc in generate_logs(start, days, per_day, seed):
+        for doc in generate_logs(start, days, per_day, seed, variant):
             fh.write(json.dumps(doc) + "\n")
     tmp.replace(path)
     return path

@@ -32,9 +32,9 @@ import pandas as pd
 from nightshift_models.normalize import normalize
 from pipelines.config import ConfigError, DriftSettings, Settings
 from pipelines.data.snapshots import Snapshot, load_snapshot, window_tag
-from pipelines.errors import InputError
+from pipelines.errors import InputError, NightshiftError
 from pipelines.pages import CURRENT_COLOUR, REFERENCE_COLOUR, badge, esc, figure, fmt, page, png, table
-from pipelines.registry.store import CHAMPION, ModelRef, alias_version, load_model, set_version_tags, training_snapshot
+from pipelines.registry.store import CHAMPION, ModelRef, alias_version, load_model, set_version_tags, snapshot_lineage
 from pipelines.telemetry import get_logger
 
 log = get_logger("drift")
@@ -521,27 +521,42 @@ def sentence_embedder(classifier, batch_size: int = 64) -> Embedder | None:
     return embed
 
 
+class DriftNotChecked(NightshiftError, RuntimeError):
+    """A version's training snapshot (its `data.snapshot` lineage) cannot be read: the gate must not promote unchecked."""
+
+
+def _readable(location: str, ref: ModelRef) -> Snapshot:
+    try:
+        return load_snapshot(location)
+    except Exception as exc:  # noqa: BLE001 - gone, never committed, or the store unreachable: all stop the gate
+        raise DriftNotChecked(f"drift of {ref.name} v{ref.version}: its training snapshot {location} (tag data.snapshot) cannot be "
+                              f"read: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+
+
 def check_drift(client, ref, settings: Settings, champion=None) -> dict:
     """Drift of a version's training snapshot against the champion's; logged on the version's run.
 
     Writes `drift/report.json` and `drift/report.html` to the run, `drift_*` metrics, and the
     tags `drift.status` (none|warn|severe|not_run) and `drift.label_shift` on the version and run.
+
+    Raises:
+        DriftNotChecked: either version's training snapshot (`data.snapshot` tag) cannot be read from here.
     """
     if champion is None:
         version = alias_version(client, ref.name, CHAMPION)
         champion = ModelRef(ref.name, version) if version else None
     run_id = client.get_model_version(ref.name, ref.version).run_id
-    current = training_snapshot(client, ref)
-    reference = training_snapshot(client, champion) if champion else None
+    current = snapshot_lineage(client, ref)
+    reference = snapshot_lineage(client, champion) if champion else None
     if champion is None or champion.version == ref.version:
         report: dict[str, Any] = {"status": "not_run", "reason": "no other champion to compare with", "label_shift": False, "checks": []}
     elif current is None or reference is None:
-        missing = "this version's" if current is None else f"the champion v{champion.version}'s"
-        report = {"status": "not_run", "reason": f"{missing} training snapshot is not readable here", "label_shift": False, "checks": []}
+        missing = f"v{ref.version}" if current is None else f"the champion v{champion.version}"
+        report = {"status": "not_run", "reason": f"{missing} has no data.snapshot lineage tag", "label_shift": False, "checks": []}
     else:
+        old, new = _readable(reference, ModelRef(champion.name, champion.version)), _readable(current, ModelRef(ref.name, ref.version))
         _, model = load_model(client, f"{champion.name}/{champion.version}")
-        report = compare_snapshots(load_snapshot(reference), load_snapshot(current), settings,
-                                   sentence_embedder(model.unwrap_python_model()))
+        report = compare_snapshots(old, new, settings, sentence_embedder(model.unwrap_python_model()))
         report["reason"] = f"training snapshot of v{ref.version} against the training snapshot of champion v{champion.version}"
     report.update({"model": ref.name, "version": ref.version, "reference_version": champion.version if champion else None})
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from pathlib import Path
 from typing import Generator
 
 import pyarrow as pa
@@ -21,6 +20,7 @@ from pipelines.data.records import LOG_COLUMNS, get_field, json_default, to_row
 from pipelines.data.snapshots import LOG_SCHEMA, Snapshot, write_snapshot
 from pipelines.errors import InputError
 from pipelines.sources.logs import LogSource, open_log_source
+from pipelines.storage import StoragePath
 from pipelines.telemetry import get_logger
 
 log = get_logger("ingest")
@@ -44,7 +44,7 @@ def extra_columns(source: LogSource) -> list[str]:
     return [name for name in getattr(source, "extra_fields", ()) if name not in LOG_COLUMNS]
 
 
-def ingest_logs(source_uri: str, start: datetime | None, end: datetime | None, out: Path, settings: Settings,
+def ingest_logs(source_uri: str, start: datetime | None, end: datetime | None, out: str | StoragePath, settings: Settings,
                 dataset: str = "logs") -> Snapshot:
     """Snapshot the documents of `source_uri` with `start <= @timestamp < end` into `out`.
 

@@ -1,7 +1,10 @@
 """Immutable snapshots: a folder of Parquet data plus `manifest.json`.
 
-A snapshot is written into a hidden temporary folder beside its destination and renamed into
-place only once complete, so a reader never sees a half-written one. The content hash covers the
+A snapshot lives under the storage root (`pipelines.storage`: a local folder or an object store). On the local disk
+it is written into a hidden temporary folder beside its destination and renamed into place only once complete. An
+object store has no rename: the Parquet data is written under a temporary prefix, copied beside the destination's
+manifest, and the manifest is written LAST, as the commit marker: a prefix without `manifest.json` is no snapshot
+(`load_snapshot` refuses it, a retry overwrites it). Either way a reader never sees a half-written one. The content hash covers the
 source, the window and every row, so the same source, window and data always give the same hash;
 re-ingesting them is a no-op, and different data for an existing snapshot is refused.
 """
@@ -10,19 +13,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines import storage
 from pipelines.data.records import batched, format_timestamp, parse_timestamp
 from pipelines.errors import NightshiftError
+from pipelines.storage import StoragePath
 
 LOG_SCHEMA = pa.schema([
     ("timestamp", pa.timestamp("ms", tz="UTC")),
@@ -80,7 +83,7 @@ def parse_window_tag(text: str | None) -> tuple[datetime, datetime] | None:
 
 @dataclass(frozen=True)
 class Snapshot:
-    path: Path
+    path: StoragePath  # a local Path, or a UPath on the object store (`storage.uri(path)` is its lineage string)
     manifest: dict[str, Any]
 
     @property
@@ -95,28 +98,41 @@ class Snapshot:
 
     def read(self, columns: list[str] | None = None):
         """The whole snapshot as a pandas DataFrame."""
-        return pq.read_table(self.path / DATA_FILE, columns=columns).to_pandas()
+        return self.table(columns).to_pandas()
+
+    def table(self, columns: list[str] | None = None) -> pa.Table:
+        """The whole snapshot as an Arrow table."""
+        where, fs = storage.arrow(self.path / DATA_FILE)
+        return pq.read_table(where, columns=columns, filesystem=fs)
+
+    def parquet(self) -> pq.ParquetFile:
+        """The data file, opened for its schema or a streamed read (close it, or read it whole, when done)."""
+        where, fs = storage.arrow(self.path / DATA_FILE)
+        return pq.ParquetFile(where, filesystem=fs)
 
     def batches(self, batch_size: int = 8192, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
         """Stream the snapshot in record batches (bounded memory)."""
-        yield from pq.ParquetFile(self.path / DATA_FILE).iter_batches(batch_size=batch_size, columns=columns)
+        with self.parquet() as data:
+            yield from data.iter_batches(batch_size=batch_size, columns=columns)
 
 
 def _iso(ts: datetime | None) -> str | None:
     return format_timestamp(ts) if ts else None
 
 
-def load_snapshot(path: str | Path) -> Snapshot:
-    """Open a snapshot folder, checking that it is complete."""
-    path = Path(path)
+def load_snapshot(path: str | StoragePath) -> Snapshot:
+    """Open a snapshot (a local folder, a `file://` or `s3://…` URI), checking that it is complete.
+
+    Raises `SnapshotError` when it has no manifest (absent, or a write that never committed)."""
+    path = storage.path(path)
     manifest_file = path / MANIFEST
     if not manifest_file.is_file():
-        raise SnapshotError(f"{path} is not a snapshot: no {MANIFEST}")
+        raise SnapshotError(f"{storage.uri(path)} is not a snapshot: no {MANIFEST}")
     return Snapshot(path, json.loads(manifest_file.read_text()))
 
 
 def write_snapshot(
-    out: Path,
+    out: str | StoragePath,
     rows: Iterable[dict[str, Any]],
     *,
     dataset: str,
@@ -128,18 +144,19 @@ def write_snapshot(
     chunk_rows: int = 20_000,
     extra: dict[str, Any] | None = None,
 ) -> Snapshot:
-    """Stream rows into an immutable snapshot at `out`, all or nothing.
+    """Stream rows into an immutable snapshot at `out` (a local folder or an `s3://…` URI), all or nothing.
 
     Raises `SnapshotError` on an empty window, or when `out` already holds different data.
     """
-    out = Path(out)
+    out = storage.path(out)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    storage.makedirs(tmp)
     digest = hashlib.sha256()
     digest.update(json.dumps({"source": source, "query": query, "start": _iso(start), "end": _iso(end)}, sort_keys=True).encode())
     count = 0
     try:
-        with pq.ParquetWriter(tmp / DATA_FILE, schema, compression="zstd") as writer:
+        where, fs = storage.arrow(tmp / DATA_FILE)
+        with pq.ParquetWriter(where, schema, compression="zstd", filesystem=fs) as writer:
             for chunk in batched(rows, chunk_rows):
                 table = pa.Table.from_pylist(chunk, schema=schema)
                 for row in chunk:
@@ -160,16 +177,20 @@ def write_snapshot(
             "files": [DATA_FILE],
             **(extra or {}),
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if out.exists():
+        if (out / MANIFEST).exists() or (not storage.is_remote(out) and out.exists()):
             existing = load_snapshot(out)
             if existing.content_hash != manifest["content_hash"]:
-                raise SnapshotError(f"snapshot {out} already exists with different data ({existing.content_hash}); snapshots are immutable")
+                raise SnapshotError(f"snapshot {storage.uri(out)} already exists with different data ({existing.content_hash}); "
+                                    "snapshots are immutable")
             return existing
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(out)
+        if storage.is_remote(out):
+            # no rename on an object store: the data beside the manifest first, the manifest last (the commit marker)
+            storage.copy(tmp / DATA_FILE, out / DATA_FILE)
+            (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        else:
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp.rename(out)
         return Snapshot(out, manifest)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
+        storage.remove_tree(tmp)

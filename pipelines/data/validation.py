@@ -12,9 +12,10 @@ expectation names in `meta.view` the table it reads:
 - `summary`, `classes`, `series`: small aggregate tables built while streaming (anomaly and
   duplicate ratios, rows per class, per-series NaN/gap ratios and history), validated once.
 
-`validate_snapshot` writes `DIR/validation/result.json`, a Data Docs site `DIR/validation/data_docs/`
-and `DIR/validation/report.html` beside the snapshot (atomically; the snapshot's data and manifest are
-never touched). `report.html` is nightshift's own page, self-contained (inline CSS, no CDN): each
+`validate_snapshot` writes `DIR.validation/result.json`, a Data Docs site `DIR.validation/data_docs/`
+and `DIR.validation/report.html` beside the snapshot `DIR` (`report_dir`; never inside it: a snapshot is immutable,
+and on an object store its manifest is its commit marker). Locally the folder is swapped into place atomically; on an
+object store `result.json` is uploaded last, and a reader trusts it only for the snapshot's own content hash. `report.html` is nightshift's own page, self-contained (inline CSS, no CDN): each
 measured value against its bound (the anomaly ratio as a ratio against its bounds, not "0%
 unexpected") and the failed rows with examples cut to a readable length. Training logs that folder
 with its run (`log_to_active_run`) and tags the registered version with `validation.status`.
@@ -28,6 +29,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -39,19 +41,21 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from nightshift_models.label_space import load_label_space
-from pipelines.config import PROJECT_ROOT, ConfigError, Settings, ValidationSettings
-from pipelines.data.snapshots import DATA_FILE, Snapshot, load_snapshot, window_tag
+from pipelines import storage
+from pipelines.config import ConfigError, Settings, ValidationSettings
+from pipelines.data.snapshots import Snapshot, load_snapshot, window_tag
 from pipelines.errors import NightshiftError
 from pipelines.pages import badge, esc, fmt, gauge, page, truncate
 from pipelines.registry.store import use_store
+from pipelines.resources import project_dir
+from pipelines.storage import StoragePath
 from pipelines.telemetry import get_logger
 
 log = get_logger("validation")
 
-GX_PROJECT = PROJECT_ROOT / "expectations"
+GX_PROJECT = project_dir("expectations")
 SUITES = ("logs", "metrics")
 REPORT_DIR = "validation"
 RESULT_FILE = "result.json"
@@ -457,7 +461,8 @@ def validate_snapshot(snapshot_dir: str | Path, suite: str | None, settings: Set
             merged.setdefault(_check(r), _Merged()).add(r)
 
     # 1. The schema; absent columns are named by `schema.columns`, not by a type check each.
-    schema = pq.ParquetFile(snapshot.path / DATA_FILE).schema_arrow
+    with snapshot.parquet() as data:
+        schema = data.schema_arrow
     by_view["schema"] = [e for e in by_view.get("schema", []) if e.configuration.kwargs.get("column", None) in (None, *schema.names)]
     run("schema", schema_view(schema))
     # 2. The rows, batch by batch, then the aggregates built on the way.
@@ -575,17 +580,26 @@ def describe(report: dict) -> str:
     return "\n".join(lines)
 
 
+def report_dir(snapshot: Snapshot | str | StoragePath) -> StoragePath:
+    """Where a snapshot's validation report lives: `<snapshot>.validation/` beside the snapshot folder (or prefix)."""
+    where = snapshot.path if isinstance(snapshot, Snapshot) else storage.path(snapshot)
+    return where.parent / f"{where.name}.{REPORT_DIR}"
+
+
 def _write(snapshot: Snapshot, report: dict, results: list, runner: _Runner, gx_suite, expectations: list) -> None:
-    """`validation/` beside the snapshot's data: written in a hidden folder, then swapped into place."""
+    """The report folder beside the snapshot (`report_dir`): built in a hidden local folder, then swapped into place
+    (on an object store: uploaded, `result.json` last)."""
     from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier, ValidationResultIdentifier
 
-    final = snapshot.path / REPORT_DIR
-    tmp = snapshot.path / f".{REPORT_DIR}.tmp-{uuid.uuid4().hex[:8]}"
-    old = snapshot.path / f".{REPORT_DIR}.old-{uuid.uuid4().hex[:8]}"
+    final = report_dir(snapshot)
+    remote = storage.is_remote(final)
+    here = Path(tempfile.gettempdir()) if remote else final.parent  # GE writes Data Docs to the local disk only
+    tmp = here / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    old = here / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
     try:
-        tmp.mkdir()
+        tmp.mkdir(parents=True)
         context = runner.context
         name = report["suite"]
         context.suites.add(runner.gx.ExpectationSuite(name=name, expectations=expectations, notes=gx_suite.notes, meta=gx_suite.meta))
@@ -614,6 +628,11 @@ def _write(snapshot: Snapshot, report: dict, results: list, runner: _Runner, gx_
         report["data_docs_page"] = str(pages[0].relative_to(tmp)) if pages else None
         (tmp / RESULT_FILE).write_text(json.dumps(report, indent=2, default=str))
         (tmp / REPORT_HTML).write_text(render_html(report))
+        if remote:
+            for file in sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != RESULT_FILE):
+                storage.upload(file, final / file.relative_to(tmp).as_posix())
+            storage.upload(tmp / RESULT_FILE, final / RESULT_FILE)
+            return
         if final.exists():
             final.rename(old)
         tmp.rename(final)
@@ -793,7 +812,7 @@ def render_html(report: dict) -> str:
 def read_report(snapshot: Snapshot | str | Path) -> dict | None:
     """The snapshot's validation report, if one was written for this very snapshot (same content hash)."""
     snapshot = snapshot if isinstance(snapshot, Snapshot) else load_snapshot(snapshot)
-    path = snapshot.path / REPORT_DIR / RESULT_FILE
+    path = report_dir(snapshot) / RESULT_FILE
     if not path.is_file():
         return None
     report = json.loads(path.read_text())
@@ -811,13 +830,13 @@ def require_not_failed(snapshot: Snapshot) -> str:
     report = read_report(snapshot)
     if report and report["status"] == FAILED:
         raise ValidationFailed(f"snapshot {snapshot.path} failed validation, so no model trains on it: {brief(report)} "
-                               f"(see {snapshot.path / REPORT_DIR / RESULT_FILE}; `nightshift validate --warn-only` to explore)")
+                               f"(see {report_dir(snapshot) / RESULT_FILE}; `nightshift validate --warn-only` to explore)")
     return report["status"] if report else NOT_RUN
 
 
 def verdict(report: dict) -> dict:
     """The report without the raw GE results: what the CLI prints and the night's summary keeps."""
-    out = Path(report["snapshot"]) / REPORT_DIR
+    out = report_dir(report["snapshot"])
     return {"suite": report["suite"], "status": report["status"], "snapshot": report["snapshot"], "rows": report["rows"],
             "statistics": report["statistics"], "failed": report["failed"], "not_evaluated": report["not_evaluated"],
             "result": str(out / RESULT_FILE), "data_docs": str(out / report["data_docs"]),
@@ -839,7 +858,8 @@ def log_to_active_run(snapshot: Snapshot) -> str:
     report = read_report(snapshot)
     status = report["status"] if report else NOT_RUN
     if report:
-        mlflow.log_artifacts(str(snapshot.path / REPORT_DIR), REPORT_DIR)
+        with storage.local_copy(report_dir(snapshot)) as folder:
+            mlflow.log_artifacts(str(folder), REPORT_DIR)
         mlflow.log_metrics({"validation_failed_expectations": len(report["failed"]),
                             "validation_rows": report["rows"]})
     mlflow.set_tag("validation.status", status)

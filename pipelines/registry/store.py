@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from pipelines import storage
 from pipelines.config import Settings
 from pipelines.errors import NightshiftError
+from pipelines.storage import StoragePath
 from pipelines.telemetry import get_logger
 
 if TYPE_CHECKING:
@@ -186,12 +188,19 @@ def set_version_tags(client, ref: ModelRef, tags: dict[str, str]) -> None:
         client.set_model_version_tag(ref.name, ref.version, key, str(value))
 
 
-def training_snapshot(client, ref: ModelRef) -> Path | None:
-    """The snapshot folder a registered version was trained on (its run's `data.snapshot` lineage tag);
-    None when the tag is missing or the folder is gone."""
+def snapshot_lineage(client, ref: ModelRef) -> str | None:
+    """The location (a local path or an `s3://…` URI) of the snapshot a registered version was trained on: its run's
+    `data.snapshot` lineage tag; None when the version has no such tag."""
     run_id = client.get_model_version(ref.name, ref.version).run_id
-    path = client.get_run(run_id).data.tags.get("data.snapshot") if run_id else None
-    return Path(path) if path and Path(path).is_dir() else None
+    return client.get_run(run_id).data.tags.get("data.snapshot") if run_id else None
+
+
+def training_snapshot(client, ref: ModelRef) -> StoragePath | None:
+    """The snapshot a registered version was trained on (`snapshot_lineage`); None when the tag is missing or the
+    snapshot is gone (for the optional baselines: drift, which must not go without, reads `snapshot_lineage`)."""
+    location = snapshot_lineage(client, ref)
+    path = storage.path(location) if location else None
+    return path if path is not None and (path / "manifest.json").is_file() else None
 
 
 DIGEST_CHARS = 36  # MLflow keeps a dataset's digest in 36 characters (the SQL store's column)

@@ -6,8 +6,9 @@
   point-in-time is reopened and the read resumes at the last timestamp it yielded; the point-in-time is closed on
   success and on failure.
 - `ElasticsearchLogSink` writes the `ml.*` fields back with bulk partial updates (`update` + `doc`), keeping each
-  document's index and routing, in batches cut by bytes, retrying only the items that were rejected. A separate
-  results index is used instead when the sink URI names another index.
+  document's index and routing, in batches cut by bytes and by a quarter of a scoring window, retrying only the
+  items that were rejected. Batches are sent in order on a background thread as soon as they are full, so writing
+  overlaps pulling and scoring. A separate results index is used instead when the sink URI names another index.
 - Scoring selects only the documents the current model version has not scored (a `must_not` on `ml.model.*`) and
   checkpoints, after each acknowledged batch, the timestamp up to which everything is written: a killed run resumes
   there, and with the filter nothing is written twice.
@@ -21,12 +22,12 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
-import os
 import queue
 import random
 import re
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
@@ -34,16 +35,19 @@ from pathlib import Path
 from typing import Any, Callable, Generator, Iterable, Iterator, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from pipelines.config import PROJECT_ROOT, ConfigError, ElasticsearchSettings, Secret, Settings
+from pipelines import storage
+from pipelines.config import ConfigError, ElasticsearchSettings, Secret, Settings
 from pipelines.data.records import batched, get_field, json_default
 from pipelines.errors import NightshiftError
+from pipelines.resources import project_dir
+from pipelines.storage import StoragePath
 from pipelines.telemetry import get_logger
 
 log = get_logger("elastic")
 T = TypeVar("T")
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
-TEMPLATE_DIR = PROJECT_ROOT / "infra" / "elasticsearch"
+TEMPLATE_DIR = project_dir("infra/elasticsearch")  # the source tree's, or the installed package's copy
 COMPONENT_TEMPLATE = "nightshift-ml-fields"
 LOGS_TEMPLATE = "nightshift-logs"
 RESULTS_TEMPLATE = "nightshift-ml-results"
@@ -563,15 +567,16 @@ def _scored_by(marker: dict[str, str]) -> dict:
 
 class ScoringCheckpoint:
     """Where an interrupted scoring pass stopped: the timestamp (epoch ms) up to which every selected document is
-    written. One small JSON file per (source, sink, model version, window) under NIGHTSHIFT_HOME/checkpoints."""
+    written. One small JSON file per (source, sink, model version, window) under `checkpoints/` of the storage root
+    (`pipelines.storage`), so a retry on another worker resumes where the first stopped."""
 
-    def __init__(self, path: Path, key: dict):
+    def __init__(self, path: StoragePath, key: dict):
         self.path, self.key = path, key
 
     @classmethod
     def for_run(cls, settings: Settings, key: dict) -> "ScoringCheckpoint":
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        return cls(settings.home / "checkpoints" / f"score-{digest}.json", key)
+        return cls(settings.storage_root / "checkpoints" / f"score-{digest}.json", key)
 
     def load(self) -> int | None:
         if not self.path.is_file():
@@ -586,11 +591,9 @@ class ScoringCheckpoint:
     def save(self, watermark_ms: Any, written: int) -> None:
         if not isinstance(watermark_ms, int):
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"key": self.key, "watermark_ms": watermark_ms, "watermark": _iso_millis(watermark_ms),
-                                   "written": written, "saved_at": _iso(datetime.now(timezone.utc))}))
-        tmp.replace(self.path)  # atomic: a kill leaves the old checkpoint or the new one
+        # all or nothing: a kill leaves the old checkpoint or the new one
+        storage.write_text(self.path, json.dumps({"key": self.key, "watermark_ms": watermark_ms, "watermark": _iso_millis(watermark_ms),
+                                                  "written": written, "saved_at": _iso(datetime.now(timezone.utc))}))
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -661,26 +664,37 @@ class ElasticsearchLogSink:
         return (json.dumps(action) + "\n" + json.dumps(body, default=json_default) + "\n").encode()
 
     def write(self, docs: Iterator[tuple[str, dict]]) -> dict:
-        """Bulk-write the documents in batches of at most `bulk_max_bytes`; returns written / failed counts with reasons."""
+        """Bulk-write the documents in batches of at most `bulk_max_bytes` and a quarter of `score.sort_window`
+        documents; returns written / failed counts with reasons.
+
+        A batch is sent as soon as it is full, on a background thread, so a scored window is written while the next
+        one is scored (and pulled); batches wait in a queue of at most `bulk_max_bytes`, so memory stays bounded.
+        """
         counts = {"written": 0, "failed": 0}
         reasons: dict[str, int] = {}
-        sender = _Sender(lambda b: self._flush(b, counts, reasons))
+        sender = _Sender(lambda b: self._flush(b, counts, reasons), self.es.bulk_max_bytes)
+        # Counted over every document read, written or not: a window (scored at once, yielded at once) goes out in
+        # four requests right away instead of waiting for the next window to fill its last batch.
+        max_docs = max(1, -(-self.settings.score.sort_window // 4))
         batch: list[tuple[str, bytes]] = []
-        size = 0
+        size = seen = 0
         try:
             for where, doc in docs:
-                if isinstance(where, DocRef) and not any(k == "ml" or k.startswith("ml.") for k in doc):
-                    continue  # not scored (no text to read): nothing to write back; scoring counts it as unscored
-                line = self._action(where, doc)
-                if batch and size + len(line) > self.es.bulk_max_bytes:
-                    sender.send(batch)
-                    batch, size = [], 0
-                batch.append((where, line))
-                size += len(line)
+                seen += 1
+                if not isinstance(where, DocRef) or any(k == "ml" or k.startswith("ml.") for k in doc):
+                    line = self._action(where, doc)  # otherwise not scored (no text to read): nothing to write back
+                    if batch and size + len(line) > self.es.bulk_max_bytes:
+                        sender.send(batch, size)
+                        batch, size, seen = [], 0, 1
+                    batch.append((where, line))
+                    size += len(line)
+                if batch and seen >= max_docs:
+                    sender.send(batch, size)
+                    batch, size, seen = [], 0, 0
             if batch:
-                sender.send(batch)
+                sender.send(batch, size)
         except BaseException:
-            sender.close(reraise=False)  # the batch in flight completes (and is checkpointed); the rest is not sent
+            sender.close(reraise=False)  # the batch in flight completes (and is checkpointed); the queued ones are not sent
             raise
         sender.close()
         if self.checkpoint:
@@ -726,31 +740,51 @@ class ElasticsearchLogSink:
 
 
 class _Sender:
-    """Sends bulk batches in order on a background thread, one in flight while the caller builds the next (scoring
-    and writing overlap); the first error stops sending and is raised to the caller."""
+    """Sends bulk batches in order on a background thread while the caller scores and builds the next ones (scoring,
+    pulling and writing overlap). Batches not yet acknowledged hold at most `max_bytes` (one batch always fits):
+    `send` waits beyond that. The first error stops sending and is raised to the caller."""
 
-    def __init__(self, flush: Callable[[list], None]):
-        self.flush = flush
+    def __init__(self, flush: Callable[[list], None], max_bytes: int):
+        self.flush, self.max_bytes = flush, max_bytes
         self.error: BaseException | None = None
-        self.queue: queue.Queue = queue.Queue(maxsize=1)
+        self.batches: deque[tuple[list, int]] = deque()
+        self.pending = 0  # bytes queued or in flight
+        self.closing = self.cancelled = False
+        self.changed = threading.Condition()
         self.thread = threading.Thread(target=self._run, name="es-bulk-sender", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
-        while (batch := self.queue.get()) is not None:
-            if self.error is None:
+        while True:
+            with self.changed:
+                self.changed.wait_for(lambda: self.batches or self.closing)
+                if not self.batches:
+                    return
+                batch, size = self.batches[0]
+            if self.error is None and not self.cancelled:
                 try:
                     self.flush(batch)
                 except BaseException as exc:
                     self.error = exc
+            with self.changed:
+                self.batches.popleft()
+                self.pending -= size
+                self.changed.notify_all()
 
-    def send(self, batch: list) -> None:
-        if self.error is not None:
-            raise self.error
-        self.queue.put(batch)
+    def send(self, batch: list, size: int) -> None:
+        with self.changed:
+            self.changed.wait_for(lambda: self.error is not None or not self.pending or self.pending + size <= self.max_bytes)
+            if self.error is not None:
+                raise self.error
+            self.batches.append((batch, size))
+            self.pending += size
+            self.changed.notify_all()
 
     def close(self, reraise: bool = True) -> None:
-        self.queue.put(None)
+        """Wait for the queued batches to be written; with `reraise` False (the caller failed), drop those not yet sent."""
+        with self.changed:
+            self.closing, self.cancelled = True, not reraise
+            self.changed.notify_all()
         self.thread.join()
         if reraise and self.error is not None:
             raise self.error

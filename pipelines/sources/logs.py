@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import fcntl
 import glob
+import hashlib
 import json
 import os
 import re
+import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import BinaryIO, Generator, Iterator, Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from pipelines import storage
 from pipelines.config import LogFields, Settings
 from pipelines.data.formats import LOG_READERS, ReadContext, sniff_log_format
 from pipelines.data.records import RecordError, doc_timestamp, format_timestamp, json_default
@@ -138,11 +141,19 @@ class FileLogSink:
     the partial back to the recorded bytes and learns how many source documents to skip. A run with
     another key, or none, starts afresh. Whoever takes the sink removes the temp files that killed runs
     left (`.NAME.<pid>.tmp`). A lock on the partial keeps two runs from writing one sink at once.
+
+    An object-store sink (`s3://…`, under the storage root) is built the same way in a local staging file (resumable on
+    this machine) and uploaded once complete, in one PUT: readers see all of it or nothing.
     """
 
     def __init__(self, uri: str, checkpoint_every: int = 2048):
-        self.path = file_path(uri)
-        self.uri = f"file://{self.path.resolve()}"
+        self.remote = storage.path(uri) if "://" in uri and not uri.startswith("file://") else None
+        if self.remote is not None:
+            self.path = Path(tempfile.gettempdir(), "nightshift-sinks", hashlib.sha1(uri.encode()).hexdigest()[:16], self.remote.name)
+            self.uri = storage.uri(self.remote)
+        else:
+            self.path = file_path(uri)
+            self.uri = f"file://{self.path.resolve()}"
         if self.path.suffix == ".gz":
             raise InputError(f"sink {uri}: the file sink writes plain NDJSON; name it .ndjson and compress it afterwards")
         self.partial = self.path.with_name(f".{self.path.name}.partial")
@@ -191,6 +202,9 @@ class FileLogSink:
         fh.flush()
         os.fsync(fh.fileno())
         os.replace(self.partial, self.path)
+        if self.remote is not None:
+            storage.upload(self.path, self.remote)
+            self.path.unlink()
         self.state_file.unlink(missing_ok=True)
         self._release()
         return {"written": written, "resumed_docs": self._resumed_docs}

@@ -35,6 +35,7 @@ from pipelines.data.records import epoch_divisor
 from pipelines.data.snapshots import Snapshot, write_snapshot
 from pipelines.errors import InputError, MissingInput, NightshiftError
 from pipelines.sources.logs import file_path, public_uri
+from pipelines.storage import StoragePath
 from pipelines.telemetry import get_logger
 
 log = get_logger("prometheus")
@@ -467,9 +468,9 @@ def metric_rows(series: list[tuple[str, Series]]) -> Iterator[dict]:
             yield {"timestamp": datetime.fromtimestamp(ts, timezone.utc), "series": sid, "labels": labels, "value": value}
 
 
-def ingest_metrics(source_uri: str, queries: dict[str, str], start: datetime, end: datetime, step: float | str, out: Path,
+def ingest_metrics(source_uri: str, queries: dict[str, str], start: datetime, end: datetime, step: float | str, out: str | StoragePath,
                    settings: Settings, dataset: str = "metrics") -> Snapshot:
-    """Snapshot the named queries of `source_uri` at `step` over [start, end) into `out`, all or nothing."""
+    """Snapshot the named queries of `source_uri` at `step` over [start, end) into `out` (a folder or a storage URI), all or nothing."""
     step_s = parse_duration(step)
     source = open_metric_source(source_uri, settings)
     started = time.perf_counter()
@@ -477,7 +478,7 @@ def ingest_metrics(source_uri: str, queries: dict[str, str], start: datetime, en
     fetch_seconds = time.perf_counter() - started
     points = sum(len(s.values) for _, s in fetched.series)
     snapshot = write_snapshot(
-        Path(out), metric_rows(fetched.series), dataset=dataset, source=source.uri,
+        out, metric_rows(fetched.series), dataset=dataset, source=source.uri,
         query={"queries": queries, "step": format_duration(step_s)}, start=start, end=end, schema=METRIC_SCHEMA,
         extra={"step_seconds": step_s, "series_count": len(fetched.series), "grid_points": fetched.grid_points,
                "dropped_non_finite": fetched.non_finite,

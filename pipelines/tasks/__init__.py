@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipelines import storage
 from pipelines.config import Settings
 from pipelines.errors import NightshiftError
 from pipelines.registry.store import load_model, use_store
@@ -46,7 +47,7 @@ def evaluate(model_ref: str, snapshot_dir: str | Path, settings: Settings, basel
     spec = task(model_ref.split("@")[0].split("/")[0])
     client = use_store(settings)
     ref, model = load_model(client, model_ref)
-    report = spec.evaluate(client, ref, model.unwrap_python_model(), Path(snapshot_dir), settings, baseline)
+    report = spec.evaluate(client, ref, model.unwrap_python_model(), storage.path(snapshot_dir), settings, baseline)
     log.info("evaluated", extra={"model": ref.name, "version": ref.version, "examples": report.examples, "unit": report.unit,
                                  **{k: round(v, 4) for k, v in report.metrics.items() if isinstance(v, float)}})
     return report

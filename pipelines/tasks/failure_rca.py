@@ -2,6 +2,7 @@
 
 A training example is one failed job (its text from `pipelines.data.failed_jobs`), its targets the job's
 root causes in label-space order; failed jobs without root causes are all-negative examples. The
+model families (tfidf, embedding, bert) compete as for log-anomaly (`pipelines.training.families`); the
 BERT loop, MLflow logging and registration are the shared ones in `pipelines.training`; this module
 adds the `[rca]` hyper-parameters (a mean-pooled head started from a linear probe: LP-FT), the
 label space and knowledge base (written into the model), the per-label thresholds, the
@@ -13,15 +14,13 @@ from __future__ import annotations
 import dataclasses
 import re
 import tempfile
-import time
-import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from nightshift_models.baselines import baseline_proba, tfidf_logreg
+from nightshift_models.baselines import baseline_proba
 from nightshift_models.knowledge_base import KnowledgeBase, load_knowledge_base
 from nightshift_models.label_space import LabelSpace, LabelSpaceError, load_label_space
 from nightshift_models.normalize import normalize
@@ -33,6 +32,14 @@ from pipelines.registry.store import ModelRef, training_snapshot
 from pipelines.tasks.spec import EvaluationReport, TaskSpec, TrainingOutcome
 from pipelines.telemetry import get_logger
 from pipelines.training.classification import ThresholdTuner, tune_threshold
+from pipelines.training.families import (
+    candidate_families,
+    choose_family,
+    family_scores,
+    fit_families,
+    fit_sklearn_family,
+    selection_split,
+)
 from pipelines.training.fine_tune import (
     FitResult,
     classifier_candidate,
@@ -41,7 +48,7 @@ from pipelines.training.fine_tune import (
     compact_training_set,
     fine_tune,
 )
-from pipelines.training.loop import OnEpoch, split_by_time
+from pipelines.training.loop import OnEpoch
 from pipelines.training.plots import Scored, TrainingReport, classifier_report, log_report
 from pipelines.training.register import register_candidate
 
@@ -122,11 +129,9 @@ def snapshot_jobs(snapshot: Snapshot, settings: Settings, label_space: LabelSpac
 
 
 def fit_baseline(train_texts: Sequence[str], y_train: np.ndarray, val_texts: Sequence[str], y_val: np.ndarray,
-                 labels: Sequence[str], seed: int):
-    """TF-IDF + one-vs-rest logistic regression, thresholds tuned on validation like the BERT's."""
-    with warnings.catch_warnings():  # a label absent from the window is expected: it gets a constant "no"
-        warnings.filterwarnings("ignore", message="Label not .* is present in all training examples")
-        model = tfidf_logreg(train_texts, y_train, seed)
+                 labels: Sequence[str], params: TrainSettings):
+    """TF-IDF + one-vs-rest logistic regression (the tfidf family), thresholds tuned on validation like the BERT's."""
+    model, _, _ = fit_sklearn_family("tfidf", train_texts, y_train, checkpoint="", params=params)
     thresholds, metrics = label_threshold_tuner(labels)(y_val, baseline_proba(model, val_texts))
     return model, np.asarray(thresholds), metrics
 
@@ -168,32 +173,53 @@ def probe_head(checkpoint: str, texts: Sequence[str], y: np.ndarray, params: Tra
 
 
 def training_split(jobs: pd.DataFrame, settings: Settings, where: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Oldest jobs train, newest validate; refuses a window without labelled jobs to learn from."""
+    """Oldest jobs train, newest validate, and the jobs of a `candidates.template_holdout` share of the error
+    templates (`pipelines.training.families.selection_split`, on each job's first error line) validate too, so that
+    choosing a family rewards naming the cause of a phrasing never seen. Refuses a window without labelled jobs.
+
+    Raises:
+        NoFailuresError: no failed job with root causes. TrainingDataError: too few jobs to split.
+    """
     field = settings.fields
     labelled = int(jobs["root_cause"].map(len).gt(0).sum()) if len(jobs) else 0
     if labelled == 0:
         raise NoFailuresError(f"{where}: no failed job with root causes (jobs grouped by field '{field.job_id}', "
                               f"labels in field '{field.root_cause}'); {len(jobs)} failed job(s) found")
-    train, val = split_by_time(jobs, settings.train.validation_fraction)
+    jobs = jobs.reset_index(drop=True)
+    keyed = pd.DataFrame({"timestamp": jobs["timestamp"], "text": jobs["model_text"].str.split(" | ", n=1, regex=False).str[0],
+                          "labelled": jobs["root_cause"].map(len).gt(0)})
+    train, val = selection_split(keyed, settings.train.validation_fraction, settings.candidates.template_holdout, settings.train.seed,
+                                 label="labelled")
+    train, val = jobs.loc[train.index], jobs.loc[val.index]
     if val.empty or not train["root_cause"].map(len).gt(0).any():
         raise TrainingDataError(f"{where}: {len(jobs)} failed job(s) with {labelled} labelled: too few to split into "
                                 f"training and validation (setting train.validation_fraction={settings.train.validation_fraction})")
     return train, val
 
 
-def rca_report(result: FitResult, y_val: np.ndarray, labels: Sequence[str], baseline: Scored, facts: dict) -> TrainingReport:
+def rca_report(result: FitResult, fits: dict[str, FitResult], y_val: np.ndarray, labels: Sequence[str], baseline: Scored | None,
+               facts: dict) -> TrainingReport:
     """The training report of a failure-rca run (`pipelines.training.plots.classifier_report`) on its validation jobs
-    (`y_val` (N, K) of `labels`): the fine-tuned BERT (`result`, with its kept epoch's probabilities) against the
-    TF-IDF one-vs-rest `baseline`, micro-averaged precision-recall, the label decisions at the per-label thresholds
-    (micro-averaged counts and per label) and the epochs. `facts` head the page."""
-    return classifier_report(TASK, y_val, labels, "bert", {"bert": Scored(result.best_metrics, result.val_probs), "tfidf (baseline)": baseline},
-                             result.thresholds, SUMMARY_METRICS, facts, history=result.history, best_epoch=result.best_epoch,
+    (`y_val` (N, K) of `labels`): every fitted family (`fits`) side by side, the TF-IDF one-vs-rest `baseline` when it
+    was not among them, micro-averaged precision-recall, the served family's (`result`) label decisions at its
+    per-label thresholds (micro-averaged counts and per label) and the BERT's epochs. `facts` head the page."""
+    bert = fits.get("bert")
+    return classifier_report(TASK, y_val, labels, result.family, family_scores(fits, baseline), result.thresholds, SUMMARY_METRICS, facts,
+                             history=bert.history if bert else (), best_epoch=bert.best_epoch if bert else 0,
                              curve_metrics=("micro_f1", "macro_f1"))
 
 
 def train_failure_rca(snapshot_dir: str | Path, settings: Settings, base_model: str | None = None) -> TrainingOutcome:
-    """Fine-tune, log and register a `failure-rca` candidate from a log snapshot; return the outcome. The run carries
-    the per-epoch curves (`pipelines.training.loop.log_epoch_metrics`) and the training report (`rca_report`)."""
+    """Fit every candidate family (`candidates.families`: tfidf, embedding, and the BERT fine-tuned after a linear
+    probe) on a log snapshot's failed jobs, register the one best on validation micro-F1 (a tie goes to the cheaper)
+    as a `failure-rca` candidate, and return the outcome. The run carries every family's validation metrics
+    (`FAMILY.METRIC`), the BERT's per-epoch curves (`pipelines.training.loop.log_epoch_metrics`) and the training
+    report (`rca_report`).
+
+    Raises:
+        NoFailuresError: no failed job with root causes. TrainingDataError: too few jobs to split.
+        ConfigError: a bad `candidates.*` or `rca.*` setting.
+    """
     import mlflow
 
     from nightshift_models.bert import resolve_checkpoint
@@ -203,37 +229,47 @@ def train_failure_rca(snapshot_dir: str | Path, settings: Settings, base_model: 
     snapshot = load_snapshot(snapshot_dir)
     tuned = rca_settings(settings)
     params = tuned.train
+    families = candidate_families(settings)
     train, val = training_split(snapshot_jobs(snapshot, settings, label_space), settings, f"snapshot {snapshot.path}")
     y_train, y_val = targets(train["root_cause"], labels), targets(val["root_cause"], labels)
     texts, y = compact_training_set(train["model_text"].tolist(), y_train, params.max_train_examples, params.seed)
     val_texts = val["model_text"].tolist()
     checkpoint = resolve_checkpoint(base_model or params.base_model)
-    baseline_model, _, baseline_metrics = fit_baseline(texts, y, val_texts, y_val, labels, params.seed)
+    tune = label_threshold_tuner(labels)
+    baseline = None  # None: the tfidf family is the baseline
+    if "tfidf" not in families:
+        baseline_model, _, baseline_metrics = fit_baseline(texts, y, val_texts, y_val, labels, params)
+        baseline = Scored(baseline_metrics, baseline_proba(baseline_model, val_texts))
 
     def fit(on_epoch: OnEpoch):
         mlflow.log_dict(label_space.to_json(), "rca/label_space.json")
         mlflow.log_dict(knowledge_base.to_json(), "rca/knowledge_base.json")
-        started = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            probed = probe_head(checkpoint, texts, y, params, Path(tmp))
-            result = fine_tune(texts, y, val_texts, y_val, checkpoint=probed, params=params, tune=label_threshold_tuner(labels),
-                               on_epoch=on_epoch)
-        result.seconds = time.perf_counter() - started
-        facts = {"validation jobs": len(val), "labelled validation jobs": int(y_val.any(axis=1).sum()), "labels": len(labels),
-                 "training examples": len(texts), "kept epoch": result.best_epoch}
-        log_report(TASK, lambda: rca_report(result, y_val, labels, Scored(baseline_metrics, baseline_proba(baseline_model, val_texts)), facts))
+
+        def lp_ft() -> FitResult:
+            with tempfile.TemporaryDirectory() as tmp:
+                probed = probe_head(checkpoint, texts, y, params, Path(tmp))
+                return fine_tune(texts, y, val_texts, y_val, checkpoint=probed, params=params, tune=tune, on_epoch=on_epoch)
+
+        fits = fit_families(texts, y, val_texts, y_val, families, checkpoint=checkpoint, params=params, tune=tune, fit_bert=lp_ft)
+        result = choose_family(fits, metric=SPEC.primary)
+        facts = {"served family": f"{result.family} (the best validation micro-F1; a tie goes to the cheaper family)",
+                 "families fitted": ", ".join(fits), "validation jobs": len(val),
+                 "labelled validation jobs": int(y_val.any(axis=1).sum()), "labels": len(labels), "training examples": len(texts),
+                 **({"kept epoch": fits["bert"].best_epoch} if "bert" in fits else {})}
+        log_report(TASK, lambda: rca_report(result, fits, y_val, labels, baseline, facts))
         return classifier_candidate(
             result, checkpoint=checkpoint, params=params, snapshot=snapshot,
             meta={"task": TASK, "outputs": labels, "label_space": label_space.to_json(), "knowledge_base": knowledge_base.to_json(),
                   "input": "job text (pipelines.data.failed_jobs.job_text)"},
-            example=val["text"].head(3).tolist(), baseline=baseline_metrics)
+            example=val["text"].head(3).tolist(), baseline=dict(baseline.metrics) if baseline is not None else None,
+            outcome_metrics=SUMMARY_METRICS)
 
     outcome = register_candidate(
         TASK, snapshot, tuned, fit=fit, pip_requirements=classifier_requirements(),
         validation=Split("validation", rows_digest(val[["text"]]), len(val)),
         params={**classifier_params(checkpoint, params),
                 "train_jobs": len(train), "train_examples": len(texts), "validation_jobs": len(val),
-                "labels": len(labels), "pooling": params.pooling, "head_init": "linear probe (LP-FT)", "label_space": f"{label_space.name}@{label_space.version}",
+                "labels": len(labels), "families": ",".join(families), "pooling": params.pooling, "head_init": "linear probe (LP-FT)", "label_space": f"{label_space.name}@{label_space.version}",
                 "knowledge_base": f"{knowledge_base.name}@{knowledge_base.version}"},
     )
     # The run holds every metric; the outcome keeps the headline ones, per-label F1 and thresholds apart.
@@ -286,7 +322,7 @@ def evaluate_failure_rca(client, ref: ModelRef, classifier, snapshot_dir: Path, 
         texts, y_train = compact_training_set(train["model_text"].tolist(), targets(train["root_cause"], labels),
                                               settings.train.max_train_examples, settings.train.seed)
         tfidf, thresholds, _ = fit_baseline(texts, y_train, val["model_text"].tolist(), targets(val["root_cause"], labels),
-                                            labels, settings.train.seed)
+                                            labels, settings.train)
         base = multilabel_report(y, baseline_proba(tfidf, jobs["model_text"].tolist()) >= thresholds[None, :], labels)
         report.baselines["tfidf"] = {k: base[k] for k in SUMMARY_METRICS}
         report.baseline_trained_on = str(reference)

@@ -1,16 +1,15 @@
 """Training: fit the candidate model families on a snapshot, log the run to MLflow, register the winner.
 
-Reading order: `selection_split` (time + held-out templates) -> `fit_families` (each family on the same
-texts: TF-IDF word+char n-grams, frozen-encoder embedding + LR, fine-tuned BERT) -> `choose_family`
-(best validation primary metric; a tie goes to the cheaper) -> `pipelines.training.register.register_candidate`.
+Reading order: `selection_split` (time + held-out templates) -> `fit_anomaly_families` (each family on the same
+texts: TF-IDF word+char n-grams, frozen-encoder embedding + LR, fine-tuned BERT; the competition is
+`pipelines.training.families`', shared with the root-cause model) -> `choose_family` (best validation primary
+metric; a tie goes to the cheaper) -> `pipelines.training.register.register_candidate`.
 The BERT loop (`fine_tune`) is `pipelines.training.fine_tune`'s, shared with the root-cause model.
 """
 
 from __future__ import annotations
 
 import math
-import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -18,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from nightshift_models.baselines import FAMILIES, EmbeddingLogReg, baseline_proba, tfidf_logreg
+from nightshift_models.baselines import baseline_proba, tfidf_logreg
 from pipelines.config import ConfigError, Settings
 from pipelines.data.snapshots import Snapshot, Split, load_snapshot, rows_digest
 from pipelines.errors import TrainingDataError
@@ -26,6 +25,7 @@ from pipelines.registry.store import ModelRef, training_snapshot
 from pipelines.tasks.spec import EvaluationReport, TaskSpec, TrainingOutcome
 from pipelines.telemetry import get_logger
 from pipelines.training.classification import binary_report, tune_threshold
+from pipelines.training.families import candidate_families, choose_family, family_scores, fit_families, selection_split
 from pipelines.training.fine_tune import (
     OUTCOME_FAMILY_METRICS,
     FitResult,
@@ -35,7 +35,7 @@ from pipelines.training.fine_tune import (
     compact_training_set,
     fine_tune,
 )
-from pipelines.training.loop import EPOCH_LOSSES, OnEpoch, ignore_epoch, split_by_time
+from pipelines.training.loop import OnEpoch, ignore_epoch
 from pipelines.training.plots import Scored, TrainingReport, classifier_report, log_report
 from pipelines.training.register import register_candidate
 
@@ -49,41 +49,6 @@ def tune_anomaly_threshold(y: np.ndarray, p: np.ndarray) -> tuple[list[float], d
     threshold = tune_threshold(y[:, 0], p[:, 0].astype(np.float64))
     report = binary_report(y[:, 0], p[:, 0], threshold)
     return [threshold], {**report, "primary": report["f1"], "threshold": threshold}
-
-
-def template_key(text: str) -> str:
-    """A normalised message's template: its runs of letters, from the words that hold no digit
-    (`Scaled deployment search from <NUM> to <NUM> replicas` -> `Scaled deployment search from to replicas`;
-    ids such as pod names carry digits and drop out). Any script: CJK runs count as letters."""
-    words = [w for w in text.split() if not any(c.isdigit() for c in w)]
-    return " ".join(re.findall(r"[^\W\d_]+", " ".join(words))) or text
-
-
-def selection_split(frame: pd.DataFrame, validation_fraction: float, template_holdout: float, seed: int,
-                    label: str = "anomaly") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The validation split that model choice is made on: the newest `validation_fraction` of rows (time), plus
-    every row of a `template_holdout` share of the message templates of each class (a template is anomalous
-    when any of its rows is), which training never sees. Choosing on it rewards generalising to unseen
-    messages, as the held-back day and real logs demand, not remembering phrasings.
-
-    At least one template of each class stays in training; with under two templates in a class none of it
-    is held out. `frame` needs `timestamp`, `text` and the 0/1 `label` column.
-    Returns (train, validation), each in time order.
-    """
-    train, val = split_by_time(frame, validation_fraction)
-    if template_holdout <= 0 or train.empty:
-        return train, val
-    keys = train["text"].map(template_key)
-    anomalous = set(keys[train[label].astype(bool).to_numpy()])
-    rng = np.random.default_rng(seed)
-    held: set[str] = set()
-    for group in (sorted(anomalous), sorted(set(keys) - anomalous)):
-        if len(group) < 2:
-            continue
-        n = min(max(1, int(round(template_holdout * len(group)))), len(group) - 1)
-        held.update(rng.permutation(np.asarray(group, dtype=object))[:n].tolist())
-    out = keys.isin(held).to_numpy()
-    return train[~out], pd.concat([train[out], val]).sort_values("timestamp", kind="stable")
 
 
 def labelled_logs(snapshot: Snapshot, context_fields: Sequence[str] = ()) -> pd.DataFrame:
@@ -108,19 +73,6 @@ def context_fields(settings: Settings) -> tuple[str, ...]:
     if bad:
         raise ConfigError(f"setting candidates.context_fields: {', '.join(bad)} (expected level, service, host)")
     return names
-
-
-def candidate_families(settings: Settings) -> tuple[str, ...]:
-    """Setting `candidates.families`, cheapest first (`nightshift_models.baselines.FAMILIES` order).
-
-    Raises:
-        ConfigError: an unknown family, or none.
-    """
-    names = {n.strip() for n in settings.candidates.families.split(",") if n.strip()}
-    if not names or names - set(FAMILIES):
-        raise ConfigError(f"setting candidates.families: {settings.candidates.families!r} (expected a comma-separated subset of "
-                          f"{', '.join(FAMILIES)})")
-    return tuple(f for f in FAMILIES if f in names)
 
 
 @dataclass
@@ -164,42 +116,19 @@ def tfidf_reference(snapshot: Snapshot, settings: Settings):
     return model, thresholds[0], metrics
 
 
-def fit_families(data: Prepared, families: Sequence[str], checkpoint: str, settings: Settings,
-                 on_epoch: OnEpoch = ignore_epoch) -> dict[str, FitResult]:
-    """Fit every family on the same training texts and score it on the same validation split.
+def fit_anomaly_families(data: Prepared, families: Sequence[str], checkpoint: str, settings: Settings,
+                         on_epoch: OnEpoch = ignore_epoch) -> dict[str, FitResult]:
+    """Every family of `families` on the prepared snapshot (`pipelines.training.families.fit_families`), thresholds
+    and metrics by `tune_anomaly_threshold`; the BERT is `fine_tune` of `checkpoint` with early stopping on
+    `candidates.early_stopping_metric` (per-epoch metrics through `on_epoch`)."""
+    params, val_texts = settings.train, data.val["text"].tolist()
 
-    tfidf: `nightshift_models.baselines.tfidf_logreg`; embedding: `nightshift_models.baselines.EmbeddingLogReg` on the frozen
-    `checkpoint`; bert: `fine_tune` of `checkpoint` (per-epoch metrics through `on_epoch`).
-    Returns {family: FitResult} with thresholds and metrics tuned on validation by `tune_anomaly_threshold`, and the
-    validation probabilities (`val_probs`, (N, 1)) they come from.
-    """
-    from nightshift_models.bert import load_encoder, pick_device
+    def fit_bert() -> FitResult:
+        return fine_tune(data.texts, data.targets, val_texts, data.y_val, checkpoint=checkpoint, params=params,
+                         tune=tune_anomaly_threshold, on_epoch=on_epoch, select=settings.candidates.early_stopping_metric)
 
-    params = settings.train
-    val_texts = data.val["text"].tolist()
-    out: dict[str, FitResult] = {}
-    for family in families:
-        started = time.perf_counter()
-        if family == "bert":
-            out[family] = fine_tune(data.texts, data.targets, val_texts, data.y_val, checkpoint=checkpoint, params=params,
-                                    tune=tune_anomaly_threshold, on_epoch=on_epoch, select=settings.candidates.early_stopping_metric)
-            continue
-        device = "cpu"
-        if family == "tfidf":
-            model, tokenizer = tfidf_logreg(data.texts, data.targets, params.seed), None
-            probs = baseline_proba(model, val_texts)
-        else:
-            device = pick_device(params.device)
-            tokenizer, encoder = load_encoder(checkpoint)
-            model = EmbeddingLogReg.fit(tokenizer, encoder, data.texts, data.targets, max_length=params.max_length, seed=params.seed,
-                                        device=device, batch_size=params.batch_size * 2)
-            probs = model.predict_proba(val_texts, params.batch_size * 2)[:, 1:2]
-        thresholds, metrics = tune_anomaly_threshold(data.y_val, probs)
-        out[family] = FitResult(model, tokenizer, thresholds, [metrics], 0, metrics, device, time.perf_counter() - started, family=family,
-                                val_probs=probs)
-        log.info("family fitted", extra={"family": family, "seconds": round(out[family].seconds, 1),
-                                          **{k: round(v, 4) for k, v in metrics.items() if k in ("f1", "pr_auc")}})
-    return out
+    return fit_families(data.texts, data.targets, val_texts, data.y_val, families, checkpoint=checkpoint, params=params,
+                        tune=tune_anomaly_threshold, fit_bert=fit_bert)
 
 
 def _tfidf_metrics(data: Prepared, seed: int) -> dict[str, float]:
@@ -207,26 +136,12 @@ def _tfidf_metrics(data: Prepared, seed: int) -> dict[str, float]:
     return tune_anomaly_threshold(data.y_val, baseline_proba(tfidf_logreg(data.texts, data.targets, seed), data.val["text"].tolist()))[1]
 
 
-def choose_family(fits: dict[str, FitResult], tie: float = 1e-9) -> FitResult:
-    """The family with the best validation primary metric; within `tie` of it, the cheapest (the order of
-    `fits`, cheapest first). The winner's `family_metrics` holds every contender's validation metrics."""
-    scores = {name: fit.best_metrics.get("primary", float("nan")) for name, fit in fits.items()}
-    best = max((v for v in scores.values() if np.isfinite(v)), default=float("nan"))
-    winner = next((name for name, v in scores.items() if np.isfinite(v) and v >= best - tie), next(iter(fits)))
-    result = fits[winner]
-    result.family_metrics = {name: {k: v for k, v in fit.best_metrics.items() if k not in EPOCH_LOSSES}
-                             for name, fit in fits.items()}
-    return result
-
-
 def anomaly_report(data: Prepared, fits: dict[str, FitResult], result: FitResult, baseline: dict[str, float] | None) -> TrainingReport:
     """The training report of a log-anomaly run (`pipelines.training.plots.classifier_report`) on the validation
     split the family was chosen on: every fitted family compared and its precision-recall curve (`fits`, as
     `fit_families` returns them), the TF-IDF baseline's metrics when it was not among them (`baseline`), the
     served family's (`result`, `choose_family`'s) confusion matrix at its threshold, and the BERT's epochs."""
-    scored = {name: Scored(fit.best_metrics, fit.val_probs) for name, fit in fits.items()}
-    if baseline is not None:
-        scored["tfidf (baseline)"] = Scored(baseline)
+    scored = family_scores(fits, Scored(baseline) if baseline is not None else None)
     bert = fits.get("bert")
     facts = {"served family": f"{result.family} (the best validation F1; a tie goes to the cheaper family)",
              "threshold": result.thresholds[0], "validation rows": len(data.val),
@@ -280,7 +195,7 @@ def train_log_anomaly(snapshot_dir: str | Path, settings: Settings, base_model: 
         mlflow.set_tag("data.unk_warning", "true" if warnings else "false")
         if warnings:
             mlflow.set_tag("warnings", " | ".join(warnings)[:4000])
-        fits = fit_families(data, families, checkpoint, settings, on_epoch)
+        fits = fit_anomaly_families(data, families, checkpoint, settings, on_epoch)
         result = choose_family(fits)
         log_report("log-anomaly", lambda: anomaly_report(data, fits, result, baseline))
         return classifier_candidate(

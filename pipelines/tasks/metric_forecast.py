@@ -25,12 +25,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from nightshift_models.forecast_baselines import predict_linear, residual_band, seasonal_naive
 from nightshift_models.forecast_contenders import available_contenders, build_committee, fit_statistical
 from pipelines.config import ForecastSettings, Settings
-from pipelines.data.snapshots import DATA_FILE, Snapshot, Split, load_snapshot, rows_digest, window_tag
+from pipelines.data.snapshots import Snapshot, Split, load_snapshot, rows_digest, window_tag
 from pipelines.errors import TrainingDataError
 from pipelines.registry.store import ModelRef
 from pipelines.sources.prometheus import format_duration, parse_duration, step_grid
@@ -70,7 +69,7 @@ def load_metric_snapshot(snapshot_dir: str | Path, max_gap_fraction: float) -> M
     step = float(m["step_seconds"])
     times = step_grid(datetime.fromisoformat(m["window"]["start"].replace("Z", "+00:00")),
                       datetime.fromisoformat(m["window"]["end"].replace("Z", "+00:00")), step)
-    table = pq.read_table(snapshot.path / DATA_FILE)
+    table = snapshot.table()
     series = table["series"].to_numpy(zero_copy_only=False).astype(str)
     ids, first, row = np.unique(series, return_index=True, return_inverse=True)
     labels = dict(zip(ids.tolist(), (dict(pairs) for pairs in table["labels"].take(first).to_pylist())))

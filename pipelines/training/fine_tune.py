@@ -143,14 +143,14 @@ def classifier_requirements() -> list[str]:
 
 def classifier_candidate(result: FitResult, *, checkpoint: str, params: TrainSettings, snapshot: Snapshot, meta: dict[str, Any],
                          example: list[str], baseline: dict[str, float] | None = None,
-                         details: dict[str, Any] | None = None) -> Candidate:
+                         details: dict[str, Any] | None = None, outcome_metrics: Sequence[str] = OUTCOME_FAMILY_METRICS) -> Candidate:
     """A text classifier's fit (a fine-tuned BERT, or whichever family `choose_family` picked) as the candidate
     to register: a `TextClassifier` pyfunc over its checkpoint, with `nightshift.json` holding `meta`, the family,
     the thresholds and the lineage.
 
     On the run: the winner's validation metrics as `best_*`, the baseline's as `baseline_*` (`baseline` None: the
     `tfidf` family's), every contender's as `FAMILY.METRIC`. In the outcome: the finite ones rounded, each
-    contender's headline metrics under `families` (when there were several), then `details`.
+    contender's headline metrics (`outcome_metrics`) under `families` (when there were several), then `details`.
     """
     best = {k: v for k, v in result.best_metrics.items() if k not in EPOCH_LOSSES}
     if baseline is None:
@@ -176,7 +176,7 @@ def classifier_candidate(result: FitResult, *, checkpoint: str, params: TrainSet
 
     families = {}
     if result.family_metrics:
-        families["families"] = {name: {k: round(v, 4) for k, v in m.items() if k in OUTCOME_FAMILY_METRICS and np.isfinite(v)}
+        families["families"] = {name: {k: round(v, 4) for k, v in m.items() if k in outcome_metrics and np.isfinite(v)}
                                 for name, m in result.family_metrics.items()}
     return Candidate(
         result.family, result.best_epoch, result.device, result.seconds, package,

@@ -443,7 +443,7 @@ def test_write_back_onto_own_documents_then_nothing_then_rescore_after_promotion
     assert len(scored) == expected and all(in_window(d) for d in scored.values())
     for doc in scored.values():
         ml = doc["ml"]
-        assert ml["model"] == {"name": "log-anomaly", "version": "1"} and ml["scored_at"]
+        assert ml["model"] == {"name": "log-anomaly", "version": "1", "family": "bert"} and ml["scored_at"]
         assert ml["anomaly"]["score"] in (0.1, 0.9) and ml["anomaly"]["is_anomaly"] == (ml["anomaly"]["score"] > 0.5)
         assert doc["message"]  # a partial update: the log fields stay
     assert set(loaded.update_counts().values()) == {1}  # routed documents included: each updated once, in place
@@ -543,6 +543,43 @@ def test_rejected_bulk_items_are_retried_and_unwritable_ones_counted(faults_node
     assert write_rejections(faults_cluster) > rejected_before  # the node did reject writes
     counts = faults_cluster.update_counts()
     assert len(counts) == expected and set(counts.values()) == {1}  # each rejected item written once in the end
+
+
+def test_writes_overlap_scoring_and_failures_mid_stream_are_counted(faults_cluster, demo_docs, stand_in, home, monkeypatch):
+    """A window's bulk requests go out while the next windows are scored: from the third window on, the classifier
+    only answers once the node has acknowledged a bulk request (writing everything at the end never satisfies it).
+    Documents that fail for real mid-stream (an index mapping `ml` as a keyword, interleaved in time with the
+    others) are each counted under their reason while the batches around them are written; every other document is
+    written exactly once."""
+    monkeypatch.setenv("NIGHTSHIFT_SCORE_SORT_WINDOW", "20")  # bulk requests of 5 documents
+    monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_RETRY_BACKOFF", "0.05")
+    expected = sum(in_window(d) for d in demo_docs)
+    faults_cluster.client.indices.create(index=faults_cluster.name("logs-conflict"), mappings={"properties": {"ml": {"type": "keyword"}}})
+    bad = [{"@timestamp": f"2026-11-{17 + i // 4}T{(i % 4) * 6 + 1:02d}:30:00Z", "message": f"unwritable {i}", "labels": {"anomaly": False}}
+           for i in range(8)]
+    faults_cluster.load(bad, "logs-conflict")
+    proxy = FaultProxy(faults_cluster.url).start()
+    acknowledged = threading.Event()
+    proxy.faults.on_bulk = lambda n: acknowledged.set()
+
+    class WaitsForWrites(StandInClassifier):
+        def probabilities(self, messages, batch_size=64):
+            if self.calls >= 2:
+                assert acknowledged.wait(60), "no bulk request acknowledged while windows were still being scored"
+            return super().probabilities(messages, batch_size)
+
+    stand_in["classifier"] = classifier = WaitsForWrites()
+    try:
+        out = score(faults_cluster, url=proxy.url)
+    finally:
+        proxy.close()
+    assert classifier.calls > 3 and proxy.bulks > 3
+    assert out["read"] == out["scored"] == expected + len(bad)
+    assert out["written"] == expected and out["failed"] == len(bad)
+    assert out["failed_reasons"] == {"400 document_parsing_exception": len(bad)}
+    counts = faults_cluster.update_counts()
+    assert len(counts) == expected and set(counts.values()) == {1}
+    assert not any("ml" in d for d in faults_cluster.docs("logs-conflict").values())
 
 
 def test_killed_node_is_a_clear_error_then_scoring_resumes_after_restart(faults_node, faults_cluster, demo_docs, stand_in, home, monkeypatch):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipelines.data.validation import report_dir
 from tests.support.drift_cases import metric_snapshot
 from tests.support.nights import NIGHT, make_night
 
@@ -81,7 +82,7 @@ def test_night_validation_and_drift_reports_render_in_chromium(settings, train_s
 
     # The validation report of the training snapshot.
     validate_snapshot(train_snapshot.path, "logs", settings)
-    page = train_snapshot.path / "validation" / "report.html"
+    page = report_dir(train_snapshot) / "report.html"
     text = visible_text(chromium(page, profile))
     assert "Validation: logs suite passed" in text and "anomaly_ratio [0.001, 0.5]" in text and "anomalous rows of" in text
     chromium(page, profile, screenshot=tmp_path / "validation.png")

@@ -1,5 +1,6 @@
 """A real `mlflow server` on a free loopback port, started through infra/scripts/start_mlflow.sh
-with its store and artifacts in the caller's folder; stopped (its whole process group) on exit."""
+with its store and artifacts in the caller's folder (or a PostgreSQL store and artifacts on an object
+store, as a multi-machine deployment runs it); stopped (its whole process group) on exit."""
 
 from __future__ import annotations
 
@@ -23,17 +24,21 @@ def free_port() -> int:
 
 
 @contextmanager
-def mlflow_server(workdir: Path, backend_store_uri: str | None = None, timeout: float = 240.0) -> Iterator[str]:
-    """Yields the server's URL once /health answers."""
+def mlflow_server(workdir: Path, backend_store_uri: str | None = None, timeout: float = 240.0,
+                  artifacts_destination: str | None = None, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Yields the server's URL once /health answers. `artifacts_destination` (e.g. `object_store.uri("mlflow")`) puts the
+    artifacts it proxies on an object store, reached with `env` (`object_store.env()`: the AWS_* variables)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     args = ["bash", str(ROOT / "infra" / "scripts" / "start_mlflow.sh"), "--port", str(port), "--data", str(workdir)]
     if backend_store_uri:
         args += ["--backend-store-uri", backend_store_uri]
+    if artifacts_destination:
+        args += ["--artifacts-destination", artifacts_destination]
     log = workdir / "server.log"
     with log.open("w") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -26,7 +26,7 @@ def chinese_lines(day: int, per_day: int, seed: int) -> list[dict]:
 
 
 def test_selection_split_holds_back_whole_templates():
-    from pipelines.tasks.log_anomaly import selection_split, template_key
+    from pipelines.training.families import selection_split, template_key
 
     rows = [{"timestamp": pd.Timestamp("2026-11-16") + pd.Timedelta(minutes=i), "text": f"{w} request served <NUM> ms",
              "anomaly": False} for i, w in enumerate("abcdefghij" * 10)]
@@ -176,3 +176,88 @@ def test_the_gate_faces_the_tfidf_baseline(settings, train_snapshot, corpus, tmp
     # only log-anomaly faces a baseline at the gate
     assert TASKS["log-anomaly"].baseline_test is face_baseline
     assert TASKS["failure-rca"].baseline_test is None and TASKS["metric-forecast"].baseline_test is None
+
+
+def test_choose_family_reads_the_metric_it_is_given():
+    from pipelines.training.families import choose_family
+    from pipelines.training.fine_tune import FitResult
+
+    def fit(name, micro_f1, primary):
+        return FitResult(None, None, [0.5], [], 0, {"micro_f1": micro_f1, "primary": primary}, "cpu", family=name)
+
+    # failure-rca chooses on micro-F1 (its SPEC's primary): equal micro-F1 goes to the cheaper family, whatever the loss tie-break says
+    fits = {"tfidf": fit("tfidf", 0.8, 0.79), "embedding": fit("embedding", 0.7, 0.7), "bert": fit("bert", 0.8, 0.795)}
+    assert choose_family(fits, metric="micro_f1").family == "tfidf"
+    assert choose_family(fits).family == "bert"  # on `primary`, the BERT's lower loss counts
+    assert choose_family({"tfidf": fit("tfidf", 0.6, 0.6), "bert": fit("bert", 0.9, 0.9)}, metric="micro_f1").family == "bert"
+
+
+def test_the_failure_rca_families_compete_on_micro_f1_and_the_winner_is_served(settings, quick_rca, train_snapshot, tiny_bert,
+                                                                                 monkeypatch):
+    import mlflow
+
+    from nightshift_models.label_space import load_label_space
+    from nightshift_models.root_cause_head import OUTPUT_COLUMNS
+    from pipelines.config import load_settings
+    from pipelines.registry.store import use_store
+    from pipelines.tasks.failure_rca import train_failure_rca
+
+    monkeypatch.setenv("NIGHTSHIFT_CANDIDATES_FAMILIES", "tfidf,embedding,bert")
+    monkeypatch.setenv("NIGHTSHIFT_RCA_EPOCHS", "2")
+    out = train_failure_rca(train_snapshot.path, load_settings(), str(tiny_bert)).to_dict()
+    families = out["families"]
+    assert set(families) == {"tfidf", "embedding", "bert"} and all("micro_f1" in m for m in families.values())
+    scores = {name: m["micro_f1"] for name, m in families.items()}
+    best = max(scores.values())
+    assert out["family"] == next(f for f in ("tfidf", "embedding", "bert") if scores[f] >= best - 1e-4)  # the cheapest of the best
+    assert out["metrics"]["micro_f1"] == pytest.approx(best, abs=1e-4)
+
+    client = use_store(settings)
+    mv = client.get_model_version("failure-rca", out["version"])
+    assert mv.tags["model.family"] == out["family"]
+    run = client.get_run(mv.run_id)
+    assert {f"{f}.{m}" for f in ("tfidf", "embedding", "bert") for m in ("micro_f1", "macro_f1")} <= set(run.data.metrics)
+    assert run.data.params["families"] == "tfidf,embedding,bert"
+    assert run.data.metrics["baseline_micro_f1"] == pytest.approx(run.data.metrics["tfidf.micro_f1"])
+
+    model = mlflow.pyfunc.load_model(f"models:/failure-rca/{out['version']}")
+    pred = model.predict(pd.DataFrame({"message": ["OSError: [Errno 28] No space left on device: '/data/ckpt/run1/model.pt'"]}))
+    assert list(pred.columns) == list(OUTPUT_COLUMNS) and list(pred["scores"][0]) == list(load_label_space().labels)
+
+
+def test_a_tfidf_failure_rca_version_names_the_causes_it_learnt(settings, train_snapshot, tiny_bert, monkeypatch):
+    import mlflow
+
+    from pipelines.config import load_settings
+    from pipelines.tasks.failure_rca import train_failure_rca
+
+    monkeypatch.setenv("NIGHTSHIFT_CANDIDATES_FAMILIES", "tfidf")
+    out = train_failure_rca(train_snapshot.path, load_settings(), str(tiny_bert)).to_dict()
+    assert out["family"] == "tfidf"
+    model = mlflow.pyfunc.load_model(f"models:/failure-rca/{out['version']}")
+    inner = model.unwrap_python_model()
+    assert inner.family == "tfidf" and inner.model is None and inner.rca is not None
+    pred = model.predict(pd.DataFrame({"message": [
+        "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 3; 79.15 GiB total capacity)",
+        "OSError: [Errno 28] No space left on device: '/data/ckpt/run1/model.pt'"]}))
+    assert pred["labels"][0][:1] == ["CUDA_OutOfMemory"] and pred["labels"][1][:1] == ["Disk_Full"]
+    assert not pred["low_confidence"].any()
+
+
+def test_the_failure_rca_split_holds_back_whole_error_templates(settings, train_snapshot):
+    import dataclasses
+
+    from pipelines.tasks.failure_rca import configured_label_space, snapshot_jobs, training_split
+    from pipelines.training.families import template_key
+
+    jobs = snapshot_jobs(train_snapshot, settings, configured_label_space(settings))
+    train, val = training_split(jobs, settings, "test")
+    assert len(train) + len(val) == len(jobs) and val["timestamp"].max() == jobs["timestamp"].max()
+
+    def templates(frame):
+        return set(frame["model_text"].str.split(" | ", n=1, regex=False).str[0].map(template_key))
+
+    assert templates(val) - templates(train)  # error phrasings training never saw: choosing rewards naming their cause
+    assert train["root_cause"].map(len).gt(0).any() and val["root_cause"].map(len).gt(0).any()
+    by_time = dataclasses.replace(settings, candidates=dataclasses.replace(settings.candidates, template_holdout=0.0))
+    assert len(training_split(jobs, by_time, "test")[1]) < len(val)

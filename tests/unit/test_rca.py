@@ -241,7 +241,7 @@ def test_user_label_space_trains_scores_and_falls_back_to_the_knowledge_base(set
     jobs: dict[str, list[dict]] = {}
     for doc in docs:
         rca = doc["ml"]["rca"]
-        assert set(rca["scores"]) == {"disk_full", "net_down"} and rca["model"] == {"name": "failure-rca", "version": "1"}
+        assert set(rca["scores"]) == {"disk_full", "net_down"} and rca["model"] == {"name": "failure-rca", "version": "1", "family": "bert-mean"}
         jobs.setdefault(doc["labels"]["job_id"], []).append(doc)
     right = 0
     for job_docs in jobs.values():  # every job failed: all its documents, the start line too, carry the job's answer

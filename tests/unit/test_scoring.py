@@ -19,7 +19,7 @@ def test_score_logs_writes_ml_fields_for_every_record(settings, train_snapshot, 
     for line in lines:
         ml = json.loads(line)["ml"]
         assert 0.0 <= ml["anomaly"]["score"] <= 1.0 and isinstance(ml["anomaly"]["is_anomaly"], bool)
-        assert ml["model"] == {"name": "log-anomaly", "version": "1"} and ml["scored_at"]
+        assert ml["model"] == {"name": "log-anomaly", "version": "1", "family": "bert-cls"} and ml["scored_at"]
 
 
 @pytest.mark.slow  # trains, then evaluates on a second window: `make test-fast` leaves it out
@@ -67,3 +67,29 @@ def test_texts_repeated_across_windows_are_scored_once_with_the_same_answer(home
     off = TextCache(0)
     off.probabilities(model, ["ok"], 64)
     assert model.texts[-1] == "ok" and not off.rows
+
+
+def test_messages_the_model_reads_as_one_text_are_scored_once(home):
+    """The cache is keyed by the text the model reads (the normalised message): messages that differ only in masked
+    parts (numbers, addresses) go to the model once, and each gets exactly the model's answer for its own message."""
+    import numpy as np
+
+    from nightshift_models.text_classifier import TextClassifier, model_texts
+    from serving.score_logs import TextCache
+
+    class Recording(TextClassifier):
+        def __init__(self):
+            super().__init__()
+            self.meta, self.sent = {"context_fields": ["level"]}, []
+
+        def probabilities(self, messages, batch_size=64, context=None):
+            self.sent.append(list(messages))
+            return np.array([[len(t) / 100] for t in model_texts(messages, ["level"])], dtype=np.float32)
+
+    model = Recording()
+    cache = TextCache(100)
+    first = cache.probabilities(model, ["disk 91% full on 10.0.0.1", "job 7 failed", "disk 95% full on 10.0.0.7"], 64)
+    second = cache.probabilities(model, ["job 1234 failed", "disk 91% full on 10.0.0.1"], 64)
+    assert model.sent == [["disk 91% full on 10.0.0.1", "job 7 failed"]]
+    messages = ["disk 91% full on 10.0.0.1", "job 7 failed", "disk 95% full on 10.0.0.7", "job 1234 failed", "disk 91% full on 10.0.0.1"]
+    np.testing.assert_array_equal(np.vstack([first, second]), Recording().probabilities(messages))

@@ -131,7 +131,7 @@ def test_fields_mode_writes_ml_shadow_beside_the_champion_and_reports_the_agreem
             assert "ml" not in doc  # written unchanged, compared with nothing
             continue
         ml, text = doc["ml"], doc["message"]
-        assert ml["model"] == {"name": "log-anomaly", "version": "1"}
+        assert ml["model"] == {"name": "log-anomaly", "version": "1", "family": "bert"}  # a stand-in classifier: no family of its own
         assert ml["shadow"] == {"score": 0.8 if ("fail" in text or "timeout" in text) else 0.2,
                                 "is_anomaly": "fail" in text or "timeout" in text, "model": {"name": "log-anomaly", "version": "2"}}
         assert ml["anomaly"]["is_anomaly"] == ("fail" in text or "error" in text)

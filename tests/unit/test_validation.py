@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from pipelines.data.snapshots import LOG_SCHEMA, load_snapshot, write_snapshot
-from pipelines.data.validation import FAILED, PASSED, WARN, validate_snapshot
+from pipelines.data.validation import FAILED, PASSED, WARN, report_dir, validate_snapshot
 from pipelines.sources.prometheus import METRIC_SCHEMA  # the metric-snapshot contract: timestamp (UTC), series, labels, value
 
 START = datetime(2026, 11, 16, tzinfo=timezone.utc)
@@ -61,7 +61,8 @@ def test_good_demo_snapshots_pass_and_reports_land_beside_the_snapshot(settings,
         assert report["status"] == PASSED, report["message"]
         assert report["rows"] == snap.manifest["row_count"]
         assert report["statistics"]["evaluated"] >= 15 and report["statistics"]["unsuccessful"] == 0
-    out = train_snapshot.path / "validation"
+    out = report_dir(train_snapshot)  # beside the snapshot, never inside it
+    assert out == train_snapshot.path.parent / f"{train_snapshot.path.name}.validation" and not (train_snapshot.path / "validation").exists()
     saved = json.loads((out / "result.json").read_text())
     assert saved["content_hash"] == train_snapshot.content_hash and saved["status"] == PASSED
     assert (out / "data_docs" / "index.html").is_file()
@@ -310,7 +311,7 @@ def test_report_html_shows_each_measured_value_against_its_bound_and_cuts_long_e
     rows[3]["message"] = "y" * 5000
     snap = write_logs(tmp_path / "long", rows)
     report = validate_snapshot(snap.path, "logs", settings)
-    path = snap.path / "validation" / "report.html"
+    path = report_dir(snap) / "report.html"
     assert verdict(report)["report_html"] == str(path)
     page = path.read_text()
     text = html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<style.*?</style>", " ", page, flags=re.S))))
