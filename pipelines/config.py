@@ -114,7 +114,7 @@ class RcaSettings:
     label_space: str = ""  # empty: the default label space shipped in models/data
     knowledge_base: str = ""  # empty: models/data/remediation_kb.json (users extend a copy)
     # A night holds tens of failed jobs, not thousands of lines: smaller batches than [train].
-    epochs: int = 6  # after the linear probe (pipelines.tasks.failure_rca.probe_head): a short, gentle fine-tune
+    epochs: int = 6  # after the linear probe (pipelines.training.fine_tune.probe_head): a short, gentle fine-tune
     batch_size: int = 8
     learning_rate: float = 1e-4
     max_length: int = 128  # tokens of a job text (several lines)
@@ -320,6 +320,7 @@ class CandidateSettings:
     families: str = "tfidf,embedding,bert"  # comma-separated: tfidf (word + char n-grams), embedding (frozen encoder + LR), bert (fine-tuned)
     context_fields: str = ""  # snapshot columns prefixed to the text, e.g. "level,service" -> "[error] [kernel] message"; callers must then send them
     template_holdout: float = 0.2  # share of message templates (per class; failure-rca: of first error lines) held out of training into validation, besides the newest rows
+    linear_probe: bool = True  # log-anomaly's BERT: fit the head on the frozen encoder first, then fine-tune (LP-FT; failure-rca always does)
     early_stopping_metric: str = "pr_auc"  # the BERT epoch kept: best validation PR-AUC (threshold-free; F1 jumps with few positives)
     max_unk_rate: float = 0.05  # [UNK] share of word pieces under the BERT tokenizer above which the run warns (language mismatch)
     baseline_tolerance: float = 0.02  # the gate: the challenger may trail the TF-IDF baseline trained on its snapshot by at most this (primary metric)

@@ -21,6 +21,9 @@ os.environ.setdefault("NIGHTSHIFT_LOG_FORMAT", "console")
 # The suite trains the tiny BERT wherever it needs a log model (fast, and what the serving, drift and promotion
 # tests assert on); the competition between model families has its own tests (tests/unit/test_families.py).
 os.environ.setdefault("NIGHTSHIFT_CANDIDATES_FAMILIES", "bert")
+# ...fine-tuned from its random head, as the promotion tests' challengers were built; LP-FT (the nightly default) has
+# its own tests in tests/unit/test_families.py.
+os.environ.setdefault("NIGHTSHIFT_CANDIDATES_LINEAR_PROBE", "false")
 # A two-epoch tiny random BERT trails TF-IDF, so the gate's baseline test would refuse every challenger these tests
 # promote; it is tested with its real tolerance in tests/unit/test_families.py.
 os.environ.setdefault("NIGHTSHIFT_CANDIDATES_BASELINE_TOLERANCE", "1.0")

@@ -24,16 +24,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 mkdir -p "$DEPLOY/logs"
-free_port() { "$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_for() {  # wait_for WHAT PID LOG COMMAND...
-  local what="$1" pid="$2" log="$3"; shift 3
-  for _ in $(seq 1 600); do
-    "$@" >/dev/null 2>&1 && return 0
-    kill -0 "$pid" 2>/dev/null || { echo "$what exited; last lines of $log:" >&2; tail -20 "$log" >&2; exit 1; }
-    sleep 0.5
-  done
-  echo "$what not ready after 300s; see $log" >&2; exit 1
-}
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # free_port, wait_for
 PIDS=()
 stop() {
   trap - EXIT INT TERM

@@ -60,16 +60,7 @@ chmod 711 "$DIR"  # PostgreSQL runs as its own user
 [ ! -s "$DIR/pids" ] || { echo "a cluster already runs from $DIR; stop it with $0 --stop $DIR" >&2; exit 1; }
 LOGS="$DIR/logs"
 
-free_port() { "$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_for() {  # wait_for WHAT PID LOG COMMAND...
-  local what="$1" pid="$2" log="$3"; shift 3
-  for _ in $(seq 1 600); do
-    "$@" >/dev/null 2>&1 && return 0
-    kill -0 "$pid" 2>/dev/null || { echo "$what exited; last lines of $log:" >&2; tail -20 "$log" >&2; exit 1; }
-    sleep 0.5
-  done
-  echo "$what not ready after 300s; see $log" >&2; exit 1
-}
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # free_port, wait_for
 start() {  # start NAME COMMAND...: in its own session, detached from the caller's terminal and pipes
   local name="$1"; shift
   setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null &

@@ -64,7 +64,7 @@ find_jdk() {
 }
 JDK="$(find_jdk)" || { echo "no JDK >= 21 found (set ES_JAVA_HOME, or install one under /usr/lib/jvm)" >&2; exit 1; }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # free_port
 
 as_es() {  # run a command as the node's user (root cannot run Elasticsearch)
   if [ "$(id -u)" = 0 ]; then runuser -u "$ES_USER_NAME" -- "$@"; else "$@"; fi

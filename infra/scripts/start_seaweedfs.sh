@@ -49,7 +49,7 @@ if [ -f "$DIR/weed.pid" ] && kill -0 "$(cat "$DIR/weed.pid")" 2>/dev/null; then
   echo "SeaweedFS already runs from $DIR (pid $(cat "$DIR/weed.pid")); stop it with $0 --stop $DIR" >&2; exit 1
 fi
 
-free_port() { "$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # free_port
 secret() { "$BIN/python" -c 'import secrets; print(secrets.token_hex(20))'; }
 [ -n "$PORT" ] || PORT="$(free_port)"
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -34,6 +33,7 @@ from pipelines.telemetry import get_logger
 from pipelines.training.classification import ThresholdTuner, tune_threshold
 from pipelines.training.families import (
     candidate_families,
+    check_language,
     choose_family,
     family_scores,
     fit_families,
@@ -46,7 +46,7 @@ from pipelines.training.fine_tune import (
     classifier_params,
     classifier_requirements,
     compact_training_set,
-    fine_tune,
+    probed_fine_tune,
 )
 from pipelines.training.loop import OnEpoch
 from pipelines.training.plots import Scored, TrainingReport, classifier_report, log_report
@@ -136,42 +136,6 @@ def fit_baseline(train_texts: Sequence[str], y_train: np.ndarray, val_texts: Seq
     return model, np.asarray(thresholds), metrics
 
 
-def probe_head(checkpoint: str, texts: Sequence[str], y: np.ndarray, params: TrainSettings, out_dir: Path) -> str:
-    """Linear probe for LP-FT: fit each label's head on the frozen encoder's text vectors (balanced
-    logistic regression), write it into a checkpoint at `out_dir`, and return that checkpoint.
-
-    Fine-tuning then starts from a head that already separates the causes, so the encoder moves
-    less and keeps what it knows about meaning: new phrasings of a cause score higher, and text of
-    an unknown cause stays low on every label (the knowledge-base fallback).
-    """
-    import torch
-    from sklearn.linear_model import LogisticRegression
-
-    from nightshift_models.bert import MeanPooledBertClassifier, length_sorted_batches, load_classifier, pick_device
-
-    device = pick_device(params.device)
-    tokenizer, model = load_classifier(checkpoint, y.shape[1], params.pooling)
-    model.to(device).eval()
-    features = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    with torch.inference_mode():
-        for idx, batch in length_sorted_batches(tokenizer, list(texts), params.batch_size * 4, params.max_length):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            pooled = model.pool(**batch) if isinstance(model, MeanPooledBertClassifier) else model.bert(**batch).pooler_output
-            features[idx] = pooled.float().cpu().numpy()
-    weight = np.zeros((y.shape[1], features.shape[1]), dtype=np.float32)
-    bias = np.full(y.shape[1], -4.0, dtype=np.float32)  # a label without examples starts (and likely stays) at "no"
-    for k in range(y.shape[1]):
-        if 0 < y[:, k].sum() < len(y):
-            probe = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000).fit(features, y[:, k])
-            weight[k], bias[k] = probe.coef_[0], probe.intercept_[0]
-    with torch.no_grad():
-        model.classifier.weight.copy_(torch.from_numpy(weight))
-        model.classifier.bias.copy_(torch.from_numpy(bias))
-    model.to("cpu").save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return str(out_dir)
-
-
 def training_split(jobs: pd.DataFrame, settings: Settings, where: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Oldest jobs train, newest validate, and the jobs of a `candidates.template_holdout` share of the error
     templates (`pipelines.training.families.selection_split`, on each job's first error line) validate too, so that
@@ -214,7 +178,8 @@ def train_failure_rca(snapshot_dir: str | Path, settings: Settings, base_model: 
     probe) on a log snapshot's failed jobs, register the one best on validation micro-F1 (a tie goes to the cheaper)
     as a `failure-rca` candidate, and return the outcome. The run carries every family's validation metrics
     (`FAMILY.METRIC`), the BERT's per-epoch curves (`pipelines.training.loop.log_epoch_metrics`) and the training
-    report (`rca_report`).
+    report (`rca_report`). As for log-anomaly, a snapshot whose `[UNK]` rate under the BERT tokenizer passes
+    `candidates.max_unk_rate` warns and leaves it to the TF-IDF character n-grams (`check_language`).
 
     Raises:
         NoFailuresError: no failed job with root causes. TrainingDataError: too few jobs to split.
@@ -229,12 +194,13 @@ def train_failure_rca(snapshot_dir: str | Path, settings: Settings, base_model: 
     snapshot = load_snapshot(snapshot_dir)
     tuned = rca_settings(settings)
     params = tuned.train
-    families = candidate_families(settings)
     train, val = training_split(snapshot_jobs(snapshot, settings, label_space), settings, f"snapshot {snapshot.path}")
     y_train, y_val = targets(train["root_cause"], labels), targets(val["root_cause"], labels)
     texts, y = compact_training_set(train["model_text"].tolist(), y_train, params.max_train_examples, params.seed)
     val_texts = val["model_text"].tolist()
     checkpoint = resolve_checkpoint(base_model or params.base_model)
+    language = check_language(checkpoint, texts, candidate_families(settings), settings)
+    families = language.families
     tune = label_threshold_tuner(labels)
     baseline = None  # None: the tfidf family is the baseline
     if "tfidf" not in families:
@@ -242,13 +208,12 @@ def train_failure_rca(snapshot_dir: str | Path, settings: Settings, base_model: 
         baseline = Scored(baseline_metrics, baseline_proba(baseline_model, val_texts))
 
     def fit(on_epoch: OnEpoch):
+        language.log()
         mlflow.log_dict(label_space.to_json(), "rca/label_space.json")
         mlflow.log_dict(knowledge_base.to_json(), "rca/knowledge_base.json")
 
-        def lp_ft() -> FitResult:
-            with tempfile.TemporaryDirectory() as tmp:
-                probed = probe_head(checkpoint, texts, y, params, Path(tmp))
-                return fine_tune(texts, y, val_texts, y_val, checkpoint=probed, params=params, tune=tune, on_epoch=on_epoch)
+        def lp_ft() -> FitResult:  # few jobs: always from the linear probe's head
+            return probed_fine_tune(texts, y, val_texts, y_val, checkpoint=checkpoint, params=params, tune=tune, on_epoch=on_epoch)
 
         fits = fit_families(texts, y, val_texts, y_val, families, checkpoint=checkpoint, params=params, tune=tune, fit_bert=lp_ft)
         result = choose_family(fits, metric=SPEC.primary)
@@ -262,7 +227,7 @@ def train_failure_rca(snapshot_dir: str | Path, settings: Settings, base_model: 
             meta={"task": TASK, "outputs": labels, "label_space": label_space.to_json(), "knowledge_base": knowledge_base.to_json(),
                   "input": "job text (pipelines.data.failed_jobs.job_text)"},
             example=val["text"].head(3).tolist(), baseline=dict(baseline.metrics) if baseline is not None else None,
-            outcome_metrics=SUMMARY_METRICS)
+            outcome_metrics=SUMMARY_METRICS, details=language.details())
 
     outcome = register_candidate(
         TASK, snapshot, tuned, fit=fit, pip_requirements=classifier_requirements(),

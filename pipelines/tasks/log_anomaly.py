@@ -25,7 +25,7 @@ from pipelines.registry.store import ModelRef, training_snapshot
 from pipelines.tasks.spec import EvaluationReport, TaskSpec, TrainingOutcome
 from pipelines.telemetry import get_logger
 from pipelines.training.classification import binary_report, tune_threshold
-from pipelines.training.families import candidate_families, choose_family, family_scores, fit_families, selection_split
+from pipelines.training.families import candidate_families, check_language, choose_family, family_scores, fit_families, selection_split
 from pipelines.training.fine_tune import (
     OUTCOME_FAMILY_METRICS,
     FitResult,
@@ -33,7 +33,7 @@ from pipelines.training.fine_tune import (
     classifier_params,
     classifier_requirements,
     compact_training_set,
-    fine_tune,
+    probed_fine_tune,
 )
 from pipelines.training.loop import OnEpoch, ignore_epoch
 from pipelines.training.plots import Scored, TrainingReport, classifier_report, log_report
@@ -124,8 +124,9 @@ def fit_anomaly_families(data: Prepared, families: Sequence[str], checkpoint: st
     params, val_texts = settings.train, data.val["text"].tolist()
 
     def fit_bert() -> FitResult:
-        return fine_tune(data.texts, data.targets, val_texts, data.y_val, checkpoint=checkpoint, params=params,
-                         tune=tune_anomaly_threshold, on_epoch=on_epoch, select=settings.candidates.early_stopping_metric)
+        return probed_fine_tune(data.texts, data.targets, val_texts, data.y_val, checkpoint=checkpoint, params=params,
+                                linear_probe=settings.candidates.linear_probe, tune=tune_anomaly_threshold, on_epoch=on_epoch,
+                                select=settings.candidates.early_stopping_metric)
 
     return fit_families(data.texts, data.targets, val_texts, data.y_val, families, checkpoint=checkpoint, params=params,
                         tune=tune_anomaly_threshold, fit_bert=fit_bert)
@@ -167,34 +168,19 @@ def train_log_anomaly(snapshot_dir: str | Path, settings: Settings, base_model: 
     Raises:
         TrainingDataError: a split without both classes. ConfigError: a bad `candidates.*` setting.
     """
-    from transformers import AutoTokenizer
-
-    from nightshift_models.bert import resolve_checkpoint, unk_rate
+    from nightshift_models.bert import resolve_checkpoint
 
     snapshot = load_snapshot(snapshot_dir)
     params, cand = settings.train, settings.candidates
     data = prepare_anomaly_data(snapshot, settings)
     checkpoint = resolve_checkpoint(base_model or params.base_model)
-    families = candidate_families(settings)
-    rate = unk_rate(AutoTokenizer.from_pretrained(checkpoint), data.texts)
-    warnings: list[str] = []
-    if rate > cand.max_unk_rate:
-        warnings.append(f"{rate:.1%} of the training text's word pieces are [UNK] under the tokenizer of {checkpoint} "
-                        f"(setting candidates.max_unk_rate={cand.max_unk_rate}): a language it does not read; "
-                        f"{'the TF-IDF character n-grams carry it' if 'tfidf' in families else 'no family reads it'}"
-                        f" (--base-model takes a checkpoint for that language)")
-        families = tuple(f for f in families if f == "tfidf") or families
-        log.warning("tokenizer does not read the snapshot", extra={"unk_rate": round(rate, 4), "checkpoint": checkpoint})
+    language = check_language(checkpoint, data.texts, candidate_families(settings), settings)
+    families = language.families
 
     baseline = None if "tfidf" in families else _tfidf_metrics(data, params.seed)  # None: the tfidf family's
 
     def fit(on_epoch: OnEpoch):
-        import mlflow
-
-        mlflow.log_metric("data.unk_rate", float(rate))
-        mlflow.set_tag("data.unk_warning", "true" if warnings else "false")
-        if warnings:
-            mlflow.set_tag("warnings", " | ".join(warnings)[:4000])
+        language.log()
         fits = fit_anomaly_families(data, families, checkpoint, settings, on_epoch)
         result = choose_family(fits)
         log_report("log-anomaly", lambda: anomaly_report(data, fits, result, baseline))
@@ -203,7 +189,7 @@ def train_log_anomaly(snapshot_dir: str | Path, settings: Settings, base_model: 
             meta={"task": "log-anomaly", "outputs": ["anomaly"], "context_fields": list(context_fields(settings))},
             example=data.val["message"].head(3).tolist(),
             baseline=baseline,
-            details={"unk_rate": round(float(rate), 4), **({"warnings": warnings} if warnings else {})})
+            details=language.details())
 
     return register_candidate(
         "log-anomaly", snapshot, settings, fit=fit, pip_requirements=classifier_requirements(),
@@ -212,7 +198,8 @@ def train_log_anomaly(snapshot_dir: str | Path, settings: Settings, base_model: 
                 "train_rows": len(data.train), "train_examples": len(data.texts), "validation_rows": len(data.val),
                 "train_anomalies": int(data.targets.sum()), "validation_anomalies": int(data.y_val.sum()),
                 "template_holdout": cand.template_holdout, "context_fields": cand.context_fields or "-",
-                "families": ",".join(families), "early_stopping_metric": cand.early_stopping_metric},
+                "families": ",".join(families), "early_stopping_metric": cand.early_stopping_metric,
+                "linear_probe": cand.linear_probe},
     )
 
 

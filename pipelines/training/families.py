@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -77,6 +78,49 @@ def selection_split(frame: pd.DataFrame, validation_fraction: float, template_ho
         held.update(rng.permutation(np.asarray(group, dtype=object))[:n].tolist())
     out = keys.isin(held).to_numpy()
     return train[~out], pd.concat([train[out], val]).sort_values("timestamp", kind="stable")
+
+
+@dataclass(frozen=True)
+class LanguageCheck:
+    """How much of a snapshot's text the BERT tokenizer reads: `unk_rate` (share of word pieces that are [UNK]), the
+    families that train this night, and the warnings for the run and the night's summary."""
+
+    unk_rate: float
+    families: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+    def log(self) -> None:
+        """Metric `data.unk_rate`, tag `data.unk_warning` and (if any) tag `warnings` on the active MLflow run."""
+        import mlflow
+
+        mlflow.log_metric("data.unk_rate", float(self.unk_rate))
+        mlflow.set_tag("data.unk_warning", "true" if self.warnings else "false")
+        if self.warnings:
+            mlflow.set_tag("warnings", " | ".join(self.warnings)[:4000])
+
+    def details(self) -> dict:
+        """The outcome's `details` entries (the night's summary shows its warnings)."""
+        return {"unk_rate": round(float(self.unk_rate), 4), **({"warnings": list(self.warnings)} if self.warnings else {})}
+
+
+def check_language(checkpoint: str, texts: Sequence[str], families: Sequence[str], settings: Settings) -> LanguageCheck:
+    """The `[UNK]` rate of `texts` under `checkpoint`'s tokenizer; above `candidates.max_unk_rate` a warning, and the
+    families that read through that tokenizer (embedding, bert) sit the night out: the TF-IDF character n-grams
+    carry it (when `tfidf` is among `families`; else all of them train, and the warning says no family reads it)."""
+    from transformers import AutoTokenizer
+
+    from nightshift_models.bert import unk_rate
+
+    limit = settings.candidates.max_unk_rate
+    rate = unk_rate(AutoTokenizer.from_pretrained(checkpoint), list(texts))
+    if rate <= limit:
+        return LanguageCheck(rate, tuple(families), ())
+    warning = (f"{rate:.1%} of the training text's word pieces are [UNK] under the tokenizer of {checkpoint} "
+               f"(setting candidates.max_unk_rate={limit}): a language it does not read; "
+               f"{'the TF-IDF character n-grams carry it' if 'tfidf' in families else 'no family reads it'}"
+               f" (--base-model takes a checkpoint for that language)")
+    log.warning("tokenizer does not read the snapshot", extra={"unk_rate": round(rate, 4), "checkpoint": checkpoint})
+    return LanguageCheck(rate, tuple(f for f in families if f == "tfidf") or tuple(families), (warning,))
 
 
 def fit_sklearn_family(family: str, texts: Sequence[str], targets: np.ndarray, *, checkpoint: str, params: TrainSettings):

@@ -24,46 +24,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.support.airflow_api import DAG, MODELS, Api
 from tests.support.mlflow_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-DAG = "nightly_retrain"
-MODELS = ("log-anomaly", "failure-rca", "metric-forecast")
 
 pytestmark = pytest.mark.slow
-
-
-class Api:
-    """The api-server's REST API (v2) with a token from the simple auth manager."""
-
-    def __init__(self, url: str, login: str, password: str):
-        import requests
-
-        self.url, self.http = url, requests.Session()
-        token = self.http.post(f"{url}/auth/token", json={"username": login, "password": password}, timeout=30)
-        token.raise_for_status()
-        self.http.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
-
-    def __call__(self, method: str, path: str, **kwargs) -> dict:
-        r = self.http.request(method, f"{self.url}/api/v2{path}", timeout=60, **kwargs)
-        assert r.status_code < 300, (method, path, r.status_code, r.text[:500])
-        return r.json()
-
-    def runs(self) -> list[dict]:
-        return self("GET", f"/dags/{DAG}/dagRuns")["dag_runs"]
-
-    def tasks(self, run_id: str) -> dict[str, dict]:
-        return {t["task_id"]: t for t in self("GET", f"/dags/{DAG}/dagRuns/{run_id}/taskInstances")["task_instances"]}
-
-    def wait(self, run_id: str, timeout: float, logs: Path) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            state = self("GET", f"/dags/{DAG}/dagRuns/{run_id}")["state"]
-            if state in ("success", "failed"):
-                return state
-            time.sleep(3)
-        states = {k: (t["state"], t["try_number"]) for k, t in self.tasks(run_id).items()}
-        raise AssertionError(f"run {run_id} not done after {timeout}s: {states}; logs in {logs}")
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +62,7 @@ def deployment(corpus, tiny_bert):
         values = dict(line.removeprefix("export ").split("=", 1) for line in (home / "deployment" / "deployment.env").read_text().splitlines())
         values = {k: v.strip('"') for k, v in values.items()}
         api = Api(values["AIRFLOW_URL"], values["AIRFLOW_LOGIN"], values["AIRFLOW_PASSWORD"])
-        deadline = time.monotonic() + 300
-        while True:  # the dag-processor has parsed and serialised the DAG
-            try:
-                api("GET", f"/dags/{DAG}")
-                break
-            except AssertionError:
-                assert time.monotonic() < deadline, f"DAG {DAG} never appeared; see {logs}/dag-processor.log"
-                time.sleep(2)
+        api.wait_for_dag(300, f"{logs}/dag-processor.log")
         yield SimpleNamespace(api=api, home=home, mlflow=values["MLFLOW_TRACKING_URI"], logs=logs, base=base)
     finally:
         os.kill(proc.pid, signal.SIGTERM)  # its trap stops every component it started

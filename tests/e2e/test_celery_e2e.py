@@ -23,7 +23,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.e2e.test_airflow_e2e import DAG, MODELS, Api
+from tests.support.airflow_api import DAG, MODELS, Api
 from tests.support.mlflow_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,14 +61,8 @@ def cluster(corpus, tiny_bert):
         assert started.returncode == 0, f"the cluster did not start:\n{started.stderr[-3000:]}"
         values = read_env(folder / "cluster.env")
         api = Api(values["AIRFLOW_URL"], values["AIRFLOW_LOGIN"], values["AIRFLOW_PASSWORD"])
+        api.wait_for_dag(300, f"{folder}/logs")
         deadline = time.monotonic() + 300
-        while True:  # the dag-processor has parsed and serialised the DAG
-            try:
-                api("GET", f"/dags/{DAG}")
-                break
-            except AssertionError:
-                assert time.monotonic() < deadline, f"DAG {DAG} never appeared; see {folder}/logs"
-                time.sleep(2)
         # Unpausing starts today's night too (catchup=False), whose windows are empty: failed at once, it does not
         # hold the one active run (max_active_runs=1) that the nights under test wait for.
         api("PATCH", f"/dags/{DAG}", json={"is_paused": False})

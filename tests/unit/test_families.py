@@ -218,6 +218,7 @@ def test_the_failure_rca_families_compete_on_micro_f1_and_the_winner_is_served(s
     run = client.get_run(mv.run_id)
     assert {f"{f}.{m}" for f in ("tfidf", "embedding", "bert") for m in ("micro_f1", "macro_f1")} <= set(run.data.metrics)
     assert run.data.params["families"] == "tfidf,embedding,bert"
+    assert run.data.tags["data.unk_warning"] == "false" and 0 <= run.data.metrics["data.unk_rate"] <= 0.05  # English jobs
     assert run.data.metrics["baseline_micro_f1"] == pytest.approx(run.data.metrics["tfidf.micro_f1"])
 
     model = mlflow.pyfunc.load_model(f"models:/failure-rca/{out['version']}")
@@ -261,3 +262,59 @@ def test_the_failure_rca_split_holds_back_whole_error_templates(settings, train_
     assert train["root_cause"].map(len).gt(0).any() and val["root_cause"].map(len).gt(0).any()
     by_time = dataclasses.replace(settings, candidates=dataclasses.replace(settings.candidates, template_holdout=0.0))
     assert len(training_split(jobs, by_time, "test")[1]) < len(val)
+
+
+def test_the_linear_probe_fits_the_head_on_the_frozen_encoder(tiny_bert, tmp_path):
+    import torch
+
+    from nightshift_models.bert import load_classifier
+    from pipelines.config import TrainSettings
+    from pipelines.training.classification import binary_report
+    from pipelines.training.fine_tune import probe_head
+
+    texts = [f"disk {w} full on node {i}" for i, w in enumerate(["quota", "volume", "mount"] * 8)] + \
+            [f"GET /api/{w} 200 in {i} ms" for i, w in enumerate(["users", "items", "health"] * 8)]
+    y = np.array([[1.0]] * 24 + [[0.0]] * 24, dtype=np.float32)
+    params = TrainSettings(batch_size=8, max_length=32)
+
+    def scores(checkpoint) -> np.ndarray:
+        tokenizer, model = load_classifier(str(checkpoint), 1, params.pooling)
+        model.eval()
+        with torch.inference_mode():
+            logits = model(**tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")).logits
+        return torch.sigmoid(logits).numpy()[:, 0]
+
+    before, after = scores(tiny_bert), scores(probe_head(str(tiny_bert), texts, y, params, tmp_path / "probed"))
+    assert not np.allclose(before, after)  # the head was replaced, the checkpoint on disk holds it
+    assert binary_report(y[:, 0], after, 0.5)["pr_auc"] > 0.95  # the frozen encoder's vectors separate the classes
+
+
+def test_log_anomaly_bert_trains_from_the_linear_probe_by_default(settings, train_snapshot, tiny_bert, monkeypatch):
+    import pipelines.training.fine_tune as fine_tune
+    from pipelines.config import CandidateSettings, load_settings
+    from pipelines.registry.store import use_store
+    from pipelines.tasks.log_anomaly import train_log_anomaly
+
+    assert CandidateSettings().linear_probe  # the nightly default; the suite turns it off (conftest)
+    probed: list[str] = []
+    real_probe = fine_tune.probe_head
+    monkeypatch.setattr(fine_tune, "probe_head", lambda checkpoint, *a: probed.append(checkpoint) or real_probe(checkpoint, *a))
+    monkeypatch.setenv("NIGHTSHIFT_CANDIDATES_LINEAR_PROBE", "true")
+    monkeypatch.setenv("NIGHTSHIFT_TRAIN_EPOCHS", "1")
+    out = train_log_anomaly(train_snapshot.path, load_settings(), str(tiny_bert)).to_dict()
+    client = use_store(settings)
+    run = client.get_run(client.get_model_version("log-anomaly", out["version"]).run_id)
+    assert probed == [str(tiny_bert)] and run.data.params["linear_probe"] == "True" and out["family"] == "bert"
+
+
+def test_the_language_check_hands_an_unread_language_to_the_char_ngrams(settings, tiny_bert):
+    from pipelines.training.families import check_language
+
+    english = check_language(str(tiny_bert), ["Out of memory: Killed process 4242 (python)"] * 3, ("tfidf", "embedding", "bert"), settings)
+    assert english.families == ("tfidf", "embedding", "bert") and english.warnings == ()
+    chinese = check_language(str(tiny_bert), ["磁盘空间不足，写入检查点失败", "训练任务因内存不足被终止"], ("tfidf", "embedding", "bert"), settings)
+    assert chinese.unk_rate > settings.candidates.max_unk_rate and chinese.families == ("tfidf",)
+    assert "[UNK]" in chinese.warnings[0] and "candidates.max_unk_rate" in chinese.warnings[0]
+    assert chinese.details() == {"unk_rate": round(chinese.unk_rate, 4), "warnings": list(chinese.warnings)}
+    alone = check_language(str(tiny_bert), ["磁盘空间不足，写入检查点失败"], ("bert",), settings)
+    assert alone.families == ("bert",) and "no family reads it" in alone.warnings[0]  # nothing else to hand it to
