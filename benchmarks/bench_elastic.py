@@ -3,14 +3,18 @@ node on loopback, 512 MB heap, security off):
 
 - pull docs/s: `ElasticsearchLogSource` (point-in-time + search_after, sorted by @timestamp) against
   `elasticsearch.helpers.scan` (scroll, unsorted) on the same index, page size and `_source` fields;
-- scoring write-back docs/s: `nightshift score logs` into the index (pull, score, bulk partial updates, overlapped:
-  a window's bulk requests are written while the next window is pulled and scored) against the pure forward pass
+- scoring write-back docs/s: `nightshift score logs` into the index (pull, score, bulk partial updates; the model is
+  called once `score.sort_window` new texts have gathered, and a group's bulk requests are written while the next
+  group is pulled and scored) against the pure forward pass
   of the same model on all the same texts at once (each distinct normalised text once, in length-sorted batches);
   the packaged MiniLM-L6 (the default base checkpoint, untrained head: speed does not depend on the weights),
   batch 256, anomaly scores only (no root-cause model). Both share the machine's cores with the node, which
-  serves the pull and applies the updates during the write-back;
-- peak RSS of a pull at 200k documents against 20k, and of a scoring run at 10k against 2k (flat memory: ratio
-  near 1; bulk requests not yet acknowledged hold at most `bulk_max_bytes`).
+  serves the pull and applies the updates during the write-back. The indices are force-merged after loading, and
+  each side is the best of two runs (the write-back's on two copies of the index: a second pass over one writes
+  nothing);
+- peak RSS of a pull at 200k documents against 20k, and of a scoring write-back over the same two indices, after
+  the pull rows (flat memory: ratio near 1; documents waiting for their model call are at most `score.max_pending`,
+  bulk requests not yet acknowledged at most `bulk_max_bytes`).
   Each measurement runs in a fresh subprocess, so peak RSS is that run's alone.
 """
 
@@ -102,6 +106,9 @@ class Server:
             cluster.prefix = ""
             for name, count in indices.items():
                 cluster.load(demo_docs(count), name)
+            # An index at rest, as yesterday's daily index is: merged, so no merge of the load runs under a measurement.
+            cluster.client.indices.forcemerge(index=",".join(indices), max_num_segments=1)
+            cluster.client.indices.refresh(index=",".join(indices))
             cluster.client.close()
         except BaseException:
             self.close()
@@ -137,33 +144,36 @@ def run(quick: bool = False) -> list[dict]:
     from nightshift_models.bert import default_checkpoint
 
     pull_large, pull_small = (20_000, 2_000) if quick else (200_000, 20_000)
-    score_large, score_small = (2_000, 200) if quick else (10_000, 2_000)
+    score_docs = 2_000 if quick else 10_000
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         minilm = default_checkpoint()
         env = {**os.environ, "NIGHTSHIFT_HOME": str(work / "home"), "NIGHTSHIFT_LOG_LEVEL": "WARNING", "NIGHTSHIFT_LOG_FORMAT": "json",
                "NIGHTSHIFT_SCORE_BATCH_SIZE": "256", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        server = Server({"logs-pull": pull_large, "logs-pull-small": pull_small, "logs-score": score_large, "logs-score-small": score_small})
+        server = Server({"logs-pull": pull_large, "logs-pull-small": pull_small, "logs-score": score_docs, "logs-score-again": score_docs})
         try:
             ours = measure("pull", server, "logs-pull", env)
             scan = measure("scan", server, "logs-pull", env)
             ours_small = measure("pull", server, "logs-pull-small", env)
-            forward = measure("forward", server, "logs-score", env, minilm)
-            scored = measure("score", server, "logs-score", env, minilm)
-            scored_small = measure("score", server, "logs-score-small", env, minilm)
+            # best of two for both: the first run of either can meet the node's cold caches
+            forward = max((measure("forward", server, "logs-score", env, minilm) for _ in range(2)), key=rate)
+            scored = max((measure("score", server, index, env, minilm) for index in ("logs-score", "logs-score-again")), key=rate)
+            scored_pull = measure("score", server, "logs-pull", env, minilm)  # after the pull rows: it writes to the index
+            scored_pull_small = measure("score", server, "logs-pull-small", env, minilm)
         finally:
             server.close()
-    assert ours["docs"] == scan["docs"] == pull_large and scored["docs"] == forward["docs"] == score_large
+    assert ours["docs"] == scan["docs"] == pull_large and scored["docs"] == forward["docs"] == score_docs
+    assert scored_pull["docs"] == pull_large and scored_pull_small["docs"] == pull_small
     return [
         {"name": f"Elasticsearch pull, {pull_large} docs (PIT + search_after)", "value": rate(ours), "unit": "docs/s",
          "baseline": "elasticsearch.helpers.scan, same node and docs", "baseline_value": rate(scan), "ratio": rate(ours) / rate(scan)},
-        {"name": f"Elasticsearch scoring write-back, {score_large} docs, packaged MiniLM", "value": rate(scored), "unit": "docs/s",
+        {"name": f"Elasticsearch scoring write-back, {score_docs} docs, packaged MiniLM", "value": rate(scored), "unit": "docs/s",
          "baseline": "pure forward pass, same texts", "baseline_value": rate(forward), "ratio": rate(scored) / rate(forward)},
         {"name": f"Elasticsearch pull peak RSS, {pull_large} docs", "value": ours["peak_rss_mib"], "unit": "MiB",
          "baseline": f"{pull_small} docs", "baseline_value": ours_small["peak_rss_mib"], "ratio": ours["peak_rss_mib"] / ours_small["peak_rss_mib"]},
-        {"name": f"Elasticsearch scoring peak RSS, {score_large} docs", "value": scored["peak_rss_mib"], "unit": "MiB",
-         "baseline": f"{score_small} docs", "baseline_value": scored_small["peak_rss_mib"],
-         "ratio": scored["peak_rss_mib"] / scored_small["peak_rss_mib"]},
+        {"name": f"Elasticsearch scoring write-back peak RSS, {pull_large} docs", "value": scored_pull["peak_rss_mib"], "unit": "MiB",
+         "baseline": f"{pull_small} docs", "baseline_value": scored_pull_small["peak_rss_mib"],
+         "ratio": scored_pull["peak_rss_mib"] / scored_pull_small["peak_rss_mib"]},
     ]
 
 

@@ -1,5 +1,5 @@
 """Root-cause analysis quality: the `failure-rca` model (packaged MiniLM, CPU) trained by the nightly
-recipe on the demo corpus's training window (2026-11-17..20) and judged on the held-back day
+recipe (every candidate family, the one best on validation registered) on the demo corpus's training window (2026-11-17..20) and judged on the held-back day
 (2026-11-21: every failure cause in words never seen in training, plus causes outside the label
 space), against the TF-IDF one-vs-rest baseline trained and tuned on the same snapshot.
 
@@ -35,7 +35,7 @@ def run(quick: bool = False) -> list[dict]:
         out = evaluate(f"failure-rca/{trained.version}", fresh.path, settings)
 
     model, base = out.metrics, out.baselines["tfidf"]
-    jobs = f"{out.examples} failed jobs"
+    jobs = f"{out.examples} failed jobs; registered family: {out.family}"
     rows = []
     for metric in ("micro_f1", "macro_f1"):
         rows.append({"name": f"rca {metric.replace('_', '-')} on the held-back day ({jobs}; ratio: error vs baseline)",

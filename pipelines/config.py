@@ -90,7 +90,8 @@ class ScoreSettings:
     """Batch scoring."""
 
     batch_size: int = 64
-    sort_window: int = 2048  # records sorted by length inside this window, then batched
+    sort_window: int = 2048  # documents read at a time, and distinct new texts sorted by length, then batched, in one model call
+    max_pending: int = 16_384  # documents held at most while a model call's texts gather (memory)
     max_length: int = 128
     cache_texts: int = 100_000  # probabilities of this many recent distinct texts are reused across windows (0: off)
     # issue 17: the log-anomaly version that lost its gate or awaits it, scored beside the champion (serving/shadow.py)
@@ -150,6 +151,7 @@ class ElasticsearchSettings:
     extra_fields: str = ""  # comma-separated dotted fields also fetched (kept on the documents the source yields)
     unlabelled: str = "keep"  # documents lacking the anomaly label: keep | drop (counted either way)
     bulk_max_bytes: int = 5_000_000  # write-back batches are cut at this many bytes
+    bulk_concurrency: int = 2  # write-back bulk requests in flight at once (the node indexes one while the next arrives)
     retry_on_conflict: int = 3
 
 
@@ -323,7 +325,7 @@ class CandidateSettings:
     linear_probe: bool = True  # log-anomaly's BERT: fit the head on the frozen encoder first, then fine-tune (LP-FT; failure-rca always does)
     early_stopping_metric: str = "pr_auc"  # the BERT epoch kept: best validation PR-AUC (threshold-free; F1 jumps with few positives)
     max_unk_rate: float = 0.05  # [UNK] share of word pieces under the BERT tokenizer above which the run warns (language mismatch)
-    baseline_tolerance: float = 0.02  # the gate: the challenger may trail the TF-IDF baseline trained on its snapshot by at most this (primary metric)
+    baseline_tolerance: float = 0.02  # the gate, both logs models: the challenger may trail the TF-IDF baseline trained on its snapshot by at most this (primary metric: F1, micro-F1)
 
 # ---- end of candidates ----------------------------------------------------------------------------------
 

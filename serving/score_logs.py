@@ -1,7 +1,8 @@
 """Batch scoring of log documents: read a source in windows, score, write the `ml.*` fields to a sink.
 
-The model is loaded once. Documents stream through in windows of `score.sort_window`; inside a
-window the texts are length-sorted into batches, so memory stays flat however large the input.
+The model is loaded once. Documents stream through in groups of at most `score.max_pending`; a group's texts
+that the run has not scored yet (`score.sort_window` of them, or fewer) are length-sorted into batches, so memory
+stays flat however large the input.
 Every document read is written, in the order read: one without text to score is written unchanged
 and counted (`unscored`, by reason). A file sink resumes an interrupted run of the same model
 version over unchanged source files (`resume_key`, `pipelines.sources.FileLogSink`). A shadow version
@@ -72,11 +73,12 @@ class TextCache:
         self.size = max(0, size)
         self.rows: OrderedDict[str, np.ndarray] = OrderedDict()
 
-    def probabilities(self, classifier, texts: list[str], batch_size: int) -> np.ndarray:
-        """(len(texts), K), as `classifier.probabilities(texts)` would return."""
+    def probabilities(self, classifier, texts: list[str], batch_size: int, keys: list[str] | None = None) -> np.ndarray:
+        """(len(texts), K), as `classifier.probabilities(texts)` would return. `keys`: `read_as(classifier, texts)`,
+        when the caller has them already."""
         if not self.size:
             return classifier.probabilities(texts, batch_size)
-        keys = read_as(classifier, texts)
+        keys = read_as(classifier, texts) if keys is None else keys
         missing: dict[str, str] = {}  # key -> the first message read as it: the one sent to the model
         for key, text in zip(keys, texts):
             if key not in self.rows:
@@ -89,6 +91,9 @@ class TextCache:
         while len(self.rows) > self.size:
             self.rows.popitem(last=False)
         return out
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.rows
 
 
 def read_as(classifier, texts: list[str]) -> list[str]:
@@ -103,22 +108,55 @@ def read_as(classifier, texts: list[str]) -> list[str]:
 
 def annotate(docs: Iterable[tuple[str, dict]], classifier, model_name: str, version: str, settings: Settings,
              counts: dict[str, int], unscored: dict[str, int], rca=None, shadow: ShadowScorer | None = None) -> Iterator[tuple[str, dict]]:
-    """Score documents window by window and set DESIGN.md's `ml.anomaly.*` and `ml.model.*` fields
+    """Score documents group by group and set DESIGN.md's `ml.anomaly.*` and `ml.model.*` fields
     (and `ml.rca.*` through `rca`, a `serving.root_causes.RootCauseAnnotator`, in the same pass; and
     `ml.shadow.*` through `shadow`, a `serving.shadow.ShadowScorer`, which in index mode sends them to its own
     sink and takes them off the documents yielded).
+
+    Documents are read in windows of `score.sort_window`, and windows join a group until the group holds
+    `score.sort_window` distinct texts the cache has no answer for, or `score.max_pending` documents, or the input
+    ends. The group's new texts then go to the model in one call (length-sorted batches): logs repeat, so a window
+    alone holds few new texts, and batches cut from a few hundred texts of every length carry far more padding.
 
     Yields every document, in the order read (in index mode, after a resume, less those the main sink already
     holds). One whose message field holds no text (missing, a number, an object) is yielded unchanged and
     counted in `unscored` by reason; an array of strings is scored as its lines joined.
     """
-    fields = settings.fields
+    fields, cfg = settings.fields, settings.score
     family = getattr(classifier, "family", "bert")  # the model family the version won with (issue 13)
-    cache = TextCache(settings.score.cache_texts)
+    cache = TextCache(cfg.cache_texts)
+    threshold = float(classifier.thresholds[0])
+
+    def scored(group: list[tuple[str, dict]], scorable: list[tuple[str, dict]], texts: list[str], keys: list[str]):
+        if scorable:
+            probs = cache.probabilities(classifier, texts, cfg.batch_size, keys)
+            scored_at = format_timestamp(datetime.now(timezone.utc).replace(microsecond=0))
+            champion = []
+            for (where, doc), p in zip(scorable, probs[:, 0]):
+                value, flag = round(float(p), 6), bool(p >= threshold)
+                set_field(doc, "ml.anomaly.score", value)
+                set_field(doc, "ml.anomaly.is_anomaly", flag)
+                set_field(doc, "ml.model.name", model_name)
+                set_field(doc, "ml.model.version", version)
+                set_field(doc, "ml.model.family", family)
+                set_field(doc, "ml.scored_at", scored_at)
+                champion.append((value, flag))
+                counts["scored"] += 1
+            if shadow is not None:
+                shadow.score(scorable, texts, champion)
+            if rca is not None:
+                rca.annotate(scorable)
+        return shadow.route(group) if shadow is not None else group
+
+    group: list[tuple[str, dict]] = []  # read, waiting for the group's model call
+    scorable: list[tuple[str, dict]] = []
+    texts: list[str] = []
+    keys: list[str] = []
+    new: set[str] = set()  # the group's distinct keys the cache has no answer for
     try:
-        for window in batched(docs, settings.score.sort_window):
+        for window in batched(docs, cfg.sort_window):
             counts["read"] += len(window)
-            scorable, texts = [], []
+            first = len(texts)
             for where, doc in window:
                 try:
                     texts.append(message_text(get_field(doc, fields.message)))
@@ -127,26 +165,14 @@ def annotate(docs: Iterable[tuple[str, dict]], classifier, model_name: str, vers
                     unscored[reason] = unscored.get(reason, 0) + 1
                     continue
                 scorable.append((where, doc))
-            if scorable:
-                probs = cache.probabilities(classifier, texts, settings.score.batch_size)
-                threshold = float(classifier.thresholds[0])
-                scored_at = format_timestamp(datetime.now(timezone.utc).replace(microsecond=0))
-                champion = []
-                for (where, doc), p in zip(scorable, probs[:, 0]):
-                    score, flag = round(float(p), 6), bool(p >= threshold)
-                    set_field(doc, "ml.anomaly.score", score)
-                    set_field(doc, "ml.anomaly.is_anomaly", flag)
-                    set_field(doc, "ml.model.name", model_name)
-                    set_field(doc, "ml.model.version", version)
-                    set_field(doc, "ml.model.family", family)
-                    set_field(doc, "ml.scored_at", scored_at)
-                    champion.append((score, flag))
-                    counts["scored"] += 1
-                if shadow is not None:
-                    shadow.score(scorable, texts, champion)
-                if rca is not None:
-                    rca.annotate(scorable)
-            yield from (shadow.route(window) if shadow is not None else window)
+            window_keys = read_as(classifier, texts[first:])
+            keys.extend(window_keys)
+            new.update(k for k in window_keys if k not in cache)
+            group.extend(window)
+            if len(new) >= cfg.sort_window or len(group) >= cfg.max_pending:
+                yield from scored(group, scorable, texts, keys)
+                group, scorable, texts, keys, new = [], [], [], [], set()
+        yield from scored(group, scorable, texts, keys)
         if shadow is not None:
             shadow.finish()  # its sink completes before the main one can
     except BaseException:  # an error, or the sink closing this generator: the shadow's sink keeps what it has

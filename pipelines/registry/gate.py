@@ -6,7 +6,11 @@ trained on. The challenger becomes champion only when it beats the champion's pr
 `promotion.margin`, no guard metric regresses by more than its tolerance (`promotion.guard_tolerance`,
 or its own in `promotion.guard_tolerances`), its data
 validation passed, and its training data did not drift severely together with a label shift
-(which points at a labelling fault rather than a changed world). The decision and its reasons go
+(which points at a labelling fault rather than a changed world). A task with a `gate_baseline` (both logs
+models: the TF-IDF baseline retrained on the challenger's own training snapshot) also makes the challenger face
+that baseline on the holdout: it may trail it on the primary metric by at most `candidates.baseline_tolerance`
+(`face_baseline`). The decision records every contender's holdout metrics (challenger, each baseline,
+champion). The decision and its reasons go
 into the version's tags, its run (`promotion/decision.json`, `holdout_*` metrics, the holdout as a
 dataset input) and its page (the version's description: `pipelines.registry.version_page`); once
 the gate has decided, the version loses the alias `challenger` ("waiting for the gate"). The replaced
@@ -53,12 +57,13 @@ from pipelines.registry.store import (
 )
 from pipelines.registry.version_page import write_version_page
 from pipelines.tasks import evaluate, task
-from pipelines.tasks.spec import TaskSpec, finite
+from pipelines.tasks.spec import EvaluationReport, TaskSpec, finite
 from pipelines.telemetry import get_logger
 
 log = get_logger("promotion")
 
 PROMOTED, REJECTED, STALE, KEPT, ROLLED_BACK = "promoted", "rejected", "stale", "kept", "rolled_back"
+BASELINE_TITLES = {"tfidf": "TF-IDF"}  # how a reason names an evaluation baseline
 
 
 def holdout_metrics(model_ref: str, holdout: Path, settings: Settings) -> dict[str, float]:
@@ -127,6 +132,41 @@ def decide(spec: TaskSpec, challenger: dict[str, float], champion: dict[str, flo
     else:
         reasons.append(f"drift {status}{' with a label shift' if shift else ''}")
     return ok, reasons
+
+
+def face_baseline(spec: TaskSpec, challenger: dict[str, float], report: EvaluationReport, tolerance: float) -> dict[str, Any]:
+    """The gate's second test, beside the champion: on the holdout the challenger must not trail its task's
+    `gate_baseline` (for both logs models the TF-IDF baseline trained and tuned on the challenger's own training
+    snapshot, as the night trains it) by more than `tolerance` (`candidates.baseline_tolerance`) on `spec.primary`
+    (in the metric's direction, `spec.gain`).
+
+    Args:
+        spec: the challenger's task. challenger: its finite holdout metrics. report: its holdout evaluation, run with
+            baselines (`report.baselines`, `report.baseline_trained_on`). tolerance: how far it may trail (>= 0).
+
+    Returns {"ok", "reason", "contenders": {"challenger": metrics, each baseline of `report`: its finite metrics},
+    "baseline_trained_on": the baseline's training snapshot or None}. It is ok, with the reason, when the task has no
+    gate baseline, when the challenger's primary metric or the baseline's is undefined on the holdout (not
+    comparable: a failure-rca holdout without failed jobs), and when the baseline was not run because the
+    challenger's training snapshot is gone.
+    """
+    p, name = spec.primary, spec.gate_baseline
+    out: dict[str, Any] = {"ok": True, "contenders": {"challenger": dict(challenger), **{b: finite(m) for b, m in report.baselines.items()}},
+                           "baseline_trained_on": report.baseline_trained_on}
+    if name is None:
+        return {**out, "reason": f"no baseline test for {spec.name}"}
+    c = challenger.get(p, math.nan)
+    if name not in report.baselines:
+        if not math.isfinite(c):  # nothing on the holdout to score the baseline on either
+            return {**out, "reason": f"baseline {p} not comparable on the holdout (challenger {c}, {name} not run)"}
+        return {**out, "reason": "baseline not run: the challenger's training snapshot is gone"}
+    b = report.baselines[name].get(p, math.nan)
+    if not (math.isfinite(c) and math.isfinite(b)):
+        return {**out, "reason": f"baseline {p} not comparable on the holdout (challenger {c}, {name} {b})"}
+    out["ok"] = spec.gain(p, c, b) >= -tolerance
+    verdict = "within" if out["ok"] else "trails it by more than"
+    trained = " (same training snapshot)" if report.baseline_trained_on else ""
+    return {**out, "reason": f"{p} {c:.4f} vs {BASELINE_TITLES.get(name, name)} baseline {b:.4f}{trained}: {verdict} the tolerance {tolerance}"}
 
 
 def champion_decay(client, champion: ModelRef, fresh: dict[str, float], spec: TaskSpec, cfg: PromotionSettings) -> dict:
@@ -225,19 +265,22 @@ def promote(name: str, settings: Settings, holdout: str | Path | None = None, ve
     """Run the gate for `name`'s challenger (or `version`) against its champion; move `champion`
     by compare-and-set when it passes. Returns the decision record (also in tags, on the run and on the
     version page): `decision` promoted|rejected|stale|kept, `reasons` (one line each), `contenders`
-    ({challenger, champion, baselines: {metric: value}} on the holdout), `champion_now`. With no champion
+    ({challenger, each baseline, champion: {metric: value}} on the holdout; the task's `gate_baseline` is the second
+    test, `face_baseline`), `champion_now`. With no champion
     yet the version becomes champion unopposed and is judged on the holdout for the record
     (`judge_first_version`). The version loses `challenger` once promoted or rejected.
 
     Raises:
-        ConfigError: a `promotion.*` setting is out of range. RegistryError: no challenger (or `version`).
+        ConfigError: a `promotion.*` setting or `candidates.baseline_tolerance` is out of range. RegistryError: no challenger (or `version`).
         PromotionError: the holdout overlaps a training window or none is found, or the lock is not had in time.
         TrainingDataError: the holdout cannot judge the versions (no labelled line, no whole window).
     """
-    cfg = settings.promotion
+    cfg, tolerance = settings.promotion, settings.candidates.baseline_tolerance
     for setting in ("margin", "guard_tolerance", "decay_tolerance"):
         if getattr(cfg, setting) < 0:
             raise ConfigError(f"setting promotion.{setting} must be >= 0 (is {getattr(cfg, setting)})")
+    if tolerance < 0:
+        raise ConfigError(f"setting candidates.baseline_tolerance must be >= 0 (is {tolerance})")
     guard_tolerances(cfg)  # a malformed setting fails before any evaluation runs
     client = use_store(settings)
     spec = task(name)
@@ -276,22 +319,22 @@ def promote(name: str, settings: Settings, holdout: str | Path | None = None, ve
     snapshot = choose_holdout(client, spec, [challenger, champion], settings, holdout)
     drift = _drift_for(client, challenger, champion, settings)
     validation = tags.get("validation.status", "not_run")
-    # With no baseline test of its own, the task's evaluation baselines still go into the record's table.
-    judged = evaluate(f"{name}/{challenger.version}", snapshot.path, settings, baseline=spec.baseline_test is None)
-    challenger_metrics, baselines = finite(judged.metrics), {b: finite(m) for b, m in judged.baselines.items()}
+    # The challenger with its task's baselines (the record's table, and the gate's second test), the champion alone.
+    judged = evaluate(f"{name}/{challenger.version}", snapshot.path, settings, baseline=True)
+    challenger_metrics = finite(judged.metrics)
     champion_metrics = holdout_metrics(f"{name}/{champion.version}", snapshot.path, settings)
     decay = champion_decay(client, champion, champion_metrics, spec, cfg)
     ok, reasons = decide(spec, challenger_metrics, champion_metrics, validation, drift, cfg)
-    versus: dict[str, Any] = (spec.baseline_test(client, challenger, snapshot.path, settings, challenger_metrics, spec.primary) if spec.baseline_test
-              else {"ok": True, "reason": f"no baseline test for {name}", "contenders": {"challenger": challenger_metrics, **baselines}})
+    versus = face_baseline(spec, challenger_metrics, judged, tolerance)
     ok &= versus["ok"]
     reasons.append(versus["reason"])
     record = {**base, "primary": spec.primary, "guards": list(spec.guards), "lower_is_better": sorted(spec.lower_is_better),
               "holdout": _holdout_entry(snapshot),
               "challenger_metrics": challenger_metrics, "champion_metrics": champion_metrics,
               "contenders": {**versus["contenders"], "champion": champion_metrics},
+              "gate_baseline": spec.gate_baseline, "baseline_trained_on": versus["baseline_trained_on"],
               "validation": validation, "drift": drift, "champion_decay": decay,
-              "settings": {"margin": cfg.margin, "guard_tolerance": cfg.guard_tolerance}}
+              "settings": {"margin": cfg.margin, "guard_tolerance": cfg.guard_tolerance, "baseline_tolerance": tolerance}}
     _record_decay(client, champion, champion_metrics, decay, snapshot)
 
     decision = PROMOTED if ok else REJECTED

@@ -609,7 +609,10 @@ class ElasticsearchLogSink:
         self.es = settings.elasticsearch
         self.endpoint = parse_uri(uri)
         self.uri = self.endpoint.public
+        if self.es.bulk_concurrency < 1:
+            raise ConfigError(f"setting {_env('bulk_concurrency')}: must be at least 1, got {self.es.bulk_concurrency}")
         self.results_index: str | None = None
+        self.tally = threading.Lock()  # counts are updated by each sender thread
         self.checkpoint: ScoringCheckpoint | None = None
         self.resumed_from: int | None = None
 
@@ -667,12 +670,14 @@ class ElasticsearchLogSink:
         """Bulk-write the documents in batches of at most `bulk_max_bytes` and a quarter of `score.sort_window`
         documents; returns written / failed counts with reasons.
 
-        A batch is sent as soon as it is full, on a background thread, so a scored window is written while the next
-        one is scored (and pulled); batches wait in a queue of at most `bulk_max_bytes`, so memory stays bounded.
+        A batch is sent as soon as it is full, on `bulk_concurrency` background threads, so a scored group is written
+        while the next one is scored (and pulled); batches wait in a queue of at most `bulk_max_bytes`, so memory stays
+        bounded. The checkpoint moves past a batch once it and every batch before it are acknowledged.
         """
         counts = {"written": 0, "failed": 0}
         reasons: dict[str, int] = {}
-        sender = _Sender(lambda b: self._flush(b, counts, reasons), self.es.bulk_max_bytes)
+        sender = _Sender(lambda b: self._flush(b, counts, reasons), lambda b: self._checkpoint(b, counts),
+                         self.es.bulk_max_bytes, self.es.bulk_concurrency)
         # Counted over every document read, written or not: a window (scored at once, yielded at once) goes out in
         # four requests right away instead of waiting for the next window to fill its last batch.
         max_docs = max(1, -(-self.settings.score.sort_window // 4))
@@ -708,17 +713,19 @@ class ElasticsearchLogSink:
         last_status = ""
         for attempt in range(self.es.retries + 1):
             resp = self.conn.call(f"bulk write to {self.uri}", lambda c: c.bulk(operations=[line for _, line in pending]))
-            retry = []
+            retry, written = [], 0
             for (where, line), item in zip(pending, resp["items"]):
                 (_, result), = item.items()
                 status = int(result.get("status", 0))
                 if 200 <= status < 300:
-                    counts["written"] += 1
+                    written += 1
                 elif status in RETRY_STATUSES:
                     retry.append((where, line))
                     last_status = f"{status} {(result.get('error') or {}).get('type', '')}".strip()
                 else:
                     self._fail(where, f"{status} {(result.get('error') or {}).get('type', 'error')}", counts, reasons, result)
+            with self.tally:
+                counts["written"] += written
             pending = retry
             if not pending:
                 break
@@ -726,49 +733,69 @@ class ElasticsearchLogSink:
                 self.conn.pause(attempt, "bulk write (rejected items)", f"{len(pending)} item(s) {last_status}")
         for where, _ in pending:
             self._fail(where, f"{last_status} after {self.es.retries} retries", counts, reasons, {})
+
+    def _checkpoint(self, batch: list[tuple[str, bytes]], counts: dict[str, int]) -> None:
+        """Every selected document up to the batch's last is written (or counted failed): resume after it."""
         last = batch[-1][0]
         if self.checkpoint and isinstance(last, DocRef):
             self.checkpoint.save(last.sort_ts, counts["written"])
 
-    @staticmethod
-    def _fail(where: str, reason: str, counts: dict[str, int], reasons: dict[str, int], result: dict) -> None:
-        counts["failed"] += 1
-        reasons[reason] = reasons.get(reason, 0) + 1
-        if reasons[reason] <= 3:
+    def _fail(self, where: str, reason: str, counts: dict[str, int], reasons: dict[str, int], result: dict) -> None:
+        with self.tally:
+            counts["failed"] += 1
+            reasons[reason] = reasons.get(reason, 0) + 1
+            first = reasons[reason] <= 3
+        if first:
             log.warning("document not written", extra={"document": str(where), "reason": reason,
                                                        "detail": ((result.get("error") or {}).get("reason") or "")[:200]})
 
 
 class _Sender:
-    """Sends bulk batches in order on a background thread while the caller scores and builds the next ones (scoring,
-    pulling and writing overlap). Batches not yet acknowledged hold at most `max_bytes` (one batch always fits):
-    `send` waits beyond that. The first error stops sending and is raised to the caller."""
+    """Sends bulk batches on `workers` background threads while the caller scores and builds the next ones (scoring,
+    pulling and writing overlap; with two, the node indexes one request while it receives the next). Batches not yet
+    acknowledged hold at most `max_bytes` (one batch always fits): `send` waits beyond that. `done(batch)` runs in
+    send order, once the batch and every one before it are acknowledged (the resume checkpoint). The first error
+    stops sending and is raised to the caller; a batch after a failed one is never `done`."""
 
-    def __init__(self, flush: Callable[[list], None], max_bytes: int):
-        self.flush, self.max_bytes = flush, max_bytes
+    def __init__(self, flush: Callable[[list], None], done: Callable[[list], None], max_bytes: int, workers: int = 1):
+        self.flush, self.done, self.max_bytes = flush, done, max_bytes
         self.error: BaseException | None = None
-        self.batches: deque[tuple[list, int]] = deque()
+        self.queue: deque[tuple[int, list, int]] = deque()  # (sequence number, batch, bytes), not yet taken
+        self.acknowledged: dict[int, list] = {}  # acknowledged ahead of an earlier batch still in flight
+        self.sent = self.next_done = 0
         self.pending = 0  # bytes queued or in flight
         self.closing = self.cancelled = False
         self.changed = threading.Condition()
-        self.thread = threading.Thread(target=self._run, name="es-bulk-sender", daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self._run, name=f"es-bulk-sender-{i}", daemon=True) for i in range(max(1, workers))]
+        for thread in self.threads:
+            thread.start()
 
     def _run(self) -> None:
         while True:
             with self.changed:
-                self.changed.wait_for(lambda: self.batches or self.closing)
-                if not self.batches:
+                self.changed.wait_for(lambda: self.queue or self.closing)
+                if not self.queue:
                     return
-                batch, size = self.batches[0]
-            if self.error is None and not self.cancelled:
+                seq, batch, size = self.queue.popleft()
+                go = self.error is None and not self.cancelled
+            ok = False
+            if go:
                 try:
                     self.flush(batch)
+                    ok = True
                 except BaseException as exc:
-                    self.error = exc
+                    with self.changed:
+                        self.error = self.error or exc
             with self.changed:
-                self.batches.popleft()
                 self.pending -= size
+                if ok:
+                    self.acknowledged[seq] = batch
+                    try:
+                        while self.next_done in self.acknowledged:  # a failed batch is never acknowledged: done stops there
+                            self.done(self.acknowledged.pop(self.next_done))
+                            self.next_done += 1
+                    except BaseException as exc:
+                        self.error = self.error or exc
                 self.changed.notify_all()
 
     def send(self, batch: list, size: int) -> None:
@@ -776,7 +803,8 @@ class _Sender:
             self.changed.wait_for(lambda: self.error is not None or not self.pending or self.pending + size <= self.max_bytes)
             if self.error is not None:
                 raise self.error
-            self.batches.append((batch, size))
+            self.queue.append((self.sent, batch, size))
+            self.sent += 1
             self.pending += size
             self.changed.notify_all()
 
@@ -785,7 +813,8 @@ class _Sender:
         with self.changed:
             self.closing, self.cancelled = True, not reraise
             self.changed.notify_all()
-        self.thread.join()
+        for thread in self.threads:
+            thread.join()
         if reraise and self.error is not None:
             raise self.error
 

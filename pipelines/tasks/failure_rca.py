@@ -300,4 +300,4 @@ def summary(outcome: TrainingOutcome) -> str:
 
 
 SPEC = TaskSpec(TASK, "logs", train=train_failure_rca, evaluate=evaluate_failure_rca, primary="micro_f1", guards=("macro_f1",),
-                summary=summary)
+                gate_baseline="tfidf", summary=summary)

@@ -9,7 +9,6 @@ The BERT loop (`fine_tune`) is `pipelines.training.fine_tune`'s, shared with the
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -228,38 +227,10 @@ def evaluate_log_anomaly(client, ref: ModelRef, classifier, snapshot_dir: Path, 
     return report
 
 
-def face_baseline(client, challenger: ModelRef, holdout_dir: Path, settings: Settings, challenger_metrics: dict[str, float],
-                  primary: str = "f1") -> dict:
-    """The gate's second test for `log-anomaly`: on the fresh holdout the challenger must not trail the TF-IDF
-    baseline trained on the challenger's own training snapshot (same split and threshold rule as the night,
-    `tfidf_reference`) by more than `candidates.baseline_tolerance` on `primary`.
-
-    Returns {"ok": bool, "reason": str, "contenders": {"challenger": metrics, "tfidf": metrics},
-    "baseline_trained_on": path}; a challenger whose training snapshot is gone is not refused for it (ok, with the reason).
-    """
-    tolerance = settings.candidates.baseline_tolerance
-    out: dict = {"ok": True, "contenders": {"challenger": dict(challenger_metrics)}}
-    reference = training_snapshot(client, challenger)
-    if reference is None:
-        return {**out, "reason": "baseline not run: the challenger's training snapshot is gone"}
-    model, threshold, _ = tfidf_reference(load_snapshot(reference), settings)
-    params = client.get_run(client.get_model_version(challenger.name, challenger.version).run_id).data.params
-    fields = tuple(f.strip() for f in params.get("context_fields", "-").split(",") if f.strip() not in ("", "-"))
-    frame = labelled_logs(load_snapshot(holdout_dir), fields)
-    baseline = binary_report(frame["anomaly"].astype(bool).to_numpy(), baseline_proba(model, frame["text"].tolist())[:, 0], threshold)
-    out["contenders"]["tfidf"], out["baseline_trained_on"] = baseline, str(reference)
-    c, b = challenger_metrics.get(primary, math.nan), baseline.get(primary, math.nan)
-    if not (math.isfinite(c) and math.isfinite(b)):
-        return {**out, "reason": f"baseline {primary} not comparable on the holdout (challenger {c}, tfidf {b})"}
-    out["ok"] = c >= b - tolerance
-    verdict = "within" if out["ok"] else "trails it by more than"
-    return {**out, "reason": f"{primary} {c:.4f} vs TF-IDF baseline {b:.4f} (same training snapshot): {verdict} the tolerance {tolerance}"}
-
-
 def summary(outcome: TrainingOutcome) -> str:
     return (f"{outcome.model} v{outcome.version} ({outcome.decision}): F1 {outcome.metrics.get('f1')} "
             f"(TF-IDF baseline {outcome.baseline.get('f1')})")
 
 
 SPEC = TaskSpec("log-anomaly", "logs", train=train_log_anomaly, evaluate=evaluate_log_anomaly, primary="f1", guards=("pr_auc", "recall"),
-                baseline_test=face_baseline, summary=summary)
+                gate_baseline="tfidf", summary=summary)

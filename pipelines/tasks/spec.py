@@ -56,9 +56,6 @@ class EvaluationReport:
 Evaluate = Callable[[Any, "ModelRef", Any, Path, "Settings", bool], EvaluationReport]
 # train(snapshot folder, settings, base model or None) -> outcome
 Train = Callable[[Path, "Settings", "str | None"], TrainingOutcome]
-# baseline_test(client, challenger, holdout folder, settings, challenger's holdout metrics, primary metric)
-#   -> {"ok": bool, "reason": str, "contenders": {name: metrics}}: the gate's second test, beside the champion
-BaselineTest = Callable[[Any, "ModelRef", Path, "Settings", dict[str, float], str], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -67,8 +64,10 @@ class TaskSpec:
 
     `dataset`: the snapshot kind it trains on (`logs` or `metrics`); its fresh holdouts live in the snapshot
     folder `<dataset>-fresh`. `primary`, `guards` and `lower_is_better` are the gate's metrics
-    (`pipelines.registry.gate`); `baseline_test`, when set, is a second test the challenger must pass on the
-    holdout. `summary(outcome)` is the line the CLI prints after training.
+    (`pipelines.registry.gate`). `gate_baseline`, when set, names the baseline of the task's evaluation
+    (`EvaluationReport.baselines`) that the challenger must not trail on the holdout's primary metric by more than
+    `candidates.baseline_tolerance`: the gate's second test (`pipelines.registry.gate.face_baseline`); "tfidf" for
+    both logs models. `summary(outcome)` is the line the CLI prints after training.
     """
 
     name: str
@@ -79,7 +78,7 @@ class TaskSpec:
     guards: tuple[str, ...] = ()
     lower_is_better: frozenset[str] = frozenset()
     summary: Callable[[TrainingOutcome], str] = lambda outcome: f"{outcome.model} v{outcome.version}: {outcome.decision}"
-    baseline_test: BaselineTest | None = None
+    gate_baseline: str | None = None
 
     @property
     def holdout_dataset(self) -> str:

@@ -475,6 +475,7 @@ def test_write_back_to_a_separate_results_index(loaded, demo_docs, stand_in, hom
 
 def test_crash_then_resume_scores_every_document_exactly_once(loaded, demo_docs, stand_in, home, monkeypatch):
     monkeypatch.setenv("NIGHTSHIFT_SCORE_SORT_WINDOW", "20")
+    monkeypatch.setenv("NIGHTSHIFT_SCORE_MAX_PENDING", "20")  # a model call per window
     monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_BULK_MAX_BYTES", "3000")
     monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_PAGE_SIZE", "25")
     expected = sum(in_window(d) for d in demo_docs)
@@ -552,6 +553,7 @@ def test_writes_overlap_scoring_and_failures_mid_stream_are_counted(faults_clust
     others) are each counted under their reason while the batches around them are written; every other document is
     written exactly once."""
     monkeypatch.setenv("NIGHTSHIFT_SCORE_SORT_WINDOW", "20")  # bulk requests of 5 documents
+    monkeypatch.setenv("NIGHTSHIFT_SCORE_MAX_PENDING", "20")  # a model call per window
     monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_RETRY_BACKOFF", "0.05")
     expected = sum(in_window(d) for d in demo_docs)
     faults_cluster.client.indices.create(index=faults_cluster.name("logs-conflict"), mappings={"properties": {"ml": {"type": "keyword"}}})
@@ -588,6 +590,7 @@ def test_killed_node_is_a_clear_error_then_scoring_resumes_after_restart(faults_
     from pipelines.sources.elastic import ElasticsearchError
 
     monkeypatch.setenv("NIGHTSHIFT_SCORE_SORT_WINDOW", "20")
+    monkeypatch.setenv("NIGHTSHIFT_SCORE_MAX_PENDING", "20")  # a model call per window
     monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_BULK_MAX_BYTES", "3000")
     monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_PAGE_SIZE", "25")
     monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_RETRIES", "2")
@@ -671,6 +674,7 @@ def test_shadow_index_mode_writes_a_results_index_and_resumes_with_the_main_sink
     monkeypatch.setenv("NIGHTSHIFT_SCORE_SHADOW", "index")
     monkeypatch.setenv("NIGHTSHIFT_SCORE_SHADOW_SINK", loaded.name("nightshift-ml-results-shadow"))  # on the source's cluster
     monkeypatch.setenv("NIGHTSHIFT_SCORE_SORT_WINDOW", "20")
+    monkeypatch.setenv("NIGHTSHIFT_SCORE_MAX_PENDING", "20")  # a model call per window
     monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_BULK_MAX_BYTES", "3000")
     expected = sum(in_window(d) for d in demo_docs)
     shadowed["classifier"] = StandInClassifier(crash_on_call=5)

@@ -72,3 +72,44 @@ def test_cloud_id_configures_the_client(home, monkeypatch):
     opts, where, auth_source = client_options(parse_uri("elasticsearch://logs-*"), load_settings().elasticsearch)
     assert opts["cloud_id"].startswith("prod:") and "hosts" not in opts and opts["api_key"] == SECRET
     assert where == "Elastic Cloud deployment prod" and SECRET not in auth_source
+
+
+def test_bulk_batches_in_flight_together_move_the_checkpoint_in_send_order():
+    """Two bulk requests in flight: the second may be acknowledged first, yet the checkpoint (`done`) passes each
+    batch in send order, only once every batch before it is acknowledged; after a failed batch nothing later is done
+    and the error reaches the caller."""
+    import dataclasses
+    import threading
+
+    from pipelines.config import ConfigError
+    from pipelines.sources.elastic import ElasticsearchLogSink, _Sender
+
+    first_may_finish = threading.Event()
+    flushed, done = [], []
+
+    def flush(batch):
+        if batch == [0]:
+            assert first_may_finish.wait(10)
+        if batch == [3]:
+            raise RuntimeError("bulk write to the node failed")
+        flushed.append(batch[0])
+        if batch == [1]:
+            first_may_finish.set()  # batch 1 is acknowledged while batch 0 is still in flight
+
+    sender = _Sender(flush, lambda batch: done.append(batch[0]), max_bytes=100, workers=2)
+    for i in range(3):
+        sender.send([i], 1)
+    sender.close()
+    assert flushed[0] == 1 and sorted(flushed) == [0, 1, 2] and done == [0, 1, 2]
+
+    done.clear()
+    sender = _Sender(lambda batch: flush(batch) if batch != [0] else None, lambda batch: done.append(batch[0]), max_bytes=100, workers=2)
+    for i in (0, 3):
+        sender.send([i], 1)
+    with pytest.raises(RuntimeError, match="bulk write to the node failed"):
+        sender.close()
+    assert done == [0]
+    settings = load_settings()
+    one_less = dataclasses.replace(settings, elasticsearch=dataclasses.replace(settings.elasticsearch, bulk_concurrency=0))
+    with pytest.raises(ConfigError, match=r"setting elasticsearch.bulk_concurrency \(NIGHTSHIFT_ELASTICSEARCH_BULK_CONCURRENCY\): must be at least 1"):
+        ElasticsearchLogSink("http://127.0.0.1:9/logs", one_less)

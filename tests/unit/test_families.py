@@ -1,8 +1,9 @@
 """Model families chosen on validation (issue 13): the selection split, the choice, each family's pyfunc,
-the [UNK] warning on a Chinese snapshot, and the gate's comparison with the TF-IDF baseline."""
+the [UNK] warning on a Chinese snapshot, and the gate's test against the TF-IDF baseline (log-anomaly, failure-rca)."""
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -149,33 +150,149 @@ def test_unk_rate_counts_unknown_word_pieces(tiny_bert):
     assert unk_rate(tokenizer, ["磁盘空间不足，写入检查点失败"]) > 0.5
 
 
+def test_the_gate_faces_the_tasks_tfidf_baseline_within_its_tolerance():
+    """The gate's second test (`face_baseline`) on crafted holdout reports: both logs models face their TF-IDF baseline."""
+    import dataclasses
+
+    from pipelines.registry.gate import face_baseline
+    from pipelines.tasks import TASKS
+    from pipelines.tasks.spec import EvaluationReport
+
+    assert TASKS["log-anomaly"].gate_baseline == TASKS["failure-rca"].gate_baseline == "tfidf"
+    assert TASKS["metric-forecast"].gate_baseline is None
+    rca = TASKS["failure-rca"]
+
+    def report(baselines, trained_on="/snapshots/logs/2026-11-20"):
+        return EvaluationReport("failure-rca", "2", "/holdout", "jobs", 12, "bert-mean", {}, baselines, trained_on if baselines else None)
+
+    tfidf = report({"tfidf": {"micro_f1": 0.80, "macro_f1": 0.70}})
+    within = face_baseline(rca, {"micro_f1": 0.785, "macro_f1": 0.9}, tfidf, 0.02)
+    assert within["ok"] and within["reason"] == ("micro_f1 0.7850 vs TF-IDF baseline 0.8000 (same training snapshot): "
+                                                 "within the tolerance 0.02")
+    assert within["contenders"] == {"challenger": {"micro_f1": 0.785, "macro_f1": 0.9}, "tfidf": {"micro_f1": 0.80, "macro_f1": 0.70}}
+    assert within["baseline_trained_on"] == "/snapshots/logs/2026-11-20"
+    trails = face_baseline(rca, {"micro_f1": 0.77}, tfidf, 0.02)
+    assert not trails["ok"] and "TF-IDF baseline 0.8000" in trails["reason"] and "trails it by more than the tolerance 0.02" in trails["reason"]
+    assert face_baseline(rca, {"micro_f1": 0.77}, tfidf, 0.05)["ok"]  # the tolerance is the setting's
+    assert face_baseline(TASKS["log-anomaly"], {"f1": 0.5}, report({"tfidf": {"f1": 0.6}}), 0.02)["ok"] is False
+
+    # refusing nothing, and saying why
+    gone = face_baseline(rca, {"micro_f1": 0.1}, report({}), 0.02)
+    assert gone["ok"] and gone["reason"] == "baseline not run: the challenger's training snapshot is gone"
+    quiet = face_baseline(rca, {}, report({}), 0.02)  # a holdout without failed jobs: every metric undefined
+    assert quiet["ok"] and "not comparable" in quiet["reason"]
+    undefined = face_baseline(rca, {"micro_f1": 0.1}, report({"tfidf": {"micro_f1": float("nan")}}), 0.02)
+    assert undefined["ok"] and "not comparable" in undefined["reason"] and undefined["contenders"]["tfidf"] == {}
+
+    # a lower-is-better primary trails when it is higher; a task without a gate baseline has no test, its baselines still recorded
+    forecast = TASKS["metric-forecast"]
+    naive = EvaluationReport("metric-forecast", "2", "/holdout", "windows", 40, "lstm", {}, {"predict_linear": {"mae": 1.0}})
+    assert face_baseline(dataclasses.replace(forecast, gate_baseline="predict_linear"), {"mae": 1.01}, naive, 0.02)["ok"]
+    assert not face_baseline(dataclasses.replace(forecast, gate_baseline="predict_linear"), {"mae": 1.05}, naive, 0.02)["ok"]
+    free = face_baseline(forecast, {"mae": 9.0}, naive, 0.02)
+    assert free["ok"] and free["reason"] == "no baseline test for metric-forecast"
+    assert free["contenders"] == {"challenger": {"mae": 9.0}, "predict_linear": {"mae": 1.0}}
+
+
 @pytest.mark.slow  # trains, then evaluates against the baseline: `make test-fast` leaves it out
-def test_the_gate_faces_the_tfidf_baseline(settings, train_snapshot, corpus, tmp_path, tiny_bert, monkeypatch):
+def test_the_log_anomaly_evaluation_holds_the_tfidf_baseline_the_gate_faces(settings, train_snapshot, corpus, tmp_path, tiny_bert,
+                                                                            monkeypatch):
     from pipelines.cli import parse_time
     from pipelines.config import load_settings
     from pipelines.data.ingest import ingest_logs
-    from pipelines.registry.store import ModelRef, use_store
+    from pipelines.registry.gate import face_baseline
     from pipelines.tasks import TASKS, evaluate
-    from pipelines.tasks.log_anomaly import face_baseline, train_log_anomaly
+    from pipelines.tasks.log_anomaly import train_log_anomaly
+    from pipelines.tasks.spec import finite
 
     monkeypatch.setenv("NIGHTSHIFT_CANDIDATES_FAMILIES", "tfidf")
-    monkeypatch.setenv("NIGHTSHIFT_CANDIDATES_BASELINE_TOLERANCE", "0.02")  # the default, which the suite relaxes
     s = load_settings()
     out = train_log_anomaly(train_snapshot.path, s, str(tiny_bert)).to_dict()
     fresh = ingest_logs(f"file://{corpus}", parse_time("2026-11-21"), parse_time("2026-11-22"), tmp_path / "fresh", s)
-    ref = f"log-anomaly/{out['version']}"
-    mine = evaluate(ref, fresh.path, s, baseline=True)
-    client, version = use_store(s), ModelRef("log-anomaly", out["version"])
-    check = face_baseline(client, version, fresh.path, s, mine.metrics)
+    mine = evaluate(f"log-anomaly/{out['version']}", fresh.path, s, baseline=True)
+    assert mine.baseline_trained_on == str(train_snapshot.path)
+    spec, metrics = TASKS["log-anomaly"], finite(mine.metrics)
+    check = face_baseline(spec, metrics, mine, 0.02)
     # the served model is the TF-IDF family itself: it equals the baseline
-    assert check["ok"] and check["contenders"]["tfidf"]["f1"] == pytest.approx(mine.metrics["f1"])
-    assert mine.baselines["tfidf"]["f1"] == pytest.approx(mine.metrics["f1"])
-    worse = {**mine.metrics, "f1": check["contenders"]["tfidf"]["f1"] - 0.1}
-    refused = face_baseline(client, version, fresh.path, s, worse)
+    assert check["ok"] and check["contenders"]["tfidf"]["f1"] == pytest.approx(metrics["f1"])
+    refused = face_baseline(spec, {**metrics, "f1": metrics["f1"] - 0.1}, mine, 0.02)
     assert not refused["ok"] and "TF-IDF baseline" in refused["reason"] and "tfidf" in refused["contenders"]
-    # only log-anomaly faces a baseline at the gate
-    assert TASKS["log-anomaly"].baseline_test is face_baseline
-    assert TASKS["failure-rca"].baseline_test is None and TASKS["metric-forecast"].baseline_test is None
+
+
+def _jobs_with_shared_first_words(path, days: int = 4, seed: int = 3):
+    """Jobs failing for `disk_full` or `net_down`, whose error line opens with a word both causes share ("write",
+    "request"), plus jobs failing for other reasons (other first words): the first word tells whether a job has a
+    cause, not which; the whole line tells which. The same phrasings every day, so TF-IDF names the causes."""
+    import random
+    from datetime import datetime, timedelta, timezone
+
+    r = random.Random(seed)
+    causes = {"disk_full": ["write failed: volume {n} is full", "request aborted: no free blocks left on volume {n}"],
+              "net_down": ["write failed: peer {n} unreachable, link down", "request aborted: link to peer {n} is down"],
+              None: ["assertion failed in tokenizer table {n}", "scheduler rejected spec {n}: bad yaml", "signal handler saw sigusr{n}"]}
+    docs, start = [], datetime(2026, 11, 16, tzinfo=timezone.utc)
+    for day in range(days):
+        for j in range(18):
+            cause = ("disk_full", "net_down", None)[j % 3]
+            ts, job = start + timedelta(days=day, minutes=30 * j), f"j{day}-{j}"
+            message = r.choice(causes[cause]).format(n=r.randint(1, 99))
+            for i, (level, text) in enumerate([("info", f"job {job} started"), ("error", message)]):
+                docs.append({"@timestamp": (ts + timedelta(seconds=i)).isoformat().replace("+00:00", "Z"), "message": text,
+                             "log": {"level": level}, "labels": {"anomaly": level == "error", "job_id": job,
+                                                                 "root_cause": [cause] if cause and level == "error" else []}})
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    return path
+
+
+@pytest.mark.slow  # trains three versions and runs two gates: `make test-fast` leaves it out
+def test_the_failure_rca_gate_rejects_a_challenger_that_trails_the_tfidf_baseline(settings, tiny_bert, tmp_path, monkeypatch):
+    """At the real tolerance: v1, a BERT that reads no word (`max_length` 2: [CLS] [SEP]), is the champion; v2, one that
+    reads the first word only, beats it but trails the TF-IDF baseline of its own snapshot and is rejected for that
+    alone; v3, the TF-IDF family, is within the tolerance and promoted. Each decision records every contender."""
+    from pipelines.cli import parse_time
+    from pipelines.config import load_settings
+    from pipelines.data.ingest import ingest_logs
+    from pipelines.registry.gate import promote
+    from pipelines.registry.store import alias_version, use_store
+    from pipelines.tasks.failure_rca import train_failure_rca
+
+    space, kb = tmp_path / "labels.json", tmp_path / "kb.json"
+    space.write_text(json.dumps({"name": "storage-team", "version": "1", "labels": {"disk_full": ["grow the volume"],
+                                                                                     "net_down": ["check the switch port"]}}))
+    kb.write_text(json.dumps({"name": "team-kb", "entries": [{"id": "volume", "title": "Volume full", "symptoms": ["volume full"],
+                                                              "actions": ["grow the volume"]}]}))
+    for key, value in {"RCA_LABEL_SPACE": str(space), "RCA_KNOWLEDGE_BASE": str(kb), "RCA_EPOCHS": "1", "RCA_LEARNING_RATE": "0.003",
+                       "CANDIDATES_FAMILIES": "bert", "CANDIDATES_BASELINE_TOLERANCE": "0.02"}.items():  # the real tolerance
+        monkeypatch.setenv(f"NIGHTSHIFT_{key}", value)
+    logs = _jobs_with_shared_first_words(tmp_path / "jobs.ndjson")
+    s = load_settings()
+    snap = ingest_logs(f"file://{logs}", parse_time("2026-11-16"), parse_time("2026-11-19"), tmp_path / "snap", s)
+    holdout = ingest_logs(f"file://{logs}", parse_time("2026-11-19"), parse_time("2026-11-20"), tmp_path / "holdout", s)
+
+    monkeypatch.setenv("NIGHTSHIFT_RCA_MAX_LENGTH", "2")
+    assert train_failure_rca(snap.path, load_settings(), str(tiny_bert)).decision == "promoted"  # v1: the first version
+    monkeypatch.setenv("NIGHTSHIFT_RCA_MAX_LENGTH", "3")
+    assert train_failure_rca(snap.path, load_settings(), str(tiny_bert)).version == "2"
+    trails = promote("failure-rca", s, holdout=holdout.path)
+    assert set(trails["contenders"]) == {"challenger", "tfidf", "champion"} and all(trails["contenders"].values())
+    c, b, k = (trails["contenders"][n]["micro_f1"] for n in ("challenger", "tfidf", "champion"))
+    assert k < c < b - 0.02
+    assert trails["decision"] == "rejected" and "beats it by the margin" in trails["reasons"][0]
+    assert trails["reasons"][-1].startswith(f"micro_f1 {c:.4f} vs TF-IDF baseline {b:.4f}")
+    assert trails["reasons"][-1].endswith("trails it by more than the tolerance 0.02")
+    assert trails["baseline_trained_on"] == str(snap.path) and trails["settings"]["baseline_tolerance"] == 0.02
+
+    monkeypatch.setenv("NIGHTSHIFT_CANDIDATES_FAMILIES", "tfidf")
+    assert train_failure_rca(snap.path, load_settings(), str(tiny_bert)).version == "3"
+    within = promote("failure-rca", s, holdout=holdout.path)
+    assert within["decision"] == "promoted", within["reasons"]
+    assert within["contenders"]["challenger"] == within["contenders"]["tfidf"]  # the served family is the baseline itself
+    assert within["contenders"]["champion"]["micro_f1"] == k and "within the tolerance 0.02" in within["reasons"][-1]
+    client = use_store(s)
+    assert alias_version(client, "failure-rca", "champion") == "3"
+    recorded = json.loads((Path(client.download_artifacts(client.get_model_version("failure-rca", "2").run_id,
+                                                          "promotion/decision.json"))).read_text())
+    assert recorded["contenders"] == trails["contenders"] and recorded["decision"] == "rejected"
 
 
 def test_choose_family_reads_the_metric_it_is_given():

@@ -70,6 +70,7 @@ def test_an_interrupted_run_resumes_and_writes_every_document_once(home, stand_i
     from serving.score_logs import score_logs
 
     monkeypatch.setenv("NIGHTSHIFT_SCORE_SORT_WINDOW", "20")  # windows and checkpoints of 20 documents
+    monkeypatch.setenv("NIGHTSHIFT_SCORE_MAX_PENDING", "20")  # a model call per window
     items = docs(130)
     src = write_ndjson(tmp_path / "logs.ndjson", items)
     sink = tmp_path / "out" / "scored.ndjson"
@@ -132,6 +133,7 @@ def test_a_killed_run_leaves_a_checkpoint_that_the_next_run_resumes_from(home, s
     from serving.score_logs import score_logs
 
     monkeypatch.setenv("NIGHTSHIFT_SCORE_SORT_WINDOW", "20")
+    monkeypatch.setenv("NIGHTSHIFT_SCORE_MAX_PENDING", "20")  # a model call per window
     items = docs(100)
     src = write_ndjson(tmp_path / "logs.ndjson", items)
     sink = tmp_path / "out" / "scored.ndjson"
@@ -171,6 +173,7 @@ def test_a_changed_source_is_not_resumed(home, stand_in, tmp_path, monkeypatch):
     from serving.score_logs import score_logs
 
     monkeypatch.setenv("NIGHTSHIFT_SCORE_SORT_WINDOW", "20")
+    monkeypatch.setenv("NIGHTSHIFT_SCORE_MAX_PENDING", "20")  # a model call per window
     src = write_ndjson(tmp_path / "logs.ndjson", docs(60))
     sink = tmp_path / "scored.ndjson"
     stand_in["classifier"] = StandInClassifier(crash_on_call=2)

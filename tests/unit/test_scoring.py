@@ -93,3 +93,45 @@ def test_messages_the_model_reads_as_one_text_are_scored_once(home):
     assert model.sent == [["disk 91% full on 10.0.0.1", "job 7 failed"]]
     messages = ["disk 91% full on 10.0.0.1", "job 7 failed", "disk 95% full on 10.0.0.7", "job 1234 failed", "disk 91% full on 10.0.0.1"]
     np.testing.assert_array_equal(np.vstack([first, second]), Recording().probabilities(messages))
+
+
+def test_windows_gather_until_a_model_call_has_enough_new_texts(home, monkeypatch):
+    """Windows with few new texts join the next ones, so the model gets `score.sort_window` new texts per call (the
+    last call takes what is left); `score.max_pending` caps the documents held meanwhile; documents come out in
+    the order read, each with the model's own answer."""
+    from pipelines.config import load_settings
+    from serving.score_logs import annotate
+    from tests.support.fakes import StandInClassifier
+
+    class Recording(StandInClassifier):
+        def __init__(self):
+            super().__init__()
+            self.sent: list[tuple[int, list[str]]] = []  # (documents read so far, texts sent)
+
+        def probabilities(self, messages, batch_size=64):
+            self.sent.append((read, list(messages)))
+            return super().probabilities(messages, batch_size)
+
+    monkeypatch.setenv("NIGHTSHIFT_SCORE_SORT_WINDOW", "4")
+    monkeypatch.setenv("NIGHTSHIFT_SCORE_MAX_PENDING", "12")
+    texts = (["a0", "a1"] * 2 + ["a2 error", "a3"] * 2  # two windows, two new texts each: one call
+             + ["a0", "a1", "a2 error", "a3"] * 3  # three windows, nothing new: out at 12 held, no call
+             + ["b0", "b1 error", "b2", "b3"] + ["b4"])  # a window of new texts, then the last document
+    read = 0
+
+    def source():
+        nonlocal read
+        for i, text in enumerate(texts):
+            read += 1
+            yield f"doc-{i}", {"message": text}
+
+    model, counts, held = Recording(), {"read": 0, "scored": 0}, []
+    out = []
+    for where, doc in annotate(source(), model, "log-anomaly", "1", load_settings(), counts, {}):
+        held.append(read - len(out))
+        out.append((where, doc))
+    assert [c for _, c in model.sent] == [["a0", "a1", "a2 error", "a3"], ["b0", "b1 error", "b2", "b3"], ["b4"]]
+    assert [n for n, _ in model.sent] == [8, 24, 25]
+    assert max(held) <= 12
+    assert [w for w, _ in out] == [f"doc-{i}" for i in range(len(texts))] and counts == {"read": 25, "scored": 25}
+    assert [d["ml"]["anomaly"]["score"] for _, d in out] == [0.9 if "error" in t else 0.1 for t in texts]

@@ -237,6 +237,7 @@ def test_a_resumed_run_keeps_the_shadow_fields_and_counts_the_whole_window(home,
     from serving.score_logs import score_logs
 
     monkeypatch.setenv("NIGHTSHIFT_SCORE_SORT_WINDOW", "20")  # windows and checkpoints of 20 documents
+    monkeypatch.setenv("NIGHTSHIFT_SCORE_MAX_PENDING", "20")  # a model call per window
     items = docs(130)
     src = write_ndjson(tmp_path / "logs.ndjson", items)
     sink = tmp_path / "out" / "scored.ndjson"
@@ -280,6 +281,7 @@ def test_index_mode_resumes_each_sink_from_its_own_checkpoint(home, night, monke
     from serving.score_logs import score_logs
 
     monkeypatch.setenv("NIGHTSHIFT_SCORE_SORT_WINDOW", "20")
+    monkeypatch.setenv("NIGHTSHIFT_SCORE_MAX_PENDING", "20")  # a model call per window
     monkeypatch.setenv("NIGHTSHIFT_SCORE_SHADOW", "index")
     items = docs(130)
     src = write_ndjson(tmp_path / "logs.ndjson", items)
@@ -350,6 +352,7 @@ def test_a_killed_run_is_resumed_with_the_shadow_complete(home, night, monkeypat
     from serving.score_logs import score_logs
 
     monkeypatch.setenv("NIGHTSHIFT_SCORE_SORT_WINDOW", "20")
+    monkeypatch.setenv("NIGHTSHIFT_SCORE_MAX_PENDING", "20")  # a model call per window
     monkeypatch.setenv("NIGHTSHIFT_SCORE_SHADOW", mode)
     items = docs(100)
     src = write_ndjson(tmp_path / "logs.ndjson", items)
