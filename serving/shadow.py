@@ -374,7 +374,7 @@ class ShadowScorer:
         return skip
 
     def score(self, scorable: list[tuple[str, dict]], texts: list[str], champion: list[tuple[float, bool]]) -> None:
-        """Set `ml.shadow.*` on the window's scorable documents and count the agreement with the champion's
+        """Set `ml.shadow.*` on the scored group's documents and count the agreement with the champion's
         (score, is_anomaly) of each."""
         probs = self.cache.probabilities(self.classifier, texts, self.settings.score.batch_size)[:, 0]
         threshold = float(self.classifier.thresholds[0])

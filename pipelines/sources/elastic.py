@@ -678,8 +678,8 @@ class ElasticsearchLogSink:
         reasons: dict[str, int] = {}
         sender = _Sender(lambda b: self._flush(b, counts, reasons), lambda b: self._checkpoint(b, counts),
                          self.es.bulk_max_bytes, self.es.bulk_concurrency)
-        # Counted over every document read, written or not: a window (scored at once, yielded at once) goes out in
-        # four requests right away instead of waiting for the next window to fill its last batch.
+        # Counted over every document read, written or not: a scored group (yielded at once) goes out in requests of a
+        # quarter window right away instead of waiting for the next group to fill its last batch.
         max_docs = max(1, -(-self.settings.score.sort_window // 4))
         batch: list[tuple[str, bytes]] = []
         size = seen = 0
