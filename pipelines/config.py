@@ -144,13 +144,14 @@ class ElasticsearchSettings:
     timeout: float = 30.0  # seconds per request
     retries: int = 5  # further attempts on 429/502/503/504 and connection errors, with exponential backoff
     retry_backoff: float = 0.5  # seconds before the first retry; doubles each time (capped at 30s)
-    page_size: int = 1000  # hits per search_after page
+    page_size: int = 5000  # hits per search_after page (200k docs read sorted: 57-65k docs/s at 5000, 39-42k at 1000)
     slices: int = 1  # parallel sliced reads of one point-in-time
     keep_alive: str = "5m"  # point-in-time keep-alive between pages
     tiebreaker: str = "_shard_doc"  # second sort key after the timestamp (a unique keyword field makes reads repeatable)
     extra_fields: str = ""  # comma-separated dotted fields also fetched (kept on the documents the source yields)
     unlabelled: str = "keep"  # documents lacking the anomaly label: keep | drop (counted either way)
     bulk_max_bytes: int = 5_000_000  # write-back batches are cut at this many bytes
+    bulk_max_docs: int = 2000  # ... or this many documents read (fewer, larger requests cost the node less per update)
     bulk_concurrency: int = 2  # write-back bulk requests in flight at once (the node indexes one while the next arrives)
     retry_on_conflict: int = 3
 

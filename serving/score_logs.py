@@ -12,9 +12,10 @@ version over unchanged source files (`resume_key`, `pipelines.sources.FileLogSin
 from __future__ import annotations
 
 import dataclasses
+import gc
 import time
 from collections import OrderedDict
-from contextlib import closing
+from contextlib import closing, contextmanager
 from datetime import datetime, timezone
 from itertools import islice
 from typing import Iterable, Iterator
@@ -181,6 +182,20 @@ def annotate(docs: Iterable[tuple[str, dict]], classifier, model_name: str, vers
         raise
 
 
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Leave the objects alive now (the loaded models, the imported libraries: millions of them) out of the cyclic
+    garbage collector's passes until the block ends, so that a full pass walks only what scoring allocates. One full
+    pass over all of them took 0.34 s in the middle of a 10k-document pull. Method: `gc.freeze`
+    (https://docs.python.org/3/library/gc.html#gc.freeze); `gc.unfreeze` hands them back at the end, so a model
+    released later is still collected."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def score_logs(model_ref: str, source_uri: str, sink_uri: str | None, settings: Settings,
                start: datetime | None = None, end: datetime | None = None, rca_model: str | None = None,
                shadow_model: str | None = None) -> dict:
@@ -200,41 +215,42 @@ def score_logs(model_ref: str, source_uri: str, sink_uri: str | None, settings: 
     classifier = model.unwrap_python_model()
     rca = load_annotator(client, rca_model, settings)
     shadow = load_shadow(client, shadow_model, ref, settings, TextCache(settings.score.cache_texts))
-    source = open_log_source(source_uri, settings)
-    sink_uri = sink_uri or default_sink(source_uri)
-    sink = open_log_sink(sink_uri, settings)
-    if shadow is not None:
-        shadow.open_sink(sink_uri, sink, source, settings)
-    counts = {"read": 0, "scored": 0}
-    skipped: dict[str, int] = {}  # not read: already scored (Elasticsearch)
-    unscored: dict[str, int] = {}  # read and written unchanged: no text to score
-    started = time.perf_counter()
-    # Elasticsearch reads only the documents this version (and shadow, in fields mode) has not scored yet, resuming
-    # from the last checkpoint.
-    marker = {"ml.model.name": ref.name, "ml.model.version": ref.version, **(shadow.marker if shadow is not None else {})}
-    # A file sink resumes after the documents an interrupted run of this same pass already wrote.
-    key = resume_key(source, (ref.name, ref.version), rca, settings, start, end, shadow)
-    done = sink.resume(key) if hasattr(sink, "resume") else 0
-    if shadow is not None:  # index mode: its own sink may hold fewer (or more) than the main one
-        done = shadow.resume(done, key, sink.partial if isinstance(sink, FileLogSink) else None)
-    docs = source.iter_unscored(marker, sink, start, end, skipped) if hasattr(source, "iter_unscored") else source.iter_docs(start, end)
-    with closing(docs):  # a failed run still releases what the source holds (an Elasticsearch point-in-time)
-        todo = islice(docs, done, None) if done else docs
-        try:
-            written = sink.write(annotate(todo, classifier, ref.name, ref.version, settings, counts, unscored, rca, shadow))
-        except BaseException:
-            if shadow is not None:
-                shadow.abort()  # when the sink failed before reading a document; otherwise done already
-            raise
-    seconds = time.perf_counter() - started
-    out = {"model": ref.name, "version": ref.version, "source": source.uri, "sink": sink.uri, **counts, **written,
-           "unscored": sum(unscored.values()), "unscored_reasons": unscored,
-           "skipped": sum(skipped.values()), "skipped_reasons": skipped, "seconds": round(seconds, 2),
-           "docs_per_s": counts["scored"] / seconds if seconds else 0.0}
-    if rca is not None:
-        out["rca"] = {"model": rca.name, "version": rca.version, **rca.counts}
-    if shadow is not None:
-        out["shadow"] = shadow.report(out)
-        out["shadow"]["logged_to_run"] = shadow.run_id if log_agreement(client, out["shadow"], shadow.run_id, start) else None
+    with frozen_heap():  # the models are loaded: what the pass allocates is all the collector needs to walk
+        source = open_log_source(source_uri, settings)
+        sink_uri = sink_uri or default_sink(source_uri)
+        sink = open_log_sink(sink_uri, settings)
+        if shadow is not None:
+            shadow.open_sink(sink_uri, sink, source, settings)
+        counts = {"read": 0, "scored": 0}
+        skipped: dict[str, int] = {}  # not read: already scored (Elasticsearch)
+        unscored: dict[str, int] = {}  # read and written unchanged: no text to score
+        started = time.perf_counter()
+        # Elasticsearch reads only the documents this version (and shadow, in fields mode) has not scored yet, resuming
+        # from the last checkpoint.
+        marker = {"ml.model.name": ref.name, "ml.model.version": ref.version, **(shadow.marker if shadow is not None else {})}
+        # A file sink resumes after the documents an interrupted run of this same pass already wrote.
+        key = resume_key(source, (ref.name, ref.version), rca, settings, start, end, shadow)
+        done = sink.resume(key) if hasattr(sink, "resume") else 0
+        if shadow is not None:  # index mode: its own sink may hold fewer (or more) than the main one
+            done = shadow.resume(done, key, sink.partial if isinstance(sink, FileLogSink) else None)
+        docs = source.iter_unscored(marker, sink, start, end, skipped) if hasattr(source, "iter_unscored") else source.iter_docs(start, end)
+        with closing(docs):  # a failed run still releases what the source holds (an Elasticsearch point-in-time)
+            todo = islice(docs, done, None) if done else docs
+            try:
+                written = sink.write(annotate(todo, classifier, ref.name, ref.version, settings, counts, unscored, rca, shadow))
+            except BaseException:
+                if shadow is not None:
+                    shadow.abort()  # when the sink failed before reading a document; otherwise done already
+                raise
+        seconds = time.perf_counter() - started
+        out = {"model": ref.name, "version": ref.version, "source": source.uri, "sink": sink.uri, **counts, **written,
+               "unscored": sum(unscored.values()), "unscored_reasons": unscored,
+               "skipped": sum(skipped.values()), "skipped_reasons": skipped, "seconds": round(seconds, 2),
+               "docs_per_s": counts["scored"] / seconds if seconds else 0.0}
+        if rca is not None:
+            out["rca"] = {"model": rca.name, "version": rca.version, **rca.counts}
+        if shadow is not None:
+            out["shadow"] = shadow.report(out)
+            out["shadow"]["logged_to_run"] = shadow.run_id if log_agreement(client, out["shadow"], shadow.run_id, start) else None
     log.info("scored", extra=out)
     return out

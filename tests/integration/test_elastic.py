@@ -552,7 +552,8 @@ def test_writes_overlap_scoring_and_failures_mid_stream_are_counted(faults_clust
     Documents that fail for real mid-stream (an index mapping `ml` as a keyword, interleaved in time with the
     others) are each counted under their reason while the batches around them are written; every other document is
     written exactly once."""
-    monkeypatch.setenv("NIGHTSHIFT_SCORE_SORT_WINDOW", "20")  # bulk requests of 5 documents
+    monkeypatch.setenv("NIGHTSHIFT_SCORE_SORT_WINDOW", "20")
+    monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_BULK_MAX_DOCS", "5")
     monkeypatch.setenv("NIGHTSHIFT_SCORE_MAX_PENDING", "20")  # a model call per window
     monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_RETRY_BACKOFF", "0.05")
     expected = sum(in_window(d) for d in demo_docs)

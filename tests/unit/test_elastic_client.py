@@ -113,3 +113,6 @@ def test_bulk_batches_in_flight_together_move_the_checkpoint_in_send_order():
     one_less = dataclasses.replace(settings, elasticsearch=dataclasses.replace(settings.elasticsearch, bulk_concurrency=0))
     with pytest.raises(ConfigError, match=r"setting elasticsearch.bulk_concurrency \(NIGHTSHIFT_ELASTICSEARCH_BULK_CONCURRENCY\): must be at least 1"):
         ElasticsearchLogSink("http://127.0.0.1:9/logs", one_less)
+    no_docs = dataclasses.replace(settings, elasticsearch=dataclasses.replace(settings.elasticsearch, bulk_max_docs=0))
+    with pytest.raises(ConfigError, match=r"setting elasticsearch.bulk_max_docs \(NIGHTSHIFT_ELASTICSEARCH_BULK_MAX_DOCS\): must be at least 1, got 0"):
+        ElasticsearchLogSink("http://127.0.0.1:9/logs", no_docs)

@@ -96,6 +96,33 @@ def test_an_interrupted_run_resumes_and_writes_every_document_once(home, stand_i
     assert (again["resumed_docs"], again["written"]) == (0, 130)
 
 
+def test_the_heap_loaded_before_a_pass_is_frozen_only_while_it_runs(home, stand_in, tmp_path):
+    """While scoring runs, the objects alive once the models are loaded are left out of the garbage collector's
+    passes (`gc.freeze`); when the pass ends, finished or failed, they are handed back, so nothing stays frozen."""
+    import gc
+
+    from pipelines.config import load_settings
+    from serving.score_logs import score_logs
+
+    frozen: list[int] = []
+
+    class Recording(StandInClassifier):
+        def probabilities(self, messages, batch_size=64):
+            frozen.append(gc.get_freeze_count())
+            return super().probabilities(messages, batch_size)
+
+    src = write_ndjson(tmp_path / "logs.ndjson", docs(30))
+    assert gc.get_freeze_count() == 0
+    stand_in["classifier"] = Recording()
+    assert score_logs("log-anomaly/1", src, f"file://{tmp_path / 'a.ndjson'}", load_settings())["written"] == 30
+    assert frozen and min(frozen) > 10_000  # the libraries and models loaded before the pass
+    assert gc.get_freeze_count() == 0
+    stand_in["classifier"] = StandInClassifier(crash_on_call=1)
+    with pytest.raises(RuntimeError, match="killed mid-run"):
+        score_logs("log-anomaly/1", src, f"file://{tmp_path / 'b.ndjson'}", load_settings())
+    assert gc.get_freeze_count() == 0
+
+
 KILLED_RUN = textwrap.dedent('''
     import os, signal, sys
     import numpy as np
