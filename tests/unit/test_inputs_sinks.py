@@ -98,7 +98,8 @@ def test_an_interrupted_run_resumes_and_writes_every_document_once(home, stand_i
 
 def test_the_heap_loaded_before_a_pass_is_frozen_only_while_it_runs(home, stand_in, tmp_path):
     """While scoring runs, the objects alive once the models are loaded are left out of the garbage collector's
-    passes (`gc.freeze`); when the pass ends, finished or failed, they are handed back, so nothing stays frozen."""
+    passes (`gc.freeze`); when the pass ends, finished or failed, they are handed back, so nothing stays frozen. A
+    heap the process had frozen itself stays frozen."""
     import gc
 
     from pipelines.config import load_settings
@@ -121,6 +122,13 @@ def test_the_heap_loaded_before_a_pass_is_frozen_only_while_it_runs(home, stand_
     with pytest.raises(RuntimeError, match="killed mid-run"):
         score_logs("log-anomaly/1", src, f"file://{tmp_path / 'b.ndjson'}", load_settings())
     assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        stand_in["classifier"] = StandInClassifier()
+        score_logs("log-anomaly/1", src, f"file://{tmp_path / 'c.ndjson'}", load_settings())
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 KILLED_RUN = textwrap.dedent('''
