@@ -9,12 +9,12 @@ node on loopback, 512 MB heap, security off):
   of the same model on all the same texts at once (each distinct normalised text once, in length-sorted batches);
   the packaged MiniLM-L6 (the default base checkpoint, untrained head: speed does not depend on the weights),
   batch 256, anomaly scores only (no root-cause model). Both share the machine's cores with the node, which
-  serves the pull and applies the updates during the write-back. The indices are force-merged after loading (the
-  write-back's runs each on a copy of the index: a second pass over one writes
-  nothing). Before either write-back is measured, 50k partial updates of the same shape onto an index of their own
-  warm the node's update path: a node that indexes logs all day has it compiled, a node started a minute ago does
-  not (its first four write-backs of 10k spent 2.5, 2.4, 1.9 and 1.4 s outside the model). Each side is the best of
-  three runs, taken in turn (forward pass, write-back, ...), so a slow spell of the shared host meets both sides;
+  serves the pull and applies the updates during the write-back. The indices are force-merged after loading. Before
+  either side is measured, 50k partial updates of the write-back's shape onto an index of their own warm the node's
+  update path: a node that indexes logs all day has it compiled, a node started a minute ago does not (its first
+  four write-backs of 10k spent 2.5, 2.4, 1.9 and 1.4 s outside the model). Each side is the best of three runs,
+  taken in turn (forward pass, write-back, ...) so that a slow spell of the shared host meets both sides; each
+  write-back runs on its own copy of the index (a second pass over one writes nothing);
 - peak RSS of a pull at 200k documents against 20k, and of a scoring write-back over the same two indices, after
   the pull rows (flat memory: ratio near 1; documents waiting for their model call are at most `score.max_pending`,
   bulk requests not yet acknowledged at most `bulk_max_bytes`).
@@ -77,16 +77,6 @@ elif mode == "score":
     import serving.score_logs as scoring
     from pipelines.registry.store import ModelRef
     clf = classifier(sys.argv[5])
-    model_seconds = 0.0
-    forward = clf.probabilities
-    def timed(texts, batch_size):  # the write-back's time in the model, reported beside its total
-        global model_seconds
-        t = time.perf_counter()
-        try:
-            return forward(texts, batch_size)
-        finally:
-            model_seconds += time.perf_counter() - t
-    clf.probabilities = timed
     class Model:
         def unwrap_python_model(self):
             return clf
@@ -103,7 +93,7 @@ try:  # VmHWM is this process's own peak; ru_maxrss can carry the parent's over 
     peak_kib = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 except (OSError, StopIteration):
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"docs": count, "seconds": seconds, "peak_rss_mib": peak_kib / 1024, **({"model_seconds": model_seconds} if mode == "score" else {})}))
+print(json.dumps({"docs": count, "seconds": seconds, "peak_rss_mib": peak_kib / 1024}))
 """
 
 
