@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = sub.add_parser("score", help="batch scoring").add_subparsers(dest="kind", required=True)
     p = score.add_parser("logs", parents=[common], help="score log documents and write ml.* fields")
-    p.add_argument("--model", default="log-anomaly@champion")
+    p.add_argument("--model", default="log-anomaly@champion", help="the log-anomaly version: NAME@ALIAS or NAME/VERSION (default: %(default)s)")
     p.add_argument("--rca-model", help="root-cause model for ml.rca.* (default: failure-rca@champion when one exists; none: off)")
     p.add_argument("--shadow-model", help="a second log-anomaly version scored in the same pass into ml.shadow.* (or setting "
                                           "score.shadow_sink), with its agreement with --model (default: none)")
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", type=parse_time)
 
     p = sub.add_parser("forecast", parents=[common], help="forecast the latest metrics and push ai_forecast_* to the Pushgateway")
-    p.add_argument("--model", default="metric-forecast@champion")
+    p.add_argument("--model", default="metric-forecast@champion", help="NAME@ALIAS or NAME/VERSION (default: %(default)s)")
     p.add_argument("--prometheus", help="http(s)://host:port (default: setting prometheus.url)")
     p.add_argument("--pushgateway", help="http://host:port (default: setting prometheus.pushgateway)")
     p.add_argument("--at", type=parse_time, help="forecast from this time instead of now (backtests)")

@@ -213,15 +213,15 @@ def score_logs(model_ref: str, source_uri: str, sink_uri: str | None, settings: 
         RegistryError: a model reference is not registered.
         ConfigError: a setting (`score.shadow`, `score.shadow_sink`, a sink) cannot be used.
     """
+    source = open_log_source(source_uri, settings)  # before the models load: a bad URI or setting fails at once
+    sink_uri = sink_uri or default_sink(source_uri)
+    sink = open_log_sink(sink_uri, settings)
     client = use_store(settings)
     ref, model = load_model(client, model_ref)
     classifier = model.unwrap_python_model()
     rca = load_annotator(client, rca_model, settings)
     shadow = load_shadow(client, shadow_model, ref, settings, TextCache(settings.score.cache_texts))
     with frozen_heap():  # the models are loaded: what the pass allocates is all the collector needs to walk
-        source = open_log_source(source_uri, settings)
-        sink_uri = sink_uri or default_sink(source_uri)
-        sink = open_log_sink(sink_uri, settings)
         if shadow is not None:
             shadow.open_sink(sink_uri, sink, source, settings)
         counts = {"read": 0, "scored": 0}

@@ -15,6 +15,8 @@ ES_DIR="$(mktemp -d /tmp/nightshift-es-demo.XXXXXX)"
 bash "$ROOT/infra/scripts/start_elasticsearch.sh" --security on --dir "$ES_DIR" >/dev/null
 if [ "${KEEP_ES:-0}" != 1 ]; then
   trap 'bash "$ROOT/infra/scripts/start_elasticsearch.sh" --stop "$ES_DIR"; rm -rf "$ES_DIR"' EXIT
+else
+  trap 'echo "the node keeps running (KEEP_ES=1): its settings are in $ES_DIR/node.env; stop it with: bash infra/scripts/start_elasticsearch.sh --stop $ES_DIR"' EXIT
 fi
 set -a; . "$ES_DIR/node.env"; set +a
 export NIGHTSHIFT_ELASTICSEARCH_USERNAME="$ES_USER" NIGHTSHIFT_ELASTICSEARCH_PASSWORD="$ES_PASSWORD"

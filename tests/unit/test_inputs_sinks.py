@@ -96,6 +96,17 @@ def test_an_interrupted_run_resumes_and_writes_every_document_once(home, stand_i
     assert (again["resumed_docs"], again["written"]) == (0, 130)
 
 
+def test_a_bad_sink_setting_fails_before_any_model_is_looked_up(home, monkeypatch):
+    """Settings and URIs are checked first: the error names the setting, not the (unregistered) model."""
+    from pipelines.config import ConfigError, load_settings
+    from serving.score_logs import score_logs
+
+    monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_BULK_MAX_DOCS", "0")
+    with pytest.raises(ConfigError, match=r"setting elasticsearch.bulk_max_docs \(NIGHTSHIFT_ELASTICSEARCH_BULK_MAX_DOCS\)"):
+        score_logs("log-anomaly@champion", "http://127.0.0.1:9/logs-*", None, load_settings())
+    assert not (home / "mlflow").exists()  # no store was opened
+
+
 def test_the_heap_loaded_before_a_pass_is_frozen_only_while_it_runs(home, stand_in, tmp_path):
     """While scoring runs, the objects alive once the models are loaded are left out of the garbage collector's
     passes (`gc.freeze`); when the pass ends, finished or failed, they are handed back, so nothing stays frozen. A
