@@ -8,15 +8,26 @@ export NIGHTSHIFT_HOME ?= $(CURDIR)/.nightshift
 # pip's site config lists local indexes that lack most packages; its notes about them are noise.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: setup system-deps airflow es-deps es demo demo-es demo-forecast demo-cluster lint test test-fast test-integration test-e2e bench serve ui clean
+.PHONY: setup lock system-deps airflow es-deps es demo demo-es demo-forecast demo-cluster lint test test-fast test-integration test-e2e bench serve ui clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The virtual environment holds exactly uv.lock (the dev extra included): `uv sync --locked` installs the lock as it
+# is, removes anything else, and stops when pyproject.toml has changed since the lock. uv itself is bootstrapped at the
+# version the lock pins.
+UV_VERSION := 0.13.9
+UV := UV_PROJECT_ENVIRONMENT=$(VENV) $(VENV)/bin/uv
+$(VENV)/.installed: pyproject.toml uv.lock
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
-	$(PY) -m pip install -q -e '.[dev]' 2>&1 | $(QUIET_PIP)
+	test -x $(VENV)/bin/uv || $(PY) -m pip install -q uv==$(UV_VERSION) 2>&1 | $(QUIET_PIP)
+	$(UV) sync --locked --extra dev --python $(PY)
 	touch $@
+
+# Re-resolve uv.lock after changing a dependency in pyproject.toml (or to take newer releases), then run `make test`
+# and commit both files. `make test` fails while pyproject.toml and uv.lock disagree.
+lock:
+	test -x $(VENV)/bin/uv || { test -x $(PY) || python3.11 -m venv $(VENV); $(PY) -m pip install -q uv==$(UV_VERSION); }
+	$(UV) lock $(if $(UPGRADE),--upgrade)
 
 # Debian packages for the real servers the tests start (Prometheus, Pushgateway).
 system-deps:

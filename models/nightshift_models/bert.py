@@ -88,16 +88,15 @@ def load_classifier(checkpoint: str, num_outputs: int | None = None, pooling: st
     pooling = pooling or getattr(config, "nightshift_pooling", "cls")
     if pooling not in POOLINGS:
         raise InputError(f"pooling {pooling!r} (setting train.pooling / rca.pooling): expected one of {', '.join(POOLINGS)}")
-    kwargs = {"num_labels": num_outputs, "problem_type": "multi_label_classification", "ignore_mismatched_sizes": True} if num_outputs else {}
+    if pooling == "mean" and config.model_type != "bert":
+        raise InputError(f"checkpoint {checkpoint}: mean pooling needs a BERT checkpoint, got model type '{config.model_type}'")
+    if num_outputs:
+        config.num_labels, config.problem_type = num_outputs, "multi_label_classification"
     if pooling == "mean":
-        if config.model_type != "bert":
-            raise InputError(f"checkpoint {checkpoint}: mean pooling needs a BERT checkpoint, got model type '{config.model_type}'")
-        if num_outputs:
-            config.num_labels, config.problem_type = num_outputs, "multi_label_classification"
         config.nightshift_pooling = "mean"  # saved in config.json: the fine-tuned checkpoint reloads mean-pooled
         model = MeanPooledBertClassifier.from_pretrained(checkpoint, config=config, ignore_mismatched_sizes=True)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(checkpoint, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(checkpoint, config=config, ignore_mismatched_sizes=True)
     return tokenizer, model
 
 
