@@ -46,6 +46,10 @@ system-deps:
 	@if ! command -v chromium >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "need root to apt-get install chromium" >&2; fi; fi
+	@# systemd-analyze checks the systemd units (tests/unit/test_deployment.py, tests/integration/test_deployment_playbook.py)
+	@if ! command -v systemd-analyze >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; \
+	  else echo "need root to apt-get install systemd" >&2; fi; fi
 
 demo: setup
 	$(NS) demo-data --out $(NIGHTSHIFT_HOME)/demo
@@ -83,7 +87,7 @@ lint: setup
 test: setup system-deps es-deps lint
 	$(PY) -m pytest -q
 
-test-fast: setup
+test-fast: setup system-deps
 	$(PY) -m pytest -q tests/unit -m "not slow"
 
 test-integration: setup system-deps es-deps
