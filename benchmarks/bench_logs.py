@@ -62,23 +62,23 @@ def _quality_rows(work: Path, variant: str, per_day: int, cap: dict) -> list[dic
     from nightshift_models.bert import predict_proba, resolve_checkpoint
     from pipelines.tasks.log_anomaly import labelled_logs, prepare_anomaly_data, tune_anomaly_threshold
     from pipelines.training.classification import binary_report
-    from pipelines.training.families import choose_family, fit_families
-    from pipelines.training.fine_tune import compact_training_set, fine_tune
+    from pipelines.training.families import choose_family, fit_families, refit
+    from pipelines.training.fine_tune import fine_tune
 
     settings, train, held = _corpus(work, variant, per_day)
-    params = settings.train
+    params = dataclasses.replace(settings.train, max_train_examples=cap["examples"])
     data = prepare_anomaly_data(train, settings)
     checkpoint = resolve_checkpoint(params.base_model)
     bert_params = dataclasses.replace(params, epochs=cap["epochs"], patience=cap["epochs"])
-    texts, targets = compact_training_set(data.texts, data.targets, cap["examples"], params.seed)
-    val_texts = data.val["text"].tolist()
+    all_texts = data.rows["text"].tolist()
 
-    def fit_bert():
-        return fine_tune(texts, targets, val_texts, data.y_val, checkpoint=checkpoint, params=bert_params, tune=tune_anomaly_threshold,
-                         select=settings.candidates.early_stopping_metric)
+    def fit_bert(texts, targets, weights, val_texts, y_val, epochs, on_epoch):
+        return fine_tune(texts, targets, val_texts, y_val, checkpoint=checkpoint, params=bert_params, tune=tune_anomaly_threshold,
+                         select=settings.candidates.early_stopping_metric, weights=weights, epochs=epochs)
 
-    fits = fit_families(data.texts, data.targets, val_texts, data.y_val, ("tfidf", "embedding", "bert"), checkpoint=checkpoint,
+    fits = fit_families(all_texts, data.targets, data.selection, ("tfidf", "embedding", "bert"), checkpoint=checkpoint,
                         params=params, tune=tune_anomaly_threshold, fit_bert=fit_bert)
+    fits = {name: refit(fit, all_texts, data.targets, checkpoint=checkpoint, params=params, fit_bert=fit_bert) for name, fit in fits.items()}
     chosen = choose_family(fits).family
     frame = labelled_logs(held)
     y = frame["anomaly"].astype(bool).to_numpy()
@@ -90,17 +90,17 @@ def _quality_rows(work: Path, variant: str, per_day: int, cap: dict) -> list[dic
         else:
             p = family_proba(name, fit.model, held_texts, 64)
         scores[name] = binary_report(y, p[:, 0], fit.thresholds[0])
-    labels = {**LABELS, "bert": f"fine-tuned MiniLM, capped: {len(texts)} examples x {cap['epochs']} epochs, max_length {params.max_length}"}
+    labels = {**LABELS, "bert": f"fine-tuned MiniLM, capped: {cap['examples']} examples x {cap['epochs']} epochs, max_length {params.max_length}"}
     base = scores["tfidf"]
     rows = []
     for name, fit in fits.items():
         s = scores[name]
         rows.append({"name": f"{variant} corpus, {len(y)} lines ({int(y.sum())} anomalous): {name} ({labels[name]})"
-                             + (" [registered: best validation F1]" if name == chosen else ""),
+                             + (" [registered: best out-of-fold F1]" if name == chosen else ""),
                      "value": s["f1"], "unit": "F1", "baseline": "TF-IDF+LR, same run", "baseline_value": base["f1"],
                      "ratio": s["f1"] / max(base["f1"], 1e-9), "section": SECTION,
                      "extra": {"PR-AUC": s["pr_auc"], "PR-AUC / tfidf": s["pr_auc"] / max(base["pr_auc"], 1e-9),
-                               "validation F1": fit.best_metrics["f1"], "fit s": fit.seconds}})
+                               "out-of-fold F1": fit.best_metrics["f1"], "fit s": fit.seconds}})
     return rows
 
 
@@ -116,9 +116,9 @@ def _trainer_speed(work: Path, quick: bool) -> list[dict]:
     settings, train, _ = _corpus(work, "default", 300 if quick else 1500)
     params = dataclasses.replace(settings.train, epochs=1, patience=1)
     data = prepare_anomaly_data(train, settings)
-    texts, targets = compact_training_set(data.texts, data.targets, 256 if quick else 512, params.seed)
+    texts, targets, _ = compact_training_set(data.rows["text"].tolist(), data.targets, 256 if quick else 512, params.seed)
     checkpoint = resolve_checkpoint(params.base_model)
-    val_texts, y_val = data.val["text"].tolist()[:64], data.y_val[:64]
+    val_texts, y_val = data.validated["text"].tolist()[:64], data.y_val[:64]
 
     started = time.perf_counter()
     fine_tune(texts, targets, val_texts, y_val, checkpoint=checkpoint, params=params, tune=tune_anomaly_threshold)

@@ -121,6 +121,7 @@ class RcaSettings:
     max_length: int = 128  # tokens of a job text (several lines)
     patience: int = 4
     pooling: str = "mean"  # MiniLM is a sentence-embedding model: its mean generalises from few jobs, its [CLS] does not
+    no_failure_examples: int = 200  # distinct ordinary log lines of the snapshot (no job, not anomalous, no error level) trained on as texts with no root cause
     # issue 17: below this TF-IDF cosine the knowledge-base fallback gives no entry and no actions (a benign
     # "INFO Nginx request 200 OK" is 0.15 from "disk full"; the demo's real unknown causes match at 0.29 and up).
     # Saved into each trained version; `nightshift serve` and the pyfunc param `kb_min_similarity` can override it.
@@ -321,8 +322,11 @@ class CandidateSettings:
     """
 
     families: str = "tfidf,embedding,bert"  # comma-separated: tfidf (word + char n-grams), embedding (frozen encoder + LR), bert (fine-tuned)
-    context_fields: str = ""  # snapshot columns prefixed to the text, e.g. "level,service" -> "[error] [kernel] message"; callers must then send them
-    template_holdout: float = 0.2  # share of message templates (per class; failure-rca: of first error lines) held out of training into validation, besides the newest rows
+    context_fields: str = "level"  # snapshot columns prefixed to the text, e.g. "level,service" -> "[error] [kernel] message"; scoring reads them from each document (fields.level, ...), the pyfunc and nightshift serve from optional columns of the same names
+    template_holdout: float = 0.2  # share of the validation rows given to whole message templates (failure-rca: first error lines) held out of training; the rest are the newest rows
+    cv_below_positives: int = 200  # below this many positive rows (jobs with a root cause), the family and threshold are chosen by forward-chaining time folds, not one split
+    cv_folds: int = 3  # those folds
+    min_positives: int = 3  # fewer positive rows than this: the night trains nothing for the model and says why (the champion keeps serving)
     linear_probe: bool = True  # log-anomaly's BERT: fit the head on the frozen encoder first, then fine-tune (LP-FT; failure-rca always does)
     early_stopping_metric: str = "pr_auc"  # the BERT epoch kept: best validation PR-AUC (threshold-free; F1 jumps with few positives)
     max_unk_rate: float = 0.05  # [UNK] share of word pieces under the BERT tokenizer above which the run warns (language mismatch)

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from pipelines.config import Settings
-from pipelines.data.records import batched, format_timestamp, get_field, message_text, set_field
+from pipelines.data.records import batched, doc_context, format_timestamp, get_field, message_text, set_field
 from pipelines.registry.store import load_model, use_store
 from pipelines.sources.logs import FileLogSink, file_path, open_log_sink, open_log_source
 from pipelines.telemetry import get_logger
@@ -74,18 +74,28 @@ class TextCache:
         self.size = max(0, size)
         self.rows: OrderedDict[str, np.ndarray] = OrderedDict()
 
-    def probabilities(self, classifier, texts: list[str], batch_size: int, keys: list[str] | None = None) -> np.ndarray:
-        """(len(texts), K), as `classifier.probabilities(texts)` would return. `keys`: `read_as(classifier, texts)`,
-        when the caller has them already."""
+    def probabilities(self, classifier, texts: list[str], batch_size: int, keys: list[str] | None = None,
+                      context: dict[str, list] | None = None) -> np.ndarray:
+        """(len(texts), K), as `classifier.probabilities(texts)` would return. `context`: each context column's value
+        per text (`doc_context`), for a version that reads them. `keys`: `read_as(classifier, texts, context)`, when
+        the caller has them already."""
+        from nightshift_models.text_classifier import context_fields  # pulls mlflow
+
+        fields = context_fields(classifier)
         if not self.size:
-            return classifier.probabilities(texts, batch_size)
-        keys = read_as(classifier, texts) if keys is None else keys
-        missing: dict[str, str] = {}  # key -> the first message read as it: the one sent to the model
-        for key, text in zip(keys, texts):
+            return classifier.probabilities(texts, batch_size, context) if fields else classifier.probabilities(texts, batch_size)
+        keys = read_as(classifier, texts, context) if keys is None else keys
+        missing: dict[str, int] = {}  # key -> the first row read as it: the one sent to the model
+        for i, key in enumerate(keys):
             if key not in self.rows:
-                missing.setdefault(key, text)
+                missing.setdefault(key, i)
         if missing:
-            self.rows.update(zip(missing, classifier.probabilities(list(missing.values()), batch_size)))
+            rows = list(missing.values())
+            sent = [texts[i] for i in rows]
+            probs = (classifier.probabilities(sent, batch_size, {f: [(context or {}).get(f, [None] * len(texts))[i] for i in rows]
+                                                                  for f in fields})
+                     if fields else classifier.probabilities(sent, batch_size))
+            self.rows.update(zip(missing, probs))
         out = np.stack([self.rows[k] for k in keys])
         for k in keys:
             self.rows.move_to_end(k)
@@ -97,13 +107,14 @@ class TextCache:
         return key in self.rows
 
 
-def read_as(classifier, texts: list[str]) -> list[str]:
-    """The text `classifier` reads for each message: for a `TextClassifier`, the normalised message (context fields
-    `[-]`, as `probabilities` reads them without context); for any other classifier, the message itself."""
-    from nightshift_models.text_classifier import TextClassifier, model_texts  # pulls mlflow
+def read_as(classifier, texts: list[str], context: dict[str, list] | None = None) -> list[str]:
+    """The text `classifier` reads for each message: for a `TextClassifier`, the normalised message, prefixed with
+    its context fields' values (`context`; `[-]` where missing), as `probabilities` reads them; for any other
+    classifier, the message itself."""
+    from nightshift_models.text_classifier import TextClassifier, context_fields, model_texts  # pulls mlflow
 
     if isinstance(classifier, TextClassifier):
-        return model_texts(texts, (classifier.meta or {}).get("context_fields", ()))
+        return model_texts(texts, context_fields(classifier), context)
     return texts
 
 
@@ -128,9 +139,13 @@ def annotate(docs: Iterable[tuple[str, dict]], classifier, model_name: str, vers
     cache = TextCache(cfg.cache_texts)
     threshold = float(classifier.thresholds[0])
 
+    from nightshift_models.text_classifier import context_fields  # pulls mlflow
+
+    reads = context_fields(classifier)
+
     def scored(group: list[tuple[str, dict]], scorable: list[tuple[str, dict]], texts: list[str], keys: list[str]):
         if scorable:
-            probs = cache.probabilities(classifier, texts, cfg.batch_size, keys)
+            probs = cache.probabilities(classifier, texts, cfg.batch_size, keys, doc_context([d for _, d in scorable], fields, reads))
             scored_at = format_timestamp(datetime.now(timezone.utc).replace(microsecond=0))
             champion = []
             for (where, doc), p in zip(scorable, probs[:, 0]):
@@ -166,7 +181,7 @@ def annotate(docs: Iterable[tuple[str, dict]], classifier, model_name: str, vers
                     unscored[reason] = unscored.get(reason, 0) + 1
                     continue
                 scorable.append((where, doc))
-            window_keys = read_as(classifier, texts[first:])
+            window_keys = read_as(classifier, texts[first:], doc_context([d for _, d in scorable[first:]], fields, reads))
             keys.extend(window_keys)
             new.update(k for k in window_keys if k not in cache)
             group.extend(window)

@@ -158,8 +158,9 @@ class Batcher:
         self.queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
 
-    async def probabilities(self, texts: list[str]) -> tuple[Slot, np.ndarray]:
-        """(the slot that answered, sigmoid outputs (len(texts), K)).
+    async def probabilities(self, texts: list[str], context: dict[str, list[Any]] | None = None) -> tuple[Slot, np.ndarray]:
+        """(the slot that answered, sigmoid outputs (len(texts), K)). `context`: per-row values of context columns
+        (`level`, ...), read by a version that was trained with them.
 
         Raises:
             NoChampion: nothing is served for this model.
@@ -168,10 +169,12 @@ class Batcher:
             self.queue = asyncio.Queue()
             self._task = asyncio.create_task(self._work())
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((texts, future))
+        await self.queue.put((texts, context or {}, future))
         return await future
 
     async def _work(self) -> None:
+        from nightshift_models.text_classifier import context_fields
+
         loop = asyncio.get_running_loop()
         queue = self.queue
         assert queue is not None  # probabilities() creates it before it starts this task
@@ -187,18 +190,22 @@ class Batcher:
                     break
                 batch.append(item)
                 size += len(item[0])
-            texts = [t for item_texts, _ in batch for t in item_texts]
+            texts = [t for item_texts, _, _ in batch for t in item_texts]
             try:
                 slot = self.champions.get(self.name)  # the version serving now answers the whole batch
-                probs = await loop.run_in_executor(self.executor, slot.model.probabilities, texts, self.max_batch)
+                fields = context_fields(slot.model)
+                context = {f: [v for item_texts, item_context, _ in batch for v in item_context.get(f) or [None] * len(item_texts)]
+                           for f in fields}
+                probs = await loop.run_in_executor(self.executor, slot.model.probabilities, texts, self.max_batch,
+                                                   *((context,) if fields else ()))
             except Exception as exc:
-                for _, future in batch:
+                for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
             self.observe_batch(slot, len(texts))
             start = 0
-            for item_texts, future in batch:
+            for item_texts, _, future in batch:
                 if not future.done():
                     future.set_result((slot, probs[start:start + len(item_texts)]))
                 start += len(item_texts)
@@ -257,6 +264,8 @@ class LogAnomalyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"texts": ["Out of memory: Killed process 4242 (python)",
                                                                                           "GET /healthz 200"]}]})
     texts: list[Any] = Field(min_length=1, description="raw log lines; a row that is not non-empty text gets its own error")
+    level: list[str | None] | None = Field(None, description="each line's log level (its `log.level`), one per text; a version "
+                                                            "trained with the level reads it, null where unknown")
     threshold: float | None = Field(None, ge=0, le=1, description="instead of the version's tuned threshold")
 
 
@@ -408,8 +417,10 @@ class Server:
 
     # -- the answers, shared by the /v1 routes and the seed's -----------------------------------------------
 
-    async def classify(self, name: str, values: list[Any], field_name: str) -> tuple[Slot, list[str | None], np.ndarray, list[int]]:
-        """Score the readable rows of `values` with `name`'s champion in a shared forward pass.
+    async def classify(self, name: str, values: list[Any], field_name: str,
+                       context: dict[str, list[Any]] | None = None) -> tuple[Slot, list[str | None], np.ndarray, list[int]]:
+        """Score the readable rows of `values` with `name`'s champion in a shared forward pass; `context`: per-row
+        values of context columns (one per row of `values`).
 
         Returns (slot, per-row problem or None, probabilities of the readable rows, their positions).
         """
@@ -424,7 +435,11 @@ class Server:
         if not good:
             slot = self.champions.get(name)
             return slot, problems, np.zeros((0, 1), dtype=np.float32), good
-        slot, probs = await self.batchers[name].probabilities([values[i] for i in good])
+        for column, given in (context or {}).items():
+            if len(given) != len(values):
+                raise HTTPException(422, detail=f"'{column}': {len(given)} values for {len(values)} rows of '{field_name}'")
+        slot, probs = await self.batchers[name].probabilities([values[i] for i in good],
+                                                              {c: [given[i] for i in good] for c, given in (context or {}).items()})
         return slot, problems, probs, good
 
     async def rca_answers(self, values: list[Any], field_name: str, threshold: float | None,
@@ -616,7 +631,8 @@ def create_app(settings: Settings, client=None, start_refresh: bool = True) -> F
               summary="anomaly score of each log line; a bad row gets its own error")
     async def log_anomaly(body: LogAnomalyRequest) -> LogAnomalyResponse:
         async with server.observe("/v1/log-anomaly", LOG_ANOMALY) as seen:
-            slot, problems, probs, good = await server.classify(LOG_ANOMALY, body.texts, "texts")
+            slot, problems, probs, good = await server.classify(LOG_ANOMALY, body.texts, "texts",
+                                                                {"level": body.level} if body.level is not None else None)
             seen["version"] = slot.version
             threshold = float(slot.model.thresholds[0]) if body.threshold is None else body.threshold
             results = [AnomalyRow(error=p) if p else AnomalyRow() for p in problems]

@@ -45,7 +45,7 @@ import numpy as np
 from statsmodels.stats.inter_rater import cohens_kappa
 
 from pipelines.config import ConfigError, Settings
-from pipelines.data.records import get_field, set_field
+from pipelines.data.records import doc_context, get_field, set_field
 from pipelines.errors import InputError, NightshiftError
 from pipelines.registry.store import CHAMPION, ModelRef, alias_version, load_model
 from pipelines.sources.elastic import ElasticsearchLogSink, ElasticsearchLogSource
@@ -376,7 +376,10 @@ class ShadowScorer:
     def score(self, scorable: list[tuple[str, dict]], texts: list[str], champion: list[tuple[float, bool]]) -> None:
         """Set `ml.shadow.*` on the scored group's documents and count the agreement with the champion's
         (score, is_anomaly) of each."""
-        probs = self.cache.probabilities(self.classifier, texts, self.settings.score.batch_size)[:, 0]
+        from nightshift_models.text_classifier import context_fields
+
+        context = doc_context([doc for _, doc in scorable], self.settings.fields, context_fields(self.classifier))
+        probs = self.cache.probabilities(self.classifier, texts, self.settings.score.batch_size, context=context)[:, 0]
         threshold = float(self.classifier.thresholds[0])
         scores = [round(float(p), 6) for p in probs]
         flags = [bool(p >= threshold) for p in probs]

@@ -36,12 +36,27 @@ def _fit_targets(targets: np.ndarray) -> np.ndarray:
     return targets.ravel() if targets.ndim == 2 and targets.shape[1] == 1 else targets
 
 
-def tfidf_logreg(texts: Sequence[str], targets: np.ndarray, seed: int = 0, chars: bool = True) -> Pipeline:
+def fit_weighted(model, features, targets: np.ndarray, sample_weight: np.ndarray | None = None):
+    """`model.fit(features, targets)` with per-example weights routed to its logistic regression(s) (sklearn's
+    metadata routing: a one-vs-rest head passes them to each label's regression). Returns the fitted model."""
+    if sample_weight is None:
+        return model.fit(features, targets)
+    import sklearn
+
+    with sklearn.config_context(enable_metadata_routing=True):
+        head = model[-1] if isinstance(model, Pipeline) else model
+        (head.estimator if isinstance(head, OneVsRestClassifier) else head).set_fit_request(sample_weight=True)
+        return model.fit(features, targets, sample_weight=np.asarray(sample_weight, dtype=np.float64))
+
+
+def tfidf_logreg(texts: Sequence[str], targets: np.ndarray, seed: int = 0, chars: bool = True,
+                 sample_weight: np.ndarray | None = None) -> Pipeline:
     """TF-IDF on word 1-2 grams (+ `char_wb` 2-5 grams when `chars`) and balanced logistic regression;
     one-vs-rest when targets are (N, K>1).
 
     Args:
-        texts: N normalised texts. targets: (N,) or (N, K) 0/1.
+        texts: N normalised texts. targets: (N,) or (N, K) 0/1. sample_weight: (N,) weights, e.g. how many
+            log lines each distinct text stands for; None weighs every text alike.
     Returns:
         the fitted pipeline; `baseline_proba` gives its (N, K) probabilities.
     """
@@ -51,9 +66,15 @@ def tfidf_logreg(texts: Sequence[str], targets: np.ndarray, seed: int = 0, chars
     features = FeatureUnion([("words", words),
                              ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=1, sublinear_tf=True,
                                                        max_features=200_000))]) if chars else words
-    model = make_pipeline(features, _head(targets, seed))
-    model.fit(list(texts), _fit_targets(targets))
-    return model
+    return fit_weighted(make_pipeline(features, _head(targets, seed)), list(texts), _fit_targets(targets), sample_weight)
+
+
+def reference_logreg(messages: Sequence[str], anomalous: np.ndarray) -> Pipeline:
+    """The fixed reference recipe every log-anomaly version must not trail: word 1-2 gram TF-IDF (sublinear tf) on the
+    raw messages and a plain logistic regression (C=10), read at threshold 0.5: the ten lines a user could write
+    before any platform. `anomalous` is (N,) 0/1. `predict_proba(messages)[:, 1]` gives the anomaly probability."""
+    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True), LogisticRegression(C=10.0, max_iter=3000))
+    return model.fit(list(messages), np.asarray(anomalous).astype(int))
 
 
 def baseline_proba(model, texts: Sequence[str]) -> np.ndarray:
@@ -97,11 +118,11 @@ class EmbeddingLogReg:
 
     @classmethod
     def fit(cls, tokenizer, encoder, texts: Sequence[str], targets: np.ndarray, *, max_length: int, seed: int = 0,
-            device: str = "cpu", batch_size: int = 64) -> "EmbeddingLogReg":
+            device: str = "cpu", batch_size: int = 64, sample_weight: np.ndarray | None = None) -> "EmbeddingLogReg":
         model = cls(None, max_length).attach(tokenizer, encoder, device)
         targets = np.asarray(targets)
-        model.head = _head(targets, seed, C=10.0)  # unit vectors: a weaker penalty than TF-IDF's
-        model.head.fit(model.features(texts, batch_size), _fit_targets(targets))
+        model.head = fit_weighted(_head(targets, seed, C=10.0),  # unit vectors: a weaker penalty than TF-IDF's
+                                  model.features(texts, batch_size), _fit_targets(targets), sample_weight)
         return model
 
 

@@ -8,6 +8,8 @@ length and normaliser. The normaliser is applied inside, so callers pass raw log
 The contract (both tasks alike, `mlflow models serve` and `nightshift serve` alike):
 - input: a `message` column of non-empty strings; a null, a number or blank text is refused with
   MLflow's invalid-parameter error naming the row and the field (`input row 3: 'message' is null`);
+  a version that reads context fields (`nightshift.json` `context_fields`, e.g. `level`) takes each as an
+  optional column of that name, a missing column or value read as unknown (`[-]`);
 - params, declared in the signature (`TextClassifier.param_schema`): `batch_size` (texts per
   forward pass), `threshold` (log-anomaly: instead of the tuned one; failure-rca: one threshold for
   every label, as the seed's API took it) and, for failure-rca, `kb_min_similarity` (the
@@ -21,7 +23,7 @@ import math
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, cast
+from typing import Any, Mapping, Sequence, cast
 
 import numpy as np
 import pandas as pd
@@ -41,7 +43,7 @@ def write_meta(checkpoint_dir: Path, meta: dict[str, Any]) -> None:
     (Path(checkpoint_dir) / META_FILE).write_text(json.dumps(meta, indent=2))
 
 
-def model_texts(messages: Sequence[str], fields: Sequence[str] = (), context: dict[str, Sequence[object]] | None = None) -> list[str]:
+def model_texts(messages: Sequence[str], fields: Sequence[str] = (), context: Mapping[str, Sequence[object]] | None = None) -> list[str]:
     """The text a model reads: `[value] [value] normalised message`, one bracket per context field
     (e.g. `("level", "service")` -> `[error] [kernel] disk failure on <PATH>`); a missing value is `[-]`.
     With no fields this is `normalize(message)`, what every version before the context fields read."""
@@ -53,6 +55,12 @@ def model_texts(messages: Sequence[str], fields: Sequence[str] = (), context: di
     def value(v: object) -> str:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) or not str(v).strip() else str(v).strip().lower()
     return [" ".join(f"[{value(col[i])}]" for col in columns) + " " + t for i, t in enumerate(texts)]
+
+
+def context_fields(model) -> tuple[str, ...]:
+    """The context columns a version reads beside `message` (`model_texts`), e.g. ("level",): its `nightshift.json`
+    `context_fields`; none for a model without that file's `meta` (any other classifier)."""
+    return tuple((getattr(model, "meta", None) or {}).get("context_fields", ()))
 
 
 def invalid(message: str):
@@ -163,12 +171,15 @@ class TextClassifier(PythonModel):
         return ParamSchema(specs)
 
     def signature(self, example: pd.DataFrame):
-        """The model signature: input and output inferred from `example` and its prediction, plus `param_schema`."""
+        """The model signature: input and output inferred from `example` and its prediction (the context columns
+        optional), plus `param_schema`."""
         from mlflow.models import ModelSignature, infer_signature
+        from mlflow.types.schema import ColSpec, Schema
 
         example = example[[text_problem(v) is None for v in example[FIELD]]]  # an unreadable row would be refused
         inferred = infer_signature(example, self.predict(None, example))
-        return ModelSignature(inferred.inputs, inferred.outputs, params=self.param_schema())
+        inputs = Schema([ColSpec(c.type, c.name, required=c.name not in context_fields(self)) for c in inferred.inputs.inputs])
+        return ModelSignature(inputs, inferred.outputs, params=self.param_schema())
 
     def options(self, params: dict[str, Any] | None) -> Options:
         """Validate the params of one request.
@@ -187,7 +198,7 @@ class TextClassifier(PythonModel):
         return Options(int(batch_size), _probability(params, "threshold"), _probability(params, "kb_min_similarity"))
 
     def probabilities(self, messages: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE,
-                      context: dict[str, Sequence[object]] | None = None) -> np.ndarray:
+                      context: Mapping[str, Sequence[object]] | None = None) -> np.ndarray:
         """Probabilities (N, K) for raw messages, normalised (and prefixed with the version's context
         fields, `context` giving their values per row) exactly as in training, by the family served."""
         texts = model_texts(messages, self.meta.get("context_fields", ()), context)
@@ -217,4 +228,5 @@ class TextClassifier(PythonModel):
             raise invalid(f"input needs a '{FIELD}' column (the raw log text); got columns {list(model_input.columns)}")
         options = self.options(params)
         messages = check_messages(model_input[FIELD].tolist())
-        return self.format(self.probabilities(messages, options.batch_size), messages, options)
+        context = {f: model_input[f].tolist() for f in context_fields(self) if f in model_input.columns}
+        return self.format(self.probabilities(messages, options.batch_size, context), messages, options)

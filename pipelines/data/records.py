@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from itertools import islice
-from typing import Any, Iterable, Iterator, TypeVar, cast
+from typing import Any, Iterable, Iterator, Sequence, TypeVar, cast
 
 from pipelines.config import EPOCH_UNITS, ConfigError, InputSettings, LogFields
 from pipelines.errors import InputError, NightshiftError
@@ -300,6 +300,12 @@ def to_row(doc: Any, fields: LogFields, where: str, label_space: frozenset[str] 
         "root_cause": causes,
         "job_id": _text(get_field(doc, fields.job_id)),
     }
+
+
+def doc_context(docs: Sequence[dict], fields: LogFields, names: Sequence[str]) -> dict[str, list[str | None]]:
+    """Each context column of `names` (`level`, `service`, `host`: the snapshot's names) as the documents hold it,
+    through its field in `fields` (e.g. `log.level`); None where absent."""
+    return {name: [_text(get_field(doc, getattr(fields, name))) for doc in docs] for name in names}
 
 
 def _text(value: Any) -> str | None:

@@ -6,7 +6,7 @@ trained on. The challenger becomes champion only when it beats the champion's pr
 `promotion.margin`, no guard metric regresses by more than its tolerance (`promotion.guard_tolerance`,
 or its own in `promotion.guard_tolerances`), its data
 validation passed, and its training data did not drift severely together with a label shift
-(which points at a labelling fault rather than a changed world). A task with a `gate_baseline` (both logs
+(which points at a labelling fault rather than a changed world). A task with `gate_baselines` (both logs
 models: the TF-IDF baseline retrained on the challenger's own training snapshot) also makes the challenger face
 that baseline on the holdout: it may trail it on the primary metric by at most `candidates.baseline_tolerance`
 (`face_baseline`). The decision records every contender's holdout metrics (challenger, each baseline,
@@ -63,7 +63,7 @@ from pipelines.telemetry import get_logger
 log = get_logger("promotion")
 
 PROMOTED, REJECTED, STALE, KEPT, ROLLED_BACK = "promoted", "rejected", "stale", "kept", "rolled_back"
-BASELINE_TITLES = {"tfidf": "TF-IDF"}  # how a reason names an evaluation baseline
+BASELINE_TITLES = {"tfidf": "TF-IDF", "reference": "ten-line reference"}  # how a reason names an evaluation baseline
 
 
 def holdout_metrics(model_ref: str, holdout: Path, settings: Settings) -> dict[str, float]:
@@ -135,38 +135,43 @@ def decide(spec: TaskSpec, challenger: dict[str, float], champion: dict[str, flo
 
 
 def face_baseline(spec: TaskSpec, challenger: dict[str, float], report: EvaluationReport, tolerance: float) -> dict[str, Any]:
-    """The gate's second test, beside the champion: on the holdout the challenger must not trail its task's
-    `gate_baseline` (for both logs models the TF-IDF baseline trained and tuned on the challenger's own training
-    snapshot, as the night trains it) by more than `tolerance` (`candidates.baseline_tolerance`) on `spec.primary`
-    (in the metric's direction, `spec.gain`).
+    """The gate's second test, beside the champion: on the holdout the challenger must not trail any of its task's
+    `gate_baselines` by more than `tolerance` (`candidates.baseline_tolerance`) on `spec.primary` (in the metric's
+    direction, `spec.gain`). For both logs models one is the TF-IDF family trained and tuned on the challenger's own
+    training snapshot as the night trains it; log-anomaly also faces the fixed ten-line reference recipe, which no
+    choice of the night's can make the candidate itself.
 
     Args:
         spec: the challenger's task. challenger: its finite holdout metrics. report: its holdout evaluation, run with
             baselines (`report.baselines`, `report.baseline_trained_on`). tolerance: how far it may trail (>= 0).
 
     Returns {"ok", "reason", "contenders": {"challenger": metrics, each baseline of `report`: its finite metrics},
-    "baseline_trained_on": the baseline's training snapshot or None}. It is ok, with the reason, when the task has no
-    gate baseline, when the challenger's primary metric or the baseline's is undefined on the holdout (not
-    comparable: a failure-rca holdout without failed jobs), and when the baseline was not run because the
-    challenger's training snapshot is gone.
+    "baseline_trained_on": the baselines' training snapshot or None}. A baseline counts as passed, with the reason,
+    when the challenger's primary metric or the baseline's is undefined on the holdout (not comparable: a failure-rca
+    holdout without failed jobs), and when it was not run because the challenger's training snapshot is gone.
     """
-    p, name = spec.primary, spec.gate_baseline
+    p = spec.primary
     out: dict[str, Any] = {"ok": True, "contenders": {"challenger": dict(challenger), **{b: finite(m) for b, m in report.baselines.items()}},
                            "baseline_trained_on": report.baseline_trained_on}
-    if name is None:
+    if not spec.gate_baselines:
         return {**out, "reason": f"no baseline test for {spec.name}"}
     c = challenger.get(p, math.nan)
-    if name not in report.baselines:
-        if not math.isfinite(c):  # nothing on the holdout to score the baseline on either
-            return {**out, "reason": f"baseline {p} not comparable on the holdout (challenger {c}, {name} not run)"}
-        return {**out, "reason": "baseline not run: the challenger's training snapshot is gone"}
-    b = report.baselines[name].get(p, math.nan)
-    if not (math.isfinite(c) and math.isfinite(b)):
-        return {**out, "reason": f"baseline {p} not comparable on the holdout (challenger {c}, {name} {b})"}
-    out["ok"] = spec.gain(p, c, b) >= -tolerance
-    verdict = "within" if out["ok"] else "trails it by more than"
     trained = " (same training snapshot)" if report.baseline_trained_on else ""
-    return {**out, "reason": f"{p} {c:.4f} vs {BASELINE_TITLES.get(name, name)} baseline {b:.4f}{trained}: {verdict} the tolerance {tolerance}"}
+
+    def face(name: str) -> tuple[bool, str]:
+        title = BASELINE_TITLES.get(name, name)
+        if name not in report.baselines:
+            if not math.isfinite(c):  # nothing on the holdout to score the baseline on either
+                return True, f"{title} baseline {p} not comparable on the holdout (challenger {c}, {name} not run)"
+            return True, f"{title} baseline not run: the challenger's training snapshot is gone"
+        b = report.baselines[name].get(p, math.nan)
+        if not (math.isfinite(c) and math.isfinite(b)):
+            return True, f"{title} baseline {p} not comparable on the holdout (challenger {c}, {name} {b})"
+        ok = spec.gain(p, c, b) >= -tolerance
+        return ok, f"{p} {c:.4f} vs {title} baseline {b:.4f}{trained}: {'within' if ok else 'trails it by more than'} the tolerance {tolerance}"
+
+    verdicts = [face(name) for name in spec.gate_baselines]
+    return {**out, "ok": all(ok for ok, _ in verdicts), "reason": "; ".join(reason for _, reason in verdicts)}
 
 
 def champion_decay(client, champion: ModelRef, fresh: dict[str, float], spec: TaskSpec, cfg: PromotionSettings) -> dict:
@@ -265,7 +270,7 @@ def promote(name: str, settings: Settings, holdout: str | Path | None = None, ve
     """Run the gate for `name`'s challenger (or `version`) against its champion; move `champion`
     by compare-and-set when it passes. Returns the decision record (also in tags, on the run and on the
     version page): `decision` promoted|rejected|stale|kept, `reasons` (one line each), `contenders`
-    ({challenger, each baseline, champion: {metric: value}} on the holdout; the task's `gate_baseline` is the second
+    ({challenger, each baseline, champion: {metric: value}} on the holdout; the task's `gate_baselines` are the second
     test, `face_baseline`), `champion_now`. With no champion
     yet the version becomes champion unopposed and is judged on the holdout for the record
     (`judge_first_version`). The version loses `challenger` once promoted or rejected.
@@ -332,7 +337,7 @@ def promote(name: str, settings: Settings, holdout: str | Path | None = None, ve
               "holdout": _holdout_entry(snapshot),
               "challenger_metrics": challenger_metrics, "champion_metrics": champion_metrics,
               "contenders": {**versus["contenders"], "champion": champion_metrics},
-              "gate_baseline": spec.gate_baseline, "baseline_trained_on": versus["baseline_trained_on"],
+              "gate_baselines": list(spec.gate_baselines), "baseline_trained_on": versus["baseline_trained_on"],
               "validation": validation, "drift": drift, "champion_decay": decay,
               "settings": {"margin": cfg.margin, "guard_tolerance": cfg.guard_tolerance, "baseline_tolerance": tolerance}}
     _record_decay(client, champion, champion_metrics, decay, snapshot)

@@ -1,22 +1,23 @@
 """Training: fit the candidate model families on a snapshot, log the run to MLflow, register the winner.
 
-Reading order: `selection_split` (time + held-out templates) -> `fit_anomaly_families` (each family on the same
-texts: TF-IDF word+char n-grams, frozen-encoder embedding + LR, fine-tuned BERT; the competition is
-`pipelines.training.families`', shared with the root-cause model) -> `choose_family` (best validation primary
-metric; a tie goes to the cheaper) -> `pipelines.training.register.register_candidate`.
+Reading order: `prepare_anomaly_data` (the folds to choose on: one row-sized selection split, or forward-chaining
+time folds on a small snapshot) -> `fit_anomaly_families` (each family scored out of fold on the same folds:
+TF-IDF word+char n-grams, frozen-encoder embedding + LR, fine-tuned BERT; the competition is
+`pipelines.training.families`', shared with the root-cause model) -> `choose_family` (best out-of-fold primary
+metric; a tie goes to the cheaper) -> `refit` (the chosen family on every labelled row, the out-of-fold threshold)
+-> `pipelines.training.register.register_candidate`.
 The BERT loop (`fine_tune`) is `pipelines.training.fine_tune`'s, shared with the root-cause model.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from nightshift_models.baselines import baseline_proba, tfidf_logreg
+from nightshift_models.baselines import baseline_proba, reference_logreg
 from pipelines.config import ConfigError, Settings
 from pipelines.data.snapshots import Snapshot, Split, load_snapshot, rows_digest
 from pipelines.errors import TrainingDataError
@@ -24,14 +25,24 @@ from pipelines.registry.store import ModelRef, training_snapshot
 from pipelines.tasks.spec import EvaluationReport, TaskSpec, TrainingOutcome
 from pipelines.telemetry import get_logger
 from pipelines.training.classification import binary_report, tune_threshold
-from pipelines.training.families import candidate_families, check_language, choose_family, family_scores, fit_families, selection_split
+from pipelines.training.families import (
+    BertFit,
+    Prepared,
+    candidate_families,
+    check_language,
+    choose_family,
+    choose_selection,
+    family_scores,
+    fit_families,
+    refit,
+    split_facts,
+)
 from pipelines.training.fine_tune import (
     OUTCOME_FAMILY_METRICS,
     FitResult,
     classifier_candidate,
     classifier_params,
     classifier_requirements,
-    compact_training_set,
     probed_fine_tune,
 )
 from pipelines.training.loop import OnEpoch, ignore_epoch
@@ -74,78 +85,68 @@ def context_fields(settings: Settings) -> tuple[str, ...]:
     return names
 
 
-@dataclass
-class Prepared:
-    """One snapshot made ready for every family: the same split, texts and targets."""
-
-    train: pd.DataFrame
-    val: pd.DataFrame
-    texts: list[str]  # compacted training texts
-    targets: np.ndarray  # (len(texts), 1)
-    y_val: np.ndarray  # (len(val), 1)
+def split_params(data: Prepared) -> dict[str, int | str]:
+    """What the choice was made on, as run params: the method and folds, and for the last fold's training split and
+    the out-of-fold rows their rows, distinct texts and anomalies; the model registered is fitted on all rows."""
+    last = data.selection.folds[-1]
+    return {"selection": data.selection.method, "folds": len(data.selection.folds), "labelled_rows": len(data.rows),
+            **split_facts(data.rows.iloc[last.train], data.validated, "anomaly")}
 
 
 def prepare_anomaly_data(snapshot: Snapshot, settings: Settings) -> Prepared:
-    """Labelled rows -> the selection split (`selection_split`) -> compacted training set.
+    """Labelled rows (time order) -> the folds to choose on (`choose_selection`).
 
     Raises:
-        TrainingDataError: a split without both classes.
+        TrainingDataError: fewer anomalous rows than `candidates.min_positives`.
     """
-    params, cand = settings.train, settings.candidates
-    frame = labelled_logs(snapshot, context_fields(settings))
+    frame = labelled_logs(snapshot, context_fields(settings)).sort_values("timestamp", kind="stable").reset_index(drop=True)
     frame["anomaly"] = frame["anomaly"].astype(bool)
-    train, val = selection_split(frame, params.validation_fraction, cand.template_holdout, params.seed)
-    for part, name in ((train, "training"), (val, "validation")):
-        counts = part["anomaly"].value_counts()
-        if counts.get(True, 0) == 0 or counts.get(False, 0) == 0:
-            raise TrainingDataError(f"snapshot {snapshot.path}: the {name} split needs both anomalous and normal rows in field "
-                                    f"'{settings.fields.anomaly}' (has {counts.get(True, 0)} anomalous, {counts.get(False, 0)} normal)")
-    y_train = train["anomaly"].to_numpy()[:, None].astype(np.float32)
-    y_val = val["anomaly"].to_numpy()[:, None].astype(np.float32)
-    texts, targets = compact_training_set(train["text"].tolist(), y_train, params.max_train_examples, params.seed)
-    return Prepared(train, val, texts, targets, y_val)
+    targets = frame["anomaly"].to_numpy()[:, None].astype(np.float32)
+    where = f"snapshot {snapshot.path} (field '{settings.fields.anomaly}')"
+    return Prepared(frame, targets, choose_selection(frame, targets, settings, where))
 
 
-def tfidf_reference(snapshot: Snapshot, settings: Settings):
-    """The TF-IDF family trained on a snapshot exactly as the nightly training does (same split, same
-    threshold rule): the baseline a version is judged against. Returns (pipeline, threshold, validation metrics)."""
-    data = prepare_anomaly_data(snapshot, settings)
-    model = tfidf_logreg(data.texts, data.targets, settings.train.seed)
-    thresholds, metrics = tune_anomaly_threshold(data.y_val, baseline_proba(model, data.val["text"].tolist()))
-    return model, thresholds[0], metrics
+def anomaly_bert_fit(checkpoint: str, settings: Settings) -> BertFit:
+    """The log-anomaly BERT (`BertFit`): LP-FT when `candidates.linear_probe`, early stopping on
+    `candidates.early_stopping_metric`, thresholds by `tune_anomaly_threshold`."""
+    def fit(texts, targets, weights, val_texts, y_val, epochs, on_epoch) -> FitResult:
+        return probed_fine_tune(texts, targets, val_texts, y_val, checkpoint=checkpoint, params=settings.train,
+                                linear_probe=settings.candidates.linear_probe, tune=tune_anomaly_threshold, on_epoch=on_epoch,
+                                select=settings.candidates.early_stopping_metric, weights=weights, epochs=epochs)
+    return fit
 
 
 def fit_anomaly_families(data: Prepared, families: Sequence[str], checkpoint: str, settings: Settings,
                          on_epoch: OnEpoch = ignore_epoch) -> dict[str, FitResult]:
-    """Every family of `families` on the prepared snapshot (`pipelines.training.families.fit_families`), thresholds
-    and metrics by `tune_anomaly_threshold`; the BERT is `fine_tune` of `checkpoint` with early stopping on
-    `candidates.early_stopping_metric` (per-epoch metrics through `on_epoch`)."""
-    params, val_texts = settings.train, data.val["text"].tolist()
-
-    def fit_bert() -> FitResult:
-        return probed_fine_tune(data.texts, data.targets, val_texts, data.y_val, checkpoint=checkpoint, params=params,
-                                linear_probe=settings.candidates.linear_probe, tune=tune_anomaly_threshold, on_epoch=on_epoch,
-                                select=settings.candidates.early_stopping_metric)
-
-    return fit_families(data.texts, data.targets, val_texts, data.y_val, families, checkpoint=checkpoint, params=params,
-                        tune=tune_anomaly_threshold, fit_bert=fit_bert)
+    """Every family of `families` scored out of fold on the prepared snapshot (`pipelines.training.families.fit_families`),
+    thresholds and metrics by `tune_anomaly_threshold`."""
+    return fit_families(data.rows["text"].tolist(), data.targets, data.selection, families, checkpoint=checkpoint,
+                        params=settings.train, tune=tune_anomaly_threshold, fit_bert=anomaly_bert_fit(checkpoint, settings),
+                        on_epoch=on_epoch)
 
 
-def _tfidf_metrics(data: Prepared, seed: int) -> dict[str, float]:
-    """The TF-IDF baseline's validation metrics when it is not among the night's families."""
-    return tune_anomaly_threshold(data.y_val, baseline_proba(tfidf_logreg(data.texts, data.targets, seed), data.val["text"].tolist()))[1]
+def tfidf_reference(snapshot: Snapshot, settings: Settings):
+    """The TF-IDF family trained on a snapshot exactly as the nightly training trains a family (same folds, same
+    threshold rule, refitted on every labelled row): the baseline a version is judged against.
+    Returns (pipeline, threshold, out-of-fold metrics)."""
+    data = prepare_anomaly_data(snapshot, settings)
+    fits = fit_anomaly_families(data, ("tfidf",), "", settings)
+    result = refit(fits["tfidf"], data.rows["text"].tolist(), data.targets, checkpoint="", params=settings.train,
+                   fit_bert=anomaly_bert_fit("", settings))
+    return result.model, result.thresholds[0], result.best_metrics
 
 
 def anomaly_report(data: Prepared, fits: dict[str, FitResult], result: FitResult, baseline: dict[str, float] | None) -> TrainingReport:
-    """The training report of a log-anomaly run (`pipelines.training.plots.classifier_report`) on the validation
-    split the family was chosen on: every fitted family compared and its precision-recall curve (`fits`, as
+    """The training report of a log-anomaly run (`pipelines.training.plots.classifier_report`) on the out-of-fold
+    rows the family was chosen on: every fitted family compared and its precision-recall curve (`fits`, as
     `fit_families` returns them), the TF-IDF baseline's metrics when it was not among them (`baseline`), the
     served family's (`result`, `choose_family`'s) confusion matrix at its threshold, and the BERT's epochs."""
     scored = family_scores(fits, Scored(baseline) if baseline is not None else None)
     bert = fits.get("bert")
-    facts = {"served family": f"{result.family} (the best validation F1; a tie goes to the cheaper family)",
-             "threshold": result.thresholds[0], "validation rows": len(data.val),
-             "anomalous validation rows": int(data.y_val.sum()), "training examples": len(data.texts),
+    facts = {"served family": f"{result.family} (the best out-of-fold F1; a tie goes to the cheaper family), refitted on all "
+                              f"{len(data.rows)} labelled rows",
+             "chosen on": f"{data.selection.method}, {len(data.selection.folds)} fold(s)", "threshold": result.thresholds[0],
+             "out-of-fold rows": len(data.validated), "anomalous out-of-fold rows": int(data.y_val.sum()),
              "families fitted": ", ".join(fits)}
     return classifier_report("log-anomaly", data.y_val, ["anomaly"], result.family, scored, result.thresholds, OUTCOME_FAMILY_METRICS,
                              facts, history=bert.history if bert else (), best_epoch=bert.best_epoch if bert else 0,
@@ -153,8 +154,8 @@ def anomaly_report(data: Prepared, fits: dict[str, FitResult], result: FitResult
 
 
 def train_log_anomaly(snapshot_dir: str | Path, settings: Settings, base_model: str | None = None) -> TrainingOutcome:
-    """Fit every candidate family (`candidates.families`) on a log snapshot, register the one best on
-    validation F1 as a `log-anomaly` candidate, and return the outcome.
+    """Score every candidate family (`candidates.families`) out of fold on a log snapshot, refit the one best on
+    out-of-fold F1 on every labelled row, register it as a `log-anomaly` candidate, and return the outcome.
 
     Before fitting, the snapshot's `[UNK]` rate under the BERT tokenizer is measured; above
     `candidates.max_unk_rate` the run warns (metric `data.unk_rate`, tag `data.unk_warning`, the outcome's
@@ -165,37 +166,36 @@ def train_log_anomaly(snapshot_dir: str | Path, settings: Settings, base_model: 
     (`anomaly_report`, `training_report.html`).
 
     Raises:
-        TrainingDataError: a split without both classes. ConfigError: a bad `candidates.*` setting.
+        TrainingDataError: fewer anomalous rows than `candidates.min_positives`. ConfigError: a bad `candidates.*` setting.
     """
     from nightshift_models.bert import resolve_checkpoint
 
     snapshot = load_snapshot(snapshot_dir)
     params, cand = settings.train, settings.candidates
     data = prepare_anomaly_data(snapshot, settings)
+    texts = data.rows["text"].tolist()
     checkpoint = resolve_checkpoint(base_model or params.base_model)
-    language = check_language(checkpoint, data.texts, candidate_families(settings), settings)
+    language = check_language(checkpoint, data.rows["text"].drop_duplicates().tolist(), candidate_families(settings), settings)
     families = language.families
-
-    baseline = None if "tfidf" in families else _tfidf_metrics(data, params.seed)  # None: the tfidf family's
 
     def fit(on_epoch: OnEpoch):
         language.log()
-        fits = fit_anomaly_families(data, families, checkpoint, settings, on_epoch)
-        result = choose_family(fits)
+        fits = fit_anomaly_families(data, families if "tfidf" in families else ("tfidf", *families), checkpoint, settings, on_epoch)
+        baseline = fits.pop("tfidf").best_metrics if "tfidf" not in families else None  # None: the tfidf family's
+        result = refit(choose_family(fits), texts, data.targets, checkpoint=checkpoint, params=params,
+                       fit_bert=anomaly_bert_fit(checkpoint, settings))
         log_report("log-anomaly", lambda: anomaly_report(data, fits, result, baseline))
         return classifier_candidate(
             result, checkpoint=checkpoint, params=params, snapshot=snapshot,
             meta={"task": "log-anomaly", "outputs": ["anomaly"], "context_fields": list(context_fields(settings))},
-            example=data.val["message"].head(3).tolist(),
+            example=data.rows[["message", *context_fields(settings)]].tail(3).fillna(""),
             baseline=baseline,
-            details=language.details())
+            details={**language.details(), "metrics_are": f"out of fold ({data.selection.method}); the model is refitted on every labelled row"})
 
     return register_candidate(
         "log-anomaly", snapshot, settings, fit=fit, pip_requirements=classifier_requirements(),
-        validation=Split("validation", rows_digest(data.val[["timestamp", "text"]]), len(data.val)),
-        params={**classifier_params(checkpoint, params),
-                "train_rows": len(data.train), "train_examples": len(data.texts), "validation_rows": len(data.val),
-                "train_anomalies": int(data.targets.sum()), "validation_anomalies": int(data.y_val.sum()),
+        validation=Split("validation", rows_digest(data.validated[["timestamp", "text"]]), len(data.validated)),
+        params={**classifier_params(checkpoint, params), **split_params(data),
                 "template_holdout": cand.template_holdout, "context_fields": cand.context_fields or "-",
                 "families": ",".join(families), "early_stopping_metric": cand.early_stopping_metric,
                 "linear_probe": cand.linear_probe},
@@ -204,8 +204,9 @@ def train_log_anomaly(snapshot_dir: str | Path, settings: Settings, base_model: 
 
 def evaluate_log_anomaly(client, ref: ModelRef, classifier, snapshot_dir: Path, settings: Settings, baseline: bool = True) -> EvaluationReport:
     """Precision, recall, F1 and PR-AUC of a `log-anomaly` version (`classifier`: its unwrapped pyfunc) on the
-    labelled lines of a snapshot, and (with `baseline`) of the TF-IDF baseline trained on the snapshot the
-    version was trained on, as the night trained it (`tfidf_reference`).
+    labelled lines of a snapshot, and (with `baseline`) of two baselines trained on the snapshot the version was
+    trained on: the TF-IDF family as the night trains it (`tfidf_reference`), and the fixed ten-line reference
+    recipe (`nightshift_models.baselines.reference_logreg`, threshold 0.5).
 
     Raises:
         TrainingDataError: the snapshot has no labelled line.
@@ -221,8 +222,12 @@ def evaluate_log_anomaly(client, ref: ModelRef, classifier, snapshot_dir: Path, 
                               binary_report(y, probs, threshold), details={"anomalies": int(y.sum()), "threshold": threshold})
     reference = training_snapshot(client, ref) if baseline else None
     if reference is not None:
-        tfidf, tfidf_threshold, _ = tfidf_reference(load_snapshot(reference), settings)
+        trained_on = load_snapshot(reference)
+        tfidf, tfidf_threshold, _ = tfidf_reference(trained_on, settings)
         report.baselines["tfidf"] = binary_report(y, baseline_proba(tfidf, frame["text"].tolist())[:, 0], tfidf_threshold)
+        rows = labelled_logs(trained_on)
+        recipe = reference_logreg(rows["message"].tolist(), rows["anomaly"].astype(bool).to_numpy())
+        report.baselines["reference"] = binary_report(y, recipe.predict_proba(frame["message"].tolist())[:, 1], 0.5)
         report.baseline_trained_on = str(reference)
     return report
 
@@ -233,4 +238,4 @@ def summary(outcome: TrainingOutcome) -> str:
 
 
 SPEC = TaskSpec("log-anomaly", "logs", train=train_log_anomaly, evaluate=evaluate_log_anomaly, primary="f1", guards=("pr_auc", "recall"),
-                gate_baseline="tfidf", summary=summary)
+                gate_baselines=("tfidf", "reference"), summary=summary)

@@ -64,10 +64,10 @@ class TaskSpec:
 
     `dataset`: the snapshot kind it trains on (`logs` or `metrics`); its fresh holdouts live in the snapshot
     folder `<dataset>-fresh`. `primary`, `guards` and `lower_is_better` are the gate's metrics
-    (`pipelines.registry.gate`). `gate_baseline`, when set, names the baseline of the task's evaluation
+    (`pipelines.registry.gate`). `gate_baselines` name the baselines of the task's evaluation
     (`EvaluationReport.baselines`) that the challenger must not trail on the holdout's primary metric by more than
     `candidates.baseline_tolerance`: the gate's second test (`pipelines.registry.gate.face_baseline`); "tfidf" for
-    both logs models. `summary(outcome)` is the line the CLI prints after training.
+    both logs models, and "reference" (the fixed ten-line recipe) for log-anomaly. `summary(outcome)` is the line the CLI prints after training.
     """
 
     name: str
@@ -78,7 +78,7 @@ class TaskSpec:
     guards: tuple[str, ...] = ()
     lower_is_better: frozenset[str] = frozenset()
     summary: Callable[[TrainingOutcome], str] = lambda outcome: f"{outcome.model} v{outcome.version}: {outcome.decision}"
-    gate_baseline: str | None = None
+    gate_baselines: tuple[str, ...] = ()
 
     @property
     def holdout_dataset(self) -> str:

@@ -33,15 +33,20 @@ def binary_report(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, f
     return {"precision": precision, "recall": recall, "f1": f1, "pr_auc": pr_auc}
 
 
+# Fewer validation positives of a label than this and its threshold is not tuned: it would follow those few scores
+# (a label seen twice can end with a threshold under every unrelated text's score). The calibrated 0.5 stands instead.
+MIN_TUNING_POSITIVES = 5
+
+
 def tune_threshold(y: np.ndarray, p: np.ndarray) -> float:
     """The best-F1 threshold for one label, in the middle of the widest gap that gives that F1.
 
     The middle of the gap rather than its edge: validation examples reuse training phrasings, so their
     scores sit near 0 and 1, and a threshold at the edge would be brittle on new phrasings.
-    0.5 when the label has no positive in validation.
+    0.5 when the label has fewer than `MIN_TUNING_POSITIVES` positives in validation.
     """
     y = np.asarray(y).astype(bool)
-    if not y.any():
+    if y.sum() < MIN_TUNING_POSITIVES:
         return 0.5
     order = np.argsort(-p, kind="stable")
     ps, ys = p[order].astype(np.float64), y[order]

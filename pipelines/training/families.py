@@ -15,17 +15,18 @@ import re
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 import pandas as pd
 
 from nightshift_models.baselines import FAMILIES, EmbeddingLogReg, family_proba, tfidf_logreg
 from pipelines.config import ConfigError, Settings, TrainSettings
+from pipelines.errors import TrainingDataError
 from pipelines.telemetry import get_logger
 from pipelines.training.classification import ThresholdTuner
-from pipelines.training.fine_tune import FitResult
-from pipelines.training.loop import EPOCH_LOSSES, split_by_time
+from pipelines.training.fine_tune import FitResult, compact_training_set
+from pipelines.training.loop import EPOCH_LOSSES, OnEpoch, ignore_epoch
 from pipelines.training.plots import Scored
 
 log = get_logger("train")
@@ -53,31 +54,146 @@ def template_key(text: str) -> str:
 
 
 def selection_split(frame: pd.DataFrame, validation_fraction: float, template_holdout: float, seed: int,
-                    label: str = "anomaly") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The validation split that model choice is made on: the newest `validation_fraction` of rows (time), plus
-    every row of a `template_holdout` share of the message templates of each class (a template is anomalous
-    when any of its rows is), which training never sees. Choosing on it rewards generalising to unseen
-    messages, as the held-back day and real logs demand, not remembering phrasings.
+                    label: str = "anomaly", targets: np.ndarray | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The validation split a model is chosen on, sized in rows: it never takes more than `validation_fraction` of
+    the rows, nor more than that share of the positives of any label, so training keeps at least
+    `1 - validation_fraction` of both however skewed the templates are (on real logs one template can carry half
+    of the lines).
 
-    At least one template of each class stays in training; with under two templates in a class none of it
-    is held out. `frame` needs `timestamp`, `text` and the 0/1 `label` column (log-anomaly: `anomaly`;
-    failure-rca: whether the job has a root cause).
-    Returns (train, validation), each in time order.
+    Validation is, first, the newest rows, up to `1 - template_holdout` of that budget (the model is judged on the
+    future, as in production); then whole message templates (`template_key`) drawn at random from the older rows
+    while they fit in what is left of the budget, so that choosing rewards reading a message never seen rather than
+    remembering phrasings. A template whose rows would take a label's last positives out of training stays.
+
+    Args:
+        frame: rows with `timestamp`, `text` and the 0/1 column `label` (log-anomaly: `anomaly`; failure-rca: whether
+            the job has a root cause). targets: (N, K) 0/1 per label in `frame`'s row order (failure-rca); None: the
+            `label` column alone.
+    Returns:
+        (train, validation), each in time order.
     """
-    train, val = split_by_time(frame, validation_fraction)
-    if template_holdout <= 0 or train.empty:
-        return train, val
-    keys = train["text"].map(template_key)
-    anomalous = set(keys[train[label].astype(bool).to_numpy()])
-    rng = np.random.default_rng(seed)
-    held: set[str] = set()
-    for group in (sorted(anomalous), sorted(set(keys) - anomalous)):
-        if len(group) < 2:
-            continue
-        n = min(max(1, int(round(template_holdout * len(group)))), len(group) - 1)
-        held.update(rng.permutation(np.asarray(group, dtype=object))[:n].tolist())
-    out = keys.isin(held).to_numpy()
-    return train[~out], pd.concat([train[out], val]).sort_values("timestamp", kind="stable")
+    order = np.argsort(frame["timestamp"].to_numpy(), kind="stable")
+    y = (np.asarray(frame[label], dtype=bool)[:, None] if targets is None else np.asarray(targets, dtype=bool))[order]
+    frame = frame.iloc[order]
+    n = len(frame)
+    row_budget = int(validation_fraction * n)
+    positive_budget = np.floor(validation_fraction * y.sum(axis=0)).astype(int)
+    in_val = np.zeros(n, dtype=bool)
+    taken_rows, taken_positives = 0, np.zeros(y.shape[1], dtype=int)
+
+    def fits(rows: np.ndarray, share: float = 1.0) -> bool:
+        return (taken_rows + len(rows) <= int(share * row_budget)
+                and bool(np.all(taken_positives + y[rows].sum(axis=0) <= positive_budget)))
+
+    tail_share = 1.0 - template_holdout if template_holdout > 0 else 1.0
+    for i in range(n - 1, -1, -1):  # the newest rows, while they fit
+        if not fits(np.array([i]), tail_share):
+            break
+        in_val[i], taken_rows, taken_positives = True, taken_rows + 1, taken_positives + y[i]
+    if template_holdout > 0:
+        older = np.flatnonzero(~in_val)
+        groups = pd.Series(older).groupby(frame["text"].map(template_key).to_numpy()[older]).indices
+        for key in np.random.default_rng(seed).permutation(np.asarray(sorted(groups), dtype=object)):
+            rows = older[groups[key]]
+            moved = y[rows].sum(axis=0)
+            if fits(rows) and not np.any((moved > 0) & (y.sum(axis=0) - taken_positives - moved == 0)):
+                in_val[rows], taken_rows, taken_positives = True, taken_rows + len(rows), taken_positives + moved
+    return frame[~in_val], frame[in_val]
+
+
+def split_facts(train: pd.DataFrame, val: pd.DataFrame, positives: str) -> dict[str, int]:
+    """What each split holds, as run params: rows, distinct texts and positive rows (`positives`: the 0/1 column)."""
+    return {f"{name}_{what}": value for name, part in (("train", train), ("validation", val))
+            for what, value in (("rows", len(part)), ("distinct_texts", int(part["text"].nunique())),
+                                ("positives", int(part[positives].astype(bool).sum())))}
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One way of holding rows out: positions (into the labelled rows, in time order) that train and that validate."""
+
+    train: np.ndarray
+    val: np.ndarray
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How a night chooses its family and threshold: `method` "holdout" (one selection split) or "time-cv"
+    (forward-chaining folds), and its folds. The scores every fold gives its validation rows, put together, are
+    the out-of-fold scores the choice and the threshold come from."""
+
+    method: str
+    folds: tuple[Fold, ...]
+
+    @property
+    def validated(self) -> np.ndarray:
+        """The positions the folds validate, fold after fold: the rows of the out-of-fold scores."""
+        return np.concatenate([f.val for f in self.folds])
+
+
+@dataclass
+class Prepared:
+    """A snapshot's labelled rows (log lines, or failed jobs) in time order, their (N, K) targets, and the folds the
+    family and threshold are chosen on."""
+
+    rows: pd.DataFrame
+    targets: np.ndarray
+    selection: Selection
+
+    @property
+    def validated(self) -> pd.DataFrame:
+        """The rows scored out of fold (`Selection.validated` order)."""
+        return self.rows.iloc[self.selection.validated]
+
+    @property
+    def y_val(self) -> np.ndarray:
+        return self.targets[self.selection.validated]
+
+
+def forward_chaining_folds(positives: np.ndarray, folds: int) -> tuple[Fold, ...]:
+    """Time-blocked cross-validation: the rows (in time order; `positives` (N,) marks the positive ones) cut into
+    `folds + 1` consecutive blocks holding equal shares of the positives; fold i trains on blocks 1..i and validates
+    on block i + 1, so no fold trains on its future, and every fold validates on positives even when they come in
+    bursts (on real logs one day can hold most alerts). A fold whose training blocks hold no positive is left out.
+    Source: Tashman, "Out-of-sample tests of forecasting accuracy", IJF 2000 (rolling-origin evaluation)."""
+    positives = np.asarray(positives, dtype=bool)
+    seen = np.cumsum(positives)
+    share = seen[-1] / (folds + 1)
+    cuts = [int(np.searchsorted(seen, share * i, side="left")) + 1 for i in range(1, folds + 1)]  # after the i-th share's last positive
+    bounds = [0, *cuts, len(positives)]
+    out = []
+    for i in range(1, folds + 1):
+        train, val = np.arange(0, bounds[i]), np.arange(bounds[i], bounds[i + 1])
+        if len(val) and positives[train].any():
+            out.append(Fold(train, val))
+    return tuple(out)
+
+
+def choose_selection(frame: pd.DataFrame, targets: np.ndarray, settings: Settings, where: str,
+                     label: str = "anomaly") -> Selection:
+    """The folds a night chooses on. `frame` (time order, with `timestamp`, `text`, the 0/1 `label`) and `targets`
+    ((N, K), same rows) are the labelled rows. Below `candidates.cv_below_positives` positive rows, forward-chaining
+    folds (`candidates.cv_folds`): one small split would hold a handful of positives, and the threshold would follow
+    them. Otherwise one selection split (`selection_split`).
+
+    Raises:
+        TrainingDataError: fewer positive rows than `candidates.min_positives`, or no fold with positives to train on.
+    """
+    cand, params = settings.candidates, settings.train
+    positive_rows = np.asarray(np.asarray(targets).any(axis=1))
+    positives = int(positive_rows.sum())
+    if positives < max(cand.min_positives, 1):
+        raise TrainingDataError(f"{where}: {positives} positive row(s) of {len(frame)}, fewer than setting "
+                                f"candidates.min_positives={cand.min_positives}: nothing to learn; the champion keeps serving")
+    if positives < cand.cv_below_positives:
+        folds = forward_chaining_folds(positive_rows, cand.cv_folds)
+        if folds:
+            return Selection("time-cv", folds)
+        raise TrainingDataError(f"{where}: no time fold has a positive row to train on ({positives} positive row(s), "
+                                f"setting candidates.cv_folds={cand.cv_folds})")
+    position = pd.Series(np.arange(len(frame)), index=frame.index)
+    train, val = selection_split(frame, params.validation_fraction, cand.template_holdout, params.seed, label, targets)
+    return Selection("holdout", (Fold(position[train.index].to_numpy(), position[val.index].to_numpy()),))
 
 
 @dataclass(frozen=True)
@@ -123,8 +239,10 @@ def check_language(checkpoint: str, texts: Sequence[str], families: Sequence[str
     return LanguageCheck(rate, tuple(f for f in families if f == "tfidf") or tuple(families), (warning,))
 
 
-def fit_sklearn_family(family: str, texts: Sequence[str], targets: np.ndarray, *, checkpoint: str, params: TrainSettings):
-    """One of the cheaper families fitted on `texts` and `targets` ((N, K) 0/1).
+def fit_sklearn_family(family: str, texts: Sequence[str], targets: np.ndarray, weights: np.ndarray | None = None, *,
+                       checkpoint: str, params: TrainSettings):
+    """One of the cheaper families fitted on `texts`, `targets` ((N, K) 0/1) and `weights` ((N,), how many rows each
+    distinct text stands for; `compact_training_set`).
 
     Returns (model, tokenizer, device): tfidf has no tokenizer and runs on the CPU; embedding reads through the
     frozen encoder of `checkpoint` on `params.device`.
@@ -132,46 +250,105 @@ def fit_sklearn_family(family: str, texts: Sequence[str], targets: np.ndarray, *
     with warnings.catch_warnings():  # a label absent from the window is expected: one-vs-rest gives it a constant "no"
         warnings.filterwarnings("ignore", message="Label not .* is present in all training examples")
         if family == "tfidf":
-            return tfidf_logreg(texts, targets, params.seed), None, "cpu"
+            return tfidf_logreg(texts, targets, params.seed, sample_weight=weights), None, "cpu"
         from nightshift_models.bert import load_encoder, pick_device
 
         device = pick_device(params.device)
         tokenizer, encoder = load_encoder(checkpoint)
         model = EmbeddingLogReg.fit(tokenizer, encoder, texts, targets, max_length=params.max_length, seed=params.seed,
-                                    device=device, batch_size=params.batch_size * 2)
+                                    device=device, batch_size=params.batch_size * 2, sample_weight=weights)
         return model, tokenizer, device
 
 
-def fit_families(texts: Sequence[str], targets: np.ndarray, val_texts: Sequence[str], y_val: np.ndarray,
-                 families: Sequence[str], *, checkpoint: str, params: TrainSettings, tune: ThresholdTuner,
-                 fit_bert: Callable[[], FitResult]) -> dict[str, FitResult]:
-    """Fit every family on the same training texts and score it on the same validation texts.
+class BertFit(Protocol):
+    """A task's BERT fine-tune: on (texts, targets, weights), early-stopped on (val_texts, y_val); or, with
+    `val_texts` None, for exactly `epochs` epochs (the refit on every labelled row)."""
+
+    def __call__(self, texts: Sequence[str], targets: np.ndarray, weights: np.ndarray, val_texts: Sequence[str] | None,
+                 y_val: np.ndarray | None, epochs: int | None, on_epoch: OnEpoch) -> FitResult: ...
+
+
+def with_background(texts: list[str], targets: np.ndarray, weights: np.ndarray,
+                    background: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """A training set plus `background`: texts known to carry no label, as all-negative examples of weight 1."""
+    if not background:
+        return texts, targets, weights
+    return ([*texts, *background], np.vstack([targets, np.zeros((len(background), targets.shape[1]), dtype=targets.dtype)]),
+            np.concatenate([weights, np.ones(len(background))]))
+
+
+def fit_families(texts: Sequence[str], targets: np.ndarray, selection: Selection, families: Sequence[str], *,
+                 checkpoint: str, params: TrainSettings, tune: ThresholdTuner, fit_bert: BertFit,
+                 on_epoch: OnEpoch = ignore_epoch, background: Sequence[str] = ()) -> dict[str, FitResult]:
+    """Fit every family on each fold of `selection` and score it out of fold.
+
+    Each fold trains on its rows' distinct texts, weighted by how many rows each stands for
+    (`compact_training_set`), and scores its validation rows; a family's thresholds and metrics come from its
+    out-of-fold scores put together, by `tune`.
 
     Args:
-        texts, targets: the training texts and their (N, K) 0/1 targets. val_texts, y_val: validation, (M, K).
-        families: names from `nightshift_models.baselines.FAMILIES`, cheapest first.
-        checkpoint: the encoder the embedding family reads (frozen).
-        tune: the task's threshold rule; its metrics (with `primary`) are each family's validation metrics.
-        fit_bert: the task's BERT fine-tune (it tunes its own thresholds with the same rule).
+        texts, targets: every labelled row's text and (N, K) 0/1 targets, in time order.
+        selection: the folds (`choose_selection`). families: names from `nightshift_models.baselines.FAMILIES`,
+            cheapest first. checkpoint: the encoder the embedding family reads (frozen).
+        tune: the task's threshold rule; its metrics (with `primary`) are each family's out-of-fold metrics.
+        fit_bert: the task's BERT fine-tune (`BertFit`); the last fold's epochs go to `on_epoch`.
+        background: texts known to carry no label (failure-rca: ordinary log lines), added to every fold's
+            training set as all-negative examples, so that text describing no failure learns to score low.
     Returns:
-        {family: FitResult} in `families` order, each with its thresholds, metrics, fitting seconds and the
-        validation probabilities (`val_probs`, (M, K)) they come from.
+        {family: FitResult} in `families` order, each with its thresholds, out-of-fold metrics and probabilities
+        (`val_probs`, rows `selection.validated`), fitting seconds, and for bert the epochs early stopping kept
+        (`best_epoch`, the median over folds). The fold models are not kept: `refit` trains the chosen family.
     """
+    texts = list(texts)
+    y_oof = targets[selection.validated]
     out: dict[str, FitResult] = {}
     for family in families:
         started = time.perf_counter()
-        if family == "bert":
-            out[family] = fit_bert()
-            out[family].seconds = time.perf_counter() - started
-            continue
-        model, tokenizer, device = fit_sklearn_family(family, texts, targets, checkpoint=checkpoint, params=params)
-        probs = family_proba(family, model, val_texts, params.batch_size * 2)
-        thresholds, metrics = tune(y_val, probs)
-        out[family] = FitResult(model, tokenizer, thresholds, [metrics], 0, metrics, device, time.perf_counter() - started,
-                                family=family, val_probs=probs)
-        log.info("family fitted", extra={"family": family, "seconds": round(out[family].seconds, 1),
-                                          **{k: round(v, 4) for k, v in metrics.items() if k in ("f1", "pr_auc", "micro_f1")}})
+        probs: list[np.ndarray] = []
+        epochs: list[int] = []
+        last, device = None, "cpu"
+        for i, fold in enumerate(selection.folds):
+            train_texts, train_targets, weights = with_background(*compact_training_set(
+                [texts[j] for j in fold.train], targets[fold.train], params.max_train_examples, params.seed), background)
+            val_texts = [texts[j] for j in fold.val]
+            if family == "bert":
+                last = fit_bert(train_texts, train_targets, weights, val_texts, targets[fold.val], None,
+                                on_epoch if i == len(selection.folds) - 1 else ignore_epoch)
+                assert last.val_probs is not None  # a fine-tune with validation keeps its probabilities
+                probs.append(last.val_probs)
+                epochs.append(last.best_epoch)
+                device = last.device
+            else:
+                model, _, device = fit_sklearn_family(family, train_texts, train_targets, weights, checkpoint=checkpoint, params=params)
+                probs.append(family_proba(family, model, val_texts, params.batch_size * 2))
+        oof = np.concatenate(probs).astype(np.float32)
+        thresholds, metrics = tune(y_oof, oof)
+        history = last.history if last is not None else [metrics]
+        out[family] = FitResult(None, None, thresholds, history, int(np.median(epochs)) if epochs else 0, metrics, device,
+                                time.perf_counter() - started, family=family, val_probs=oof)
+        log.info("family scored out of fold", extra={"family": family, "folds": len(selection.folds), "seconds": round(out[family].seconds, 1),
+                                                      **{k: round(v, 4) for k, v in metrics.items() if k in ("f1", "pr_auc", "micro_f1")}})
     return out
+
+
+def refit(result: FitResult, texts: Sequence[str], targets: np.ndarray, *, checkpoint: str, params: TrainSettings,
+          fit_bert: BertFit, background: Sequence[str] = ()) -> FitResult:
+    """The chosen family (`choose_family`'s `result`) fitted again on every labelled row (`texts`, (N, K) `targets`),
+    with the settings it was chosen with (bert: the epochs early stopping kept, `result.best_epoch`); its thresholds
+    stay the out-of-fold ones; `background` as `fit_families` adds it. Returns `result` holding the refitted model."""
+    started = time.perf_counter()
+    train_texts, train_targets, weights = with_background(*compact_training_set(list(texts), targets, params.max_train_examples,
+                                                                                params.seed), background)
+    if result.family == "bert":
+        fitted = fit_bert(train_texts, train_targets, weights, None, None, max(result.best_epoch, 1), ignore_epoch)
+        result.model, result.tokenizer, result.device = fitted.model, fitted.tokenizer, fitted.device
+    else:
+        result.model, result.tokenizer, result.device = fit_sklearn_family(result.family, train_texts, train_targets, weights,
+                                                                           checkpoint=checkpoint, params=params)
+    result.seconds += time.perf_counter() - started
+    log.info("chosen family refitted on every labelled row", extra={"family": result.family, "rows": len(texts),
+                                                                     "examples": len(train_texts)})
+    return result
 
 
 def choose_family(fits: dict[str, FitResult], metric: str = "primary", tie: float = 1e-9) -> FitResult:

@@ -6,6 +6,7 @@ what any text family's fit hands back (`FitResult`) and that fit as the candidat
 
 from __future__ import annotations
 
+import itertools
 import math
 import tempfile
 import time
@@ -44,41 +45,53 @@ class FitResult:
     val_probs: np.ndarray | None = None  # (N, K) validation probabilities the thresholds and metrics come from
 
 
-def compact_training_set(texts: Sequence[str], targets: np.ndarray, limit: int, seed: int) -> tuple[list[str], np.ndarray]:
-    """Distinct (text, target) pairs, every positive kept, negatives sampled down to `limit`.
+def compact_training_set(texts: Sequence[str], targets: np.ndarray, limit: int, seed: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Distinct (text, target) pairs, every positive kept, negatives sampled down to `limit`, each with a weight:
+    1 + ln(the rows it stands for).
 
-    Normalised logs repeat heavily; identical examples add epochs of work and no information.
+    Normalised logs repeat heavily: identical examples add epochs of work and no information, while a template
+    with 700 lines weighed 700 times would drown the rest; the log keeps frequency in the weight without letting
+    it rule. Returns (texts, (M, K) targets, (M,) weights), in first-seen order.
     """
-    seen: dict[tuple, int] = {}
-    for i, (text, target) in enumerate(zip(texts, map(tuple, targets))):
-        seen.setdefault((text, target), i)
-    idx = np.fromiter(seen.values(), dtype=np.int64)
+    first: dict[tuple, int] = {}
+    counts: dict[tuple, int] = {}
+    for i, key in enumerate(zip(texts, map(tuple, targets))):
+        first.setdefault(key, i)
+        counts[key] = counts.get(key, 0) + 1
+    idx = np.fromiter(first.values(), dtype=np.int64)
+    weight_of = dict(zip(idx.tolist(), (1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64))).tolist()))
     positive = idx[targets[idx].any(axis=1)]
     negative = idx[~targets[idx].any(axis=1)]
     room = max(limit - len(positive), 0)
     if len(negative) > room:
         negative = np.random.default_rng(seed).choice(negative, size=room, replace=False)
     keep = np.sort(np.concatenate([positive, negative]))
-    return [texts[i] for i in keep], targets[keep]
+    return [texts[i] for i in keep], targets[keep], np.array([weight_of[i] for i in keep.tolist()], dtype=np.float64)
 
 
 def fine_tune(
     train_texts: Sequence[str],
     train_targets: np.ndarray,
-    val_texts: Sequence[str],
-    val_targets: np.ndarray,
+    val_texts: Sequence[str] | None,
+    val_targets: np.ndarray | None,
     *,
     checkpoint: str,
     params: TrainSettings,
     tune: ThresholdTuner,
     on_epoch: OnEpoch = ignore_epoch,
     select: str = "primary",
+    weights: np.ndarray | None = None,
+    epochs: int | None = None,
 ) -> FitResult:
     """Fine-tune BERT with K sigmoid outputs: class-weighted BCE, AdamW with linear warm-up and
     decay, dynamic padding, bf16 autocast on CUDA, thresholds tuned on validation by `tune` each epoch,
     early stopping on the validation metric `select` (`pipelines.training.loop.run_epochs`; log-anomaly:
     PR-AUC, threshold-free; the primary metric breaks ties and stands in where it is undefined). The result holds
-    the kept epoch's validation probabilities (`val_probs`, (N, K)) for the training report."""
+    the kept epoch's validation probabilities (`val_probs`, (N, K)) for the training report.
+
+    `weights` ((N,), `compact_training_set`'s) weigh each example's loss. With `val_texts` None there is no
+    validation: it trains for exactly `epochs` epochs (default `params.epochs`) and keeps the last.
+    """
     import torch
     from transformers import get_linear_schedule_with_warmup
 
@@ -95,11 +108,14 @@ def fine_tune(
     targets = torch.tensor(train_targets, dtype=torch.float32)
     positives = targets.sum(0)
     pos_weight = ((len(targets) - positives) / positives.clamp(min=1)).clamp(1.0, 50.0).to(device)
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction="none")
+    example_weights = torch.ones(len(encoded)) if weights is None else torch.tensor(weights, dtype=torch.float32)
+    example_weights = example_weights / example_weights.mean()
+    epochs = epochs or params.epochs
 
     steps_per_epoch = math.ceil(len(encoded) / params.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
-    schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps_per_epoch * params.epochs), steps_per_epoch * params.epochs)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps_per_epoch * epochs), steps_per_epoch * epochs)
     generator = torch.Generator().manual_seed(params.seed)
 
     def train_epoch() -> float:
@@ -109,27 +125,35 @@ def fine_tune(
             batch = tokenizer.pad({"input_ids": [encoded[j] for j in idx]}, return_tensors="pt").to(device)
             with autocast(device):
                 logits = model(**batch).logits.float()
-            total += optimizer_step(loss_fn(logits, targets[idx].to(device)), model, optimizer, schedule) * len(idx)
+            loss = (loss_fn(logits, targets[idx].to(device)).mean(dim=1) * example_weights[idx].to(device)).mean()
+            total += optimizer_step(loss, model, optimizer, schedule) * len(idx)
         return total / len(encoded)
 
     def validate() -> Validation:
+        if val_texts is None or val_targets is None:  # a refit: nothing held out, the last epoch is kept
+            return Validation({})
         probs = predict_proba(model, tokenizer, val_texts, batch_size=params.batch_size * 2, max_length=params.max_length, device=device)
         val_loss = float(torch.nn.functional.binary_cross_entropy(torch.tensor(probs).clamp(1e-6, 1 - 1e-6), torch.tensor(val_targets, dtype=torch.float32)))
         thresholds, metrics = tune(val_targets, probs)
         return Validation({"val_loss": val_loss, **metrics}, extra=(thresholds, probs))
 
+    refit_epochs = itertools.count(1)  # run_epochs ranks each epoch once
+
     def rank(metrics: dict[str, float]) -> tuple[float, float]:
+        if val_texts is None:  # a refit keeps its last epoch
+            return (float(next(refit_epochs)), 0.0)
         chosen = metrics.get(select, metrics["primary"])
         return (chosen if np.isfinite(chosen) else -np.inf, metrics["primary"])
 
-    run = run_epochs(model, epochs=params.epochs, patience=params.patience, train_epoch=train_epoch, validate=validate,
-                     rank=rank, on_epoch=on_epoch, logger=log)
-    thresholds, probs = run.best.extra
+    run = run_epochs(model, epochs=epochs, patience=params.patience if val_texts is not None else epochs, train_epoch=train_epoch,
+                     validate=validate, rank=rank, on_epoch=on_epoch, logger=log)
+    thresholds, probs = run.best.extra if run.best.extra is not None else ([], None)
     return FitResult(model, tokenizer, thresholds, run.history, run.best.epoch, run.best.metrics, device, time.perf_counter() - started,
                      val_probs=probs)
 
 
-def probe_head(checkpoint: str, texts: Sequence[str], y: np.ndarray, params: TrainSettings, out_dir: Path) -> str:
+def probe_head(checkpoint: str, texts: Sequence[str], y: np.ndarray, params: TrainSettings, out_dir: Path,
+               weights: np.ndarray | None = None) -> str:
     """The linear probe of LP-FT: fit each of the K outputs' head on the frozen encoder's text vectors (balanced
     logistic regression), write the classifier with that head into a checkpoint at `out_dir`, and return it.
 
@@ -156,7 +180,7 @@ def probe_head(checkpoint: str, texts: Sequence[str], y: np.ndarray, params: Tra
     bias = np.full(y.shape[1], -4.0, dtype=np.float32)  # a label without examples starts (and likely stays) at "no"
     for k in range(y.shape[1]):
         if 0 < y[:, k].sum() < len(y):
-            probe = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000).fit(features, y[:, k])
+            probe = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000).fit(features, y[:, k], sample_weight=weights)
             weight[k], bias[k] = probe.coef_[0], probe.intercept_[0]
     with torch.no_grad():
         model.classifier.weight.copy_(torch.from_numpy(weight))
@@ -166,14 +190,14 @@ def probe_head(checkpoint: str, texts: Sequence[str], y: np.ndarray, params: Tra
     return str(out_dir)
 
 
-def probed_fine_tune(texts: Sequence[str], targets: np.ndarray, val_texts: Sequence[str], y_val: np.ndarray, *, checkpoint: str,
-                      params: TrainSettings, linear_probe: bool = True, **options: Any) -> FitResult:
+def probed_fine_tune(texts: Sequence[str], targets: np.ndarray, val_texts: Sequence[str] | None, y_val: np.ndarray | None, *,
+                     checkpoint: str, params: TrainSettings, linear_probe: bool = True, **options: Any) -> FitResult:
     """`fine_tune` of `checkpoint`, starting from the linear probe's head (`probe_head`) when `linear_probe`: LP-FT.
-    `options` go to `fine_tune` (tune, on_epoch, select)."""
+    `options` go to `fine_tune` (tune, on_epoch, select, weights, epochs)."""
     if not linear_probe:
         return fine_tune(texts, targets, val_texts, y_val, checkpoint=checkpoint, params=params, **options)
     with tempfile.TemporaryDirectory(prefix="nightshift-probe-") as tmp:
-        probed = probe_head(checkpoint, texts, targets, params, Path(tmp))
+        probed = probe_head(checkpoint, texts, targets, params, Path(tmp), options.get("weights"))
         return fine_tune(texts, targets, val_texts, y_val, checkpoint=probed, params=params, **options)
 
 
@@ -191,7 +215,7 @@ def classifier_requirements() -> list[str]:
 
 
 def classifier_candidate(result: FitResult, *, checkpoint: str, params: TrainSettings, snapshot: Snapshot, meta: dict[str, Any],
-                         example: list[str], baseline: dict[str, float] | None = None,
+                         example: pd.DataFrame, baseline: dict[str, float] | None = None,
                          details: dict[str, Any] | None = None, outcome_metrics: Sequence[str] = OUTCOME_FAMILY_METRICS) -> Candidate:
     """A text classifier's fit (a fine-tuned BERT, or whichever family `choose_family` picked) as the candidate
     to register: a `TextClassifier` pyfunc over its checkpoint, with `nightshift.json` holding `meta`, the family,
@@ -221,7 +245,7 @@ def classifier_candidate(result: FitResult, *, checkpoint: str, params: TrainSet
         write_meta(ckpt, {**meta, "family": result.family, "thresholds": result.thresholds, "max_length": params.max_length,
                           "normalizer": "nightshift_models.normalize.normalize", "base_model": checkpoint,
                           "snapshot_hash": snapshot.content_hash, **result.extras})
-        return TextClassifier(), {"checkpoint": str(ckpt)}, pd.DataFrame({"message": example})
+        return TextClassifier(), {"checkpoint": str(ckpt)}, example.reset_index(drop=True)
 
     families = {}
     if result.family_metrics:

@@ -3,8 +3,7 @@ with patience, and the best epoch's weights restored at the end (`run_epochs`).
 
 What an epoch trains on and how it is validated stay with each model, handed in as callables:
 `pipelines.training.fine_tune.fine_tune` (the BERT classifiers of log-anomaly and failure-rca) and
-`pipelines.tasks.metric_forecast.fit_forecaster` (the LSTM). Also here: the seeding and the time split
-both start from.
+`pipelines.tasks.metric_forecast.fit_forecaster` (the LSTM). Also here: the seeding both start from.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-import pandas as pd
 
 from pipelines.errors import InputError
 from pipelines.telemetry import get_logger, gpu_telemetry
@@ -77,13 +75,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def split_by_time(frame: pd.DataFrame, validation_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Oldest rows train, newest rows validate: the model is judged on the future, as in production."""
-    frame = frame.sort_values("timestamp", kind="stable")
-    cut = int(round(len(frame) * (1 - validation_fraction)))
-    return frame.iloc[:cut], frame.iloc[cut:]
 
 
 def optimizer_step(loss, model, optimizer, schedule, max_grad_norm: float = 1.0) -> float:

@@ -124,7 +124,7 @@ def test_better_challenger_is_promoted(registry, capsys, tmp_path):
     page = client.get_model_version(NAME, "2").description
     assert page.startswith("### Promoted: v2 is the champion, replacing v1")
     assert all(f"- {reason}" in page for reason in out["reasons"])
-    assert "| metric | v2 (this version) | v1 (champion) | tfidf (baseline) |" in page and "| **f1** (primary) |" in page
+    assert "| metric | v2 (this version) | v1 (champion) | reference (baseline) | tfidf (baseline) |" in page and "| **f1** (primary) |" in page
     assert "[drift report](#/experiments/" in page and "/artifactPath/promotion/decision.json)" in page
     assert main(["promote", NAME]) == 2  # nothing waits for the gate any more
     assert "no version waits for the gate" in capsys.readouterr().err

@@ -65,12 +65,17 @@ def test_failure_jobs_one_row_per_failed_job_and_clear_errors():
 
 def test_threshold_sits_mid_gap_and_metrics_are_micro_and_macro():
     from pipelines.tasks.failure_rca import multilabel_report
-    from pipelines.training.classification import tune_threshold
+    from pipelines.training.classification import MIN_TUNING_POSITIVES, tune_threshold
 
-    assert tune_threshold(np.array([1, 1, 0, 0]), np.array([0.9, 0.8, 0.3, 0.1])) == pytest.approx(0.55)
+    assert MIN_TUNING_POSITIVES == 5
+    y = np.array([1] * 5 + [0] * 5)
+    assert tune_threshold(y, np.array([0.9, 0.85, 0.8, 0.8, 0.8, 0.3, 0.2, 0.2, 0.1, 0.1])) == pytest.approx(0.55)
     assert tune_threshold(np.array([0, 0]), np.array([0.9, 0.1])) == 0.5  # no positive to tune on
+    # too few positives to tune on: the calibrated 0.5, not a threshold that follows four scores to the floor
+    assert tune_threshold(np.array([1, 1, 1, 1, 0, 0]), np.array([0.02, 0.018, 0.018, 0.017, 0.016, 0.001])) == 0.5
     # One positive below a negative: the best F1 keeps both above the threshold.
-    assert tune_threshold(np.array([1, 0, 1, 0]), np.array([0.9, 0.7, 0.6, 0.1])) == pytest.approx(0.35)
+    y = np.array([1, 1, 1, 1, 0, 1, 0, 0])
+    assert tune_threshold(y, np.array([0.95, 0.9, 0.9, 0.9, 0.7, 0.6, 0.1, 0.1])) == pytest.approx(0.35)
 
     y = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0]], dtype=bool)
     pred = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0]], dtype=bool)

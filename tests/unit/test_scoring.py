@@ -95,6 +95,36 @@ def test_messages_the_model_reads_as_one_text_are_scored_once(home):
     np.testing.assert_array_equal(np.vstack([first, second]), Recording().probabilities(messages))
 
 
+def test_each_documents_level_reaches_a_version_that_reads_it(home):
+    """A version trained with the level (`context_fields`) reads `[level] message`: the same message at two levels is
+    two texts to the model, each scored with its own level, and the documents' `log.level` is where scoring finds it."""
+    import numpy as np
+
+    from nightshift_models.text_classifier import TextClassifier, model_texts
+    from pipelines.config import load_settings
+    from pipelines.data.records import doc_context
+    from serving.score_logs import TextCache
+
+    class Recording(TextClassifier):
+        def __init__(self):
+            super().__init__()
+            self.meta, self.read = {"context_fields": ["level"]}, []
+
+        def probabilities(self, messages, batch_size=64, context=None):
+            texts = model_texts(messages, ["level"], context)
+            self.read.append(texts)
+            return np.array([[0.9 if t.startswith("[error]") else 0.1] for t in texts], dtype=np.float32)
+
+    docs = [{"message": "disk full on <PATH>", "log": {"level": "ERROR"}}, {"message": "disk full on <PATH>", "log": {"level": "info"}},
+            {"message": "disk full on <PATH>"}]
+    context = doc_context(docs, load_settings().fields, ("level",))
+    assert context == {"level": ["ERROR", "info", None]}
+    model = Recording()
+    probs = TextCache(100).probabilities(model, [d["message"] for d in docs], 64, context=context)
+    assert model.read == [["[error] disk full on <PATH>", "[info] disk full on <PATH>", "[-] disk full on <PATH>"]]
+    np.testing.assert_allclose(probs[:, 0], [0.9, 0.1, 0.1])
+
+
 def test_windows_gather_until_a_model_call_has_enough_new_texts(home, monkeypatch):
     """Windows with few new texts join the next ones, so the model gets `score.sort_window` new texts per call (the
     last call takes what is left); `score.max_pending` caps the documents held meanwhile; documents come out in

@@ -33,8 +33,9 @@ def test_compact_training_set_keeps_positives():
 
     texts = ["a"] * 50 + ["b", "c", "d"] + ["bad"] * 5
     y = np.array([[0]] * 53 + [[1]] * 5, dtype=np.float32)
-    out_texts, out_y = compact_training_set(texts, y, limit=3, seed=0)
+    out_texts, out_y, weights = compact_training_set(texts, y, limit=3, seed=0)
     assert out_texts.count("bad") == 1 and out_y.sum() == 1 and len(out_texts) == 3
+    assert weights[out_texts.index("bad")] == pytest.approx(1 + np.log(5))  # five rows: weighed, not repeated
 
 
 @pytest.mark.slow  # trains two versions: `make test-fast` leaves it out
