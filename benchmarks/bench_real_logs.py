@@ -61,12 +61,8 @@ def run(quick: bool = False) -> list[dict]:
         reference = reference_logreg(train_rows["message"].tolist(), train_rows["anomaly"].astype(bool).to_numpy())
         ref = binary_report(y_test, reference.predict_proba(test_rows["message"].tolist())[:, 1], 0.5)
 
-        contenders = {"served (every family)": base.candidates.families}
-        for family in base.candidates.families.split(","):
-            if not (quick and family == "bert"):
-                contenders[family] = family
-        if quick:
-            contenders["served (every family)"] = "tfidf,embedding"
+        every = [f for f in base.candidates.families.split(",") if not (quick and f == "bert")]
+        contenders = {f"served (chosen among {', '.join(every)})": ",".join(every), **{f: f for f in every}}
         rows = []
         for name, families in contenders.items():
             settings = dataclasses.replace(base, candidates=dataclasses.replace(base.candidates, families=families))
