@@ -1,12 +1,12 @@
 """The competition between text-classifier families, shared by `log-anomaly` (K=1) and `failure-rca` (K labels).
 
-Each night every family in `candidates.families` trains on the same texts and is scored on the same
-validation split (`fit_families`): tfidf (`nightshift_models.baselines.tfidf_logreg`, word + character
-n-grams, one-vs-rest logistic regression when K > 1), embedding (`nightshift_models.baselines.EmbeddingLogReg`,
-the frozen encoder of the checkpoint with a logistic-regression head) and bert (the task's own fine-tune,
-given as `fit_bert`). `choose_family` keeps the best on the task's primary metric, the cheaper on a tie;
+Reading order: `choose_selection` (the folds: one row-sized `selection_split`, or `forward_chaining_folds` when
+positives are few) -> `fit_families` (every family in `candidates.families` scored out of fold on those folds: tfidf
+(`nightshift_models.baselines.tfidf_logreg`, word + character n-grams, one-vs-rest logistic regression when K > 1),
+embedding (`nightshift_models.baselines.EmbeddingLogReg`, the frozen encoder of the checkpoint with a
+logistic-regression head) and bert (the task's own fine-tune, a `BertFit`)) -> `choose_family` (the best
+out-of-fold primary metric, the cheaper on a tie) -> `refit` (the winner on every labelled row).
 `pipelines.training.fine_tune.classifier_candidate` logs every contender's metrics as `FAMILY.METRIC` on the run.
-Both tasks choose on `selection_split`: time, plus whole message templates held out of training.
 """
 
 from __future__ import annotations
@@ -352,9 +352,9 @@ def refit(result: FitResult, texts: Sequence[str], targets: np.ndarray, *, check
 
 
 def choose_family(fits: dict[str, FitResult], metric: str = "primary", tie: float = 1e-9) -> FitResult:
-    """The family with the best validation `metric` (the task's primary); within `tie` of it, the cheapest (the
+    """The family with the best out-of-fold `metric` (the task's primary); within `tie` of it, the cheapest (the
     order of `fits`, cheapest first); an undefined metric never wins while another is defined. The winner's
-    `family_metrics` holds every contender's validation metrics."""
+    `family_metrics` holds every contender's out-of-fold metrics."""
     scores = {name: fit.best_metrics.get(metric, float("nan")) for name, fit in fits.items()}
     best = max((v for v in scores.values() if np.isfinite(v)), default=float("nan"))
     winner = next((name for name, v in scores.items() if np.isfinite(v) and v >= best - tie), next(iter(fits)))
