@@ -555,3 +555,25 @@ def test_a_version_trained_with_the_level_reads_it_from_an_optional_column(setti
     inner = model.unwrap_python_model()
     assert inner.meta["context_fields"] == ["level"]
     assert inner.probabilities([line], context={"level": ["error"]})[0, 0] == pytest.approx(with_level[0], abs=1e-6)
+
+
+def test_the_root_cause_model_gives_no_label_to_text_that_describes_no_failure(settings, train_snapshot, monkeypatch):
+    """Trained with the snapshot's ordinary lines as no-failure texts and one pooled threshold, failure-rca names no
+    cause for a greeting, a healthy request or a training step, and each label's threshold sits above what those
+    texts score on it; a real failure still gets its cause."""
+    import mlflow
+
+    from pipelines.config import load_settings
+    from pipelines.tasks.failure_rca import train_failure_rca
+
+    monkeypatch.setenv("NIGHTSHIFT_CANDIDATES_FAMILIES", "tfidf")
+    out = train_failure_rca(train_snapshot.path, load_settings()).to_dict()
+    model = mlflow.pyfunc.load_model(f"models:/failure-rca/{out['version']}")
+    quiet = ["hello world", "INFO Nginx request 200 OK", "GET /healthz 200", "training step 100 loss 0.31"]
+    pred = model.predict(pd.DataFrame({"message": quiet}))
+    assert pred["labels"].map(len).eq(0).all(), pred["labels"].tolist()
+    inner = model.unwrap_python_model()
+    scores = inner.probabilities(quiet)
+    assert (scores < np.asarray(inner.thresholds)[None, :]).all()
+    failure = model.predict(pd.DataFrame({"message": ["OSError: [Errno 28] No space left on device: '/data/ckpt/run1/model.pt'"]}))
+    assert failure["labels"][0][:1] == ["Disk_Full"]
