@@ -138,7 +138,11 @@ def test_train_forecast_push_and_read_back(stack, small_forecaster, settings, mo
         bad = query(stack.prometheus, f'ai_forecast_request_latency_p99_seconds{{quantile="{low}"}} > ignoring(quantile) '
                                       f'ai_forecast_request_latency_p99_seconds{{quantile="{high}"}}')
         assert bad == []
-    leads = {r["metric"]["horizon"] for r in query(stack.prometheus, 'ai_forecast_quota_group_use_ratio{quantile="0.5"}')}
+    # every group's push lands in its own scrape: wait until the quota groups' forecasts are there too
+    deadline = time.monotonic() + 30
+    while (len(leads := {r["metric"]["horizon"] for r in query(stack.prometheus, 'ai_forecast_quota_group_use_ratio{quantile="0.5"}')}) < 8
+           and time.monotonic() < deadline):
+        time.sleep(0.5)
     assert leads == {"15m", "30m", "45m", "1h", "1h15m", "1h30m", "1h45m", "2h"}
     # The forecast sits near the actual level (GPU memory in MiB and ratios alike).
     near = query(stack.prometheus, 'abs(ai_forecast_quota_group_use_ratio{horizon="15m",quantile="0.5"} - on(group) '
