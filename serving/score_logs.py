@@ -92,8 +92,8 @@ class TextCache:
         if missing:
             rows = list(missing.values())
             sent = [texts[i] for i in rows]
-            probs = (classifier.probabilities(sent, batch_size, {f: [(context or {}).get(f, [None] * len(texts))[i] for i in rows]
-                                                                  for f in fields})
+            columns = {f: (context or {}).get(f) or [None] * len(texts) for f in fields}
+            probs = (classifier.probabilities(sent, batch_size, {f: [column[i] for i in rows] for f, column in columns.items()})
                      if fields else classifier.probabilities(sent, batch_size))
             self.rows.update(zip(missing, probs))
         out = np.stack([self.rows[k] for k in keys])
