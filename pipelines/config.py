@@ -282,6 +282,7 @@ class InputSettings:
     anomaly_false: str = "false,0,normal,-,no"  # label values read as normal ("-": BGL's mark for a non-alert line)
     metric_timestamp: str = "timestamp"  # metric CSV: the timestamp column
     metric_value: str = "value"  # metric CSV: the value column (other columns are labels; `__name__` names the metric)
+    show_chars: int = 300  # a value shown to a person (CLI, reports, version pages) is cut to this many characters, its full size stated
 
 # ---- end of inputs --------------------------------------------------------------------------------------
 
@@ -306,6 +307,11 @@ class ServeSettings:
     min_history: float = 0.5  # share of the forecaster's lookback that must be observed (prometheus.max_gap_fraction's complement)
     short_history: str = "refuse"  # a forecast from a shorter history: refuse (422 / per-series error) | flag (answer, marked)
     threads: int = 0  # torch threads for the forward passes (0: torch's default)
+    api_keys_file: str = ""  # file of API keys, one per line "NAME SHA256-HEX SCOPE[,SCOPE]" (scopes: score, admin); also NIGHTSHIFT_SERVE_API_KEYS_FILE
+    metrics_public: bool = False  # /metrics answers without a key (true: for a Prometheus that scrapes without one)
+    rate_limit: str = "600/minute"  # requests per API key (the `limits` library's notation); empty: no limit
+    tls_certfile: str = ""  # PEM certificate chain: serve HTTPS (with tls_keyfile)
+    tls_keyfile: str = ""  # its PEM private key
 
 # ---- end of serve ---------------------------------------------------------------------------------------
 
