@@ -101,12 +101,12 @@ def nightly_retrain():
         branches go on) when its snapshot failed validation or holds nothing that model learns from."""
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from pipelines.flow import stop_if_invalid, train_candidate
+        from pipelines.flow import stop_if_invalid, train_candidate, untrained_reason
 
         if reason := stop_if_invalid(validation, model, _settings()):
             raise AirflowSkipException(reason)
         if (outcome := train_candidate(night, model, snapshot, _settings())) is None:
-            raise AirflowSkipException(f"nothing in the training window that {model} learns from (e.g. no failed job with root causes)")
+            raise AirflowSkipException(untrained_reason(night, model) or f"nothing in the training window that {model} learns from")
         return outcome
 
     @task(outlets=[METRIC_SNAPSHOTS])

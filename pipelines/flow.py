@@ -26,7 +26,7 @@ from pipelines.data.ingest import ingest_logs
 from pipelines.data.records import RecordError
 from pipelines.data.snapshots import SnapshotError, load_snapshot
 from pipelines.data.validation import FAILED, brief, record_stopped_run, validate_snapshot, verdict
-from pipelines.errors import NightFailed, NightshiftError
+from pipelines.errors import NightFailed, NightshiftError, TrainingDataError
 from pipelines.night_report import summary_path, try_night_report
 from pipelines.registry.gate import judge_first_version, promote
 from pipelines.registry.store import ABANDONED, CHALLENGER, CHAMPION, alias_version, prepare_store, use_store
@@ -34,7 +34,6 @@ from pipelines.resources import project_dir
 from pipelines.sources.prometheus import MetricDataError, ingest_metrics, named_queries
 from pipelines.storage import StoragePath
 from pipelines.tasks import TASKS, task
-from pipelines.tasks.failure_rca import NoFailuresError
 from pipelines.telemetry import get_logger
 from serving.forecasts import forecast
 from serving.score_logs import score_logs
@@ -234,9 +233,22 @@ def clean_stale_attempts(model: str, snapshot: str, settings: Settings) -> dict:
     return {"killed_runs": killed, "abandoned_versions": abandoned}
 
 
+def untrained_file(plan: dict, model: str) -> StoragePath:
+    """Where a night records why `model` trained nothing (`train_candidate`)."""
+    return storage.path(plan["summary_file"]).parent / "untrained" / f"{model}.json"
+
+
+def untrained_reason(plan: dict, model: str) -> str | None:
+    """Why `model` trained nothing this night, in one line; None when nothing says it did not train."""
+    why = untrained_file(plan, model)
+    return json.loads(why.read_text())["reason"] if why.exists() else None
+
+
 def train_candidate(plan: dict, model: str, snapshot: str, settings: Settings) -> dict | None:
     """Train and register one model's candidate from the night's training snapshot; None when the
-    window has nothing that model learns from (a night without labelled failed jobs, for failure-rca).
+    window has nothing that model learns from (no labelled failed job for failure-rca, fewer anomalous rows than
+    `candidates.min_positives`, ...): the reason goes to the log in one line and to `untrained_file` for the night's
+    summary (`untrained_reason`), and the champion keeps serving.
 
     A retry starts clean (`clean_stale_attempts`); torch uses `train.cpu_threads` threads when set.
     """
@@ -247,8 +259,9 @@ def train_candidate(plan: dict, model: str, snapshot: str, settings: Settings) -
         torch.set_num_threads(settings.train.cpu_threads)
     try:
         return task(model).train(storage.path(snapshot), settings, plan["base_model"] or None).to_dict()
-    except NoFailuresError as exc:
-        log.info("no candidate tonight", extra={"model": model, "reason": str(exc)})
+    except TrainingDataError as exc:  # the same snapshot would fail the same way on a retry
+        log.warning("no candidate tonight", extra={"model": model, "reason": str(exc)})
+        storage.write_text(untrained_file(plan, model), json.dumps({"model": model, "reason": str(exc)}))
         return None
 
 
@@ -313,6 +326,8 @@ def write_summary(plan: dict, outcomes: dict, scoring: dict | None, forecasts: d
             return {"decision": "failed", "reason": f"task {', '.join(tasks)} failed; the champion stays", "failed_tasks": tasks}
         if failed:
             return {"decision": "skipped", "reason": f"not trained: validation failed ({', '.join(failed)})"}
+        if why := untrained_reason(plan, name):
+            return {"decision": "skipped", "reason": f"not trained: {why}"}
         return {"decision": "skipped", "reason": f"not trained: task {', '.join(failed_tasks)} failed" if failed_tasks else "not trained"}
 
     outcomes = {name: o if o is not None else missing(name) for name, o in outcomes.items()}

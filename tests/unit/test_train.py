@@ -119,3 +119,28 @@ def test_unusable_snapshot_registers_nothing(settings, tmp_path, tiny_bert):
     with pytest.raises(TrainingDataError, match="labels.anomaly"):
         train_log_anomaly(snap.path, settings, str(tiny_bert))
     assert use_store(settings).search_registered_models() == []
+
+
+def test_a_night_with_too_few_anomalies_trains_nothing_and_its_summary_says_why(settings, tmp_path, tiny_bert, caplog):
+    import json
+
+    from pipelines.cli import parse_time
+    from pipelines.data.ingest import ingest_logs
+    from pipelines.flow import describe, train_candidate, write_summary
+    from pipelines.registry.store import use_store
+
+    src = tmp_path / "two-alerts.ndjson"
+    src.write_text("".join(json.dumps({"@timestamp": f"2026-11-16T{h:02d}:00:00Z", "message": f"disk {h} failed" if h < 2 else f"ok {h}",
+                                       "labels": {"anomaly": h < 2}}) + "\n" for h in range(24)))
+    snap = ingest_logs(f"file://{src}", parse_time("2026-11-16"), parse_time("2026-11-17"), tmp_path / "s", settings)
+    plan = {"logical_date": "2026-11-17", "summary_file": str(tmp_path / "runs" / "2026-11-17" / "summary.json"), "base_model": str(tiny_bert)}
+    assert settings.candidates.min_positives == 3  # the production default: two anomalous rows are too few
+    assert train_candidate(plan, "log-anomaly", str(snap.path), settings) is None
+    assert use_store(settings).search_registered_models() == []
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "no candidate tonight" in r.getMessage()]
+    assert said, "the log says the model trained nothing"
+    summary = write_summary(plan, {"log-anomaly": None}, {"scored": 0, "skipped": "no log-anomaly champion yet"})
+    reason = summary["models"]["log-anomaly"]["reason"]
+    assert summary["models"]["log-anomaly"]["decision"] == "skipped"
+    assert "2 positive row(s) of 24" in reason and "candidates.min_positives=3" in reason and "\n" not in reason
+    assert reason in describe(summary)
