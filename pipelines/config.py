@@ -353,6 +353,8 @@ class PromotionSettings:
     decay_tolerance: float = 0.1  # champion primary drop on the fresh window vs its own validation score
     lock_timeout: float = 300.0  # seconds to wait for the promotion lock; longer than lock_lease, so a retried gate outlasts a crashed one's lock
     lock_lease: float = 120.0  # a remote lock held by the same owner this long is taken as abandoned and broken
+    auto_rollback: bool = True  # a decayed champion that @previous beats on the same fresh window (by `margin`) is rolled back to it
+    rollback_quiet_days: float = 7.0  # no automatic rollback to a version rolled back from for decay this recently (no flapping)
 
 
 @dataclass(frozen=True)
