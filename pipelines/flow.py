@@ -31,6 +31,7 @@ from pipelines.night_report import summary_path, try_night_report
 from pipelines.registry.gate import judge_first_version, promote
 from pipelines.registry.store import ABANDONED, CHALLENGER, CHAMPION, alias_version, prepare_store, use_store
 from pipelines.resources import project_dir
+from pipelines.signals import publish_signals
 from pipelines.sources.prometheus import MetricDataError, ingest_metrics, named_queries
 from pipelines.storage import StoragePath
 from pipelines.tasks import TASKS, task
@@ -277,7 +278,7 @@ def gate_candidate(model: str, candidate: dict | None, holdout: str | None, sett
         gate = promote(model, settings, holdout=holdout, version=candidate["version"])
     return {**candidate, "decision": gate["decision"],
             "promotion": {k: gate.get(k) for k in ("reason", "champion", "champion_now", "challenger_metrics", "champion_metrics",
-                                                    "drift", "champion_decay")}}
+                                                    "drift", "champion_decay", "rollback")}}
 
 
 def score_fresh(plan: dict, settings: Settings) -> dict:
@@ -314,7 +315,8 @@ def write_summary(plan: dict, outcomes: dict, scoring: dict | None, forecasts: d
                   failed_tasks: list[str] | None = None, settings: Settings | None = None) -> dict:
     """The night's summary (`summary.json` under the night's folder): each model's outcome, scoring,
     validation, forecasts, and the tasks that failed (a model whose task failed says which). With
-    `settings`, the night's HTML report is written beside it too (`report`: its path, or None)."""
+    `settings`, the night's signals are pushed to the Pushgateway first (`signals`: `push_signals`), and the
+    night's HTML report is written beside it (`report`: its path, or None)."""
     night = storage.path(plan["summary_file"]).parent
     validation = {p.stem: json.loads(p.read_text()) for p in sorted((night / "validation").glob("*.json"), key=lambda p: p.name)}
     failed = [suite for suite, v in validation.items() if v["status"] == "failed"]
@@ -339,10 +341,23 @@ def write_summary(plan: dict, outcomes: dict, scoring: dict | None, forecasts: d
         outcomes[shadow["model"]] = {**outcomes[shadow["model"]], "shadow": {k: v for k, v in shadow.items() if k not in ("model", "version")}}
     summary = {"logical_date": plan["logical_date"], "models": outcomes, "scoring": scoring, "validation": validation,
                "forecasts": forecasts, "failed_tasks": failed_tasks}
+    if settings is not None:
+        summary["signals"] = push_signals(summary, settings)
     storage.write_text(storage.path(plan["summary_file"]), json.dumps(summary, indent=2, default=str))
     if settings is not None:
         summary["report"] = try_night_report(settings, plan["logical_date"])
     return summary
+
+
+def push_signals(summary: dict, settings: Settings) -> dict:
+    """The night's platform signals to the Pushgateway (`pipelines.signals.publish_signals`); a Pushgateway or registry
+    that does not answer is logged and said in the result (`error`), since the night's work is done: Prometheus then
+    sees no new success and its alert on a failed night fires."""
+    try:
+        return publish_signals(summary, settings)
+    except NightshiftError as exc:
+        log.warning("signals not pushed", extra={"error": str(exc)})
+        return {"error": str(exc)}
 
 
 def task_id(step: str, model: str) -> str:
@@ -446,13 +461,17 @@ def describe(summary: dict) -> str:
     lines = [f"night {summary['logical_date']}"] + ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     for suite, v in summary.get("validation", {}).items():
         lines.append(f"  validation {suite}: {v['status']} ({v['statistics']['successful']}/{v['statistics']['evaluated']} expectations met) -> {v['data_docs']}")
-        lines += [f"    failed {f['check']} ({f['expectation']}) on {f['rows']} of {f['of']} rows, e.g. {json.dumps(f['examples'][:2], default=str)}"
+        lines += [f"    failed {f['check']} ({f['expectation']}) on {f['rows']} of {f['of']} rows, e.g. {json.dumps(f['examples'][:2], default=str, ensure_ascii=False)}"
                   for f in v["failed"]]
     lines += [f"  {name} {o['decision']}: {o['reason']}" for name, o in summary["models"].items() if o.get("decision") in ("skipped", "failed")]
     if summary.get("failed_tasks"):
         lines.append(f"  failed tasks: {', '.join(summary['failed_tasks'])}")
     lines += [f"  {name} v{o['version']} {o['decision']}: {o['promotion']['reason']}" for name, o in summary["models"].items()
               if o.get("promotion")]
+    for name, o in summary["models"].items():
+        if rollback := (o.get("promotion") or {}).get("rollback"):
+            what = f"rolled back v{rollback['from']} -> v{rollback['to']}" if rollback["status"] == "rolled_back" else "not rolled back"
+            lines.append(f"  {name} champion {what}: {rollback['reason']}")
     s = summary.get("scoring")
     if s and s.get("skipped"):
         lines.append(f"  scoring skipped: {s['skipped']}")
@@ -469,6 +488,11 @@ def describe(summary: dict) -> str:
         lines.append(f"  forecasts not pushed: {f['skipped']}")
     elif f:
         lines.append(f"  pushed {f['horizon']} forecasts of {f['series']} series with {f['model']} v{f['version']} -> {f['pushgateway']}")
+    signals = summary.get("signals")
+    if signals and signals.get("error"):
+        lines.append(f"  signals not pushed: {signals['error']}")
+    elif signals and signals.get("models"):
+        lines.append(f"  pushed the signals of {len(signals['models'])} models -> {signals['pushgateway']} (job {signals['job']})")
     return "\n".join(lines)
 
 

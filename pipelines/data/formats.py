@@ -16,6 +16,9 @@ Reading order:
      `anomaly-tsv` (`label<TAB>text`, label in the `[inputs]` spellings) and
      `rca-tsv` (`LABEL[,LABEL…]<TAB>text`, one failed job per line, job id `FILE:LINE`).
 4. Metric CSVs (`timestamp,value[,label columns]`): `sniff_metric_format`, `metric_csv_samples`.
+
+Whatever the bytes, a reader yields documents or raises nightshift's own error: `RecordError` naming the file, the
+line or row and the field, or `InputError` naming the file when the file as a whole is damaged.
 """
 
 from __future__ import annotations
@@ -25,14 +28,25 @@ import gzip
 import io
 import json
 import re
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Literal
 
 from pipelines.config import EPOCH_UNITS, INPUT_FORMATS, ConfigError, InputSettings, LogFields
-from pipelines.data.records import AnomalyLabels, RecordError, format_timestamp, parse_timestamp, root_causes, set_field
+from pipelines.data.records import (
+    SHOW_CHARS,
+    AnomalyLabels,
+    RecordError,
+    format_timestamp,
+    parse_timestamp,
+    quoted,
+    root_causes,
+    set_field,
+)
 from pipelines.errors import InputError
+from pipelines.pages import truncate
 
 GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"
@@ -66,6 +80,11 @@ class ReadContext:
         return cls(fields, AnomalyLabels.from_settings(inputs), inputs.epoch_unit)
 
 
+def _reason(exc: BaseException) -> str:
+    """A library's reason for an error message: one line, cut to `SHOW_CHARS` (Arrow's span several lines)."""
+    return truncate(" ".join(str(exc).split()), SHOW_CHARS)
+
+
 # ---- bytes and lines -------------------------------------------------------------------------------------
 
 def open_binary(path: Path) -> BinaryIO | gzip.GzipFile:
@@ -85,7 +104,7 @@ def head_text(path: Path) -> list[str]:
         with open_binary(path) as fh:
             data = fh.read(SNIFF_BYTES)
     except (OSError, EOFError, zlib.error) as exc:
-        raise InputError(f"{path.name}: the gzip stream is damaged ({exc})") from None
+        raise InputError(f"{path.name}: the gzip stream is damaged ({_reason(exc)})") from None
     lines = data.removeprefix(BOM).decode("utf-8", errors="replace").splitlines()
     if len(data) == SNIFF_BYTES and lines:
         lines = lines[:-1]
@@ -109,7 +128,38 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
                     raise RecordError(f"{path.name}:{number}", "(line)", f"is not UTF-8 text (byte {exc.start + 1})") from None
                 yield number, text.rstrip("\r\n")
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise InputError(f"{path.name}: the gzip stream is damaged after line {number} ({exc})") from None
+        raise InputError(f"{path.name}: the gzip stream is damaged after line {number} ({_reason(exc)})") from None
+
+
+def csv_rows(path: Path, delimiter: str, quoting: Literal[0, 1, 2, 3] = csv.QUOTE_MINIMAL) -> Iterator[tuple[int, list[str]]]:
+    """(line number, cells) of each row of a CSV/TSV file: UTF-8 without the BOM, plain or gzip. The number is the
+    row's last line (a quoted cell may span lines).
+
+    Raises RecordError `FILE:LINE` (field `(line)`) for a line that is not UTF-8 or not CSV, InputError for a damaged
+    gzip stream.
+    """
+    # surrogateescape: a bad byte is refused with its own line, not with whichever line the decoder's read-ahead was on
+    with io.TextIOWrapper(open_binary(path), encoding="utf-8-sig", errors="surrogateescape", newline="") as stream:
+        reader = csv.reader(_utf8_lines(stream, path), delimiter=delimiter, quoting=quoting)
+        try:
+            for cells in reader:
+                yield reader.line_num, cells
+        except csv.Error as exc:
+            raise RecordError(f"{path.name}:{reader.line_num}", "(line)", f"is not valid CSV: {exc}") from None
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise InputError(f"{path.name}: the gzip stream is damaged after line {reader.line_num} ({_reason(exc)})") from None
+
+
+def _utf8_lines(stream: io.TextIOWrapper, path: Path) -> Iterator[str]:
+    """The lines of a stream decoded with `surrogateescape`; RecordError `FILE:LINE` for one that held a byte UTF-8 has not."""
+    for number, line in enumerate(stream, 1):
+        if not line.isascii():
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                byte = len(line[:exc.start].encode("utf-8", "surrogateescape")) + 1
+                raise RecordError(f"{path.name}:{number}", "(line)", f"is not UTF-8 text (byte {byte})") from None
+        yield line
 
 
 # ---- format detection ------------------------------------------------------------------------------------
@@ -178,35 +228,68 @@ def sniff_metric_format(path: Path, inputs: InputSettings) -> str:
 # ---- log readers -----------------------------------------------------------------------------------------
 
 def read_ndjson(path: Path, ctx: ReadContext) -> Iterator[tuple[str, object]]:
-    """One JSON value per non-blank line (the source checks that it is an object)."""
+    """One JSON value per non-blank line (the source checks that it is an object). Raises RecordError `FILE:LINE`
+    (field `(line)`) for a line that is not JSON, or JSON that Python cannot hold (nested too deep, a number too long)."""
     for number, line in iter_lines(path):
         if not line.strip():
             continue
         where = f"{path.name}:{number}"
         try:
-            yield where, json.loads(line)
+            value = json.loads(line)
         except json.JSONDecodeError as exc:
             raise RecordError(where, "(line)", f"is not valid JSON: {exc.msg} at column {exc.colno}") from None
+        except ValueError:  # the only other ValueError json raises: int() refusing a number this long
+            raise RecordError(where, "(line)", f"is not valid JSON: a number of more than {sys.get_int_max_str_digits():,} digits") from None
+        except RecursionError:
+            raise RecordError(where, "(line)", "is not valid JSON: nested deeper than Python's recursion limit") from None
+        yield where, value
 
 
 def read_parquet(path: Path, ctx: ReadContext) -> Iterator[tuple[str, dict]]:
-    """One document per row, in batches of 4096 rows; map columns become objects."""
+    """One document per row, in batches of 4096 rows; map columns become objects.
+
+    Raises InputError naming the file when it is not Parquet or a page of it is damaged, RecordError `FILE:row N`
+    naming the column when a value has no Python form (a timestamp or date beyond the year 9999).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"{path.name}: is not a readable Parquet file ({exc})") from None
-    schema = parquet.schema_arrow
+        schema = parquet.schema_arrow
+    except (pa.ArrowException, OSError, ValueError) as exc:  # a damaged footer gives UnicodeDecodeError too
+        raise InputError(f"{path.name}: is not a readable Parquet file ({_reason(exc)})") from None
     with_maps = {f.name: f.type for f in schema if _has_map(f.type)}
     row = 0
-    for batch in parquet.iter_batches(batch_size=4096):
-        for doc in batch.to_pylist():
+    batches = parquet.iter_batches(batch_size=4096)
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise InputError(f"{path.name}: is damaged after row {row} ({_reason(exc)})") from None
+        if batch is None:
+            return
+        columns = [_column_values(batch.column(i), name, path, row) for i, name in enumerate(batch.schema.names)]
+        for values in zip(*columns):
+            doc = dict(zip(batch.schema.names, values))
             row += 1
             for name, kind in with_maps.items():
                 doc[name] = _maps_as_objects(doc[name], kind)
             yield f"{path.name}:row {row}", doc
+
+
+def _column_values(column, name: str, path: Path, rows_before: int) -> list:
+    """A batch's column as Python values; RecordError naming the row and column for a value Python has no form for."""
+    try:
+        return column.to_pylist()
+    except (ValueError, OverflowError) as exc:
+        for i in range(len(column)):  # only to find the row to name
+            try:
+                column[i].as_py()
+            except (ValueError, OverflowError):
+                raise RecordError(f"{path.name}:row {rows_before + i + 1}", name,
+                                  f"has a {column.type} value that is out of range ({_reason(exc)})") from None
+        raise  # no single value fails: not the data's fault
 
 
 def _has_map(kind) -> bool:
@@ -237,41 +320,40 @@ def _maps_as_objects(value, kind):
 
 
 
-def _data_rows(reader, header: list[str], path: Path) -> Iterator[tuple[str, list[str]]]:
-    """The rows of a CSV/TSV reader after its header, as (`FILE:LINE`, cells): blank lines skipped, a row
+def _data_rows(rows: Iterator[tuple[int, list[str]]], header: list[str], path: Path) -> Iterator[tuple[str, list[str]]]:
+    """The rows of `csv_rows` after its header, as (`FILE:LINE`, cells): blank lines skipped, a row
     whose cell count differs from the header's refused with a RecordError naming the line."""
-    for cells in reader:
-        where = f"{path.name}:{reader.line_num}"
+    for line, cells in rows:
+        where = f"{path.name}:{line}"
         if not any(c.strip() for c in cells):
             continue
         if len(cells) != len(header):
             raise RecordError(where, "(line)", f"has {len(cells)} cells, the header has {len(header)}")
         yield where, cells
 
+
+def _columns(header: list[str]) -> str:
+    """The header's columns for an error message, cut to `SHOW_CHARS`."""
+    return truncate(", ".join(header), SHOW_CHARS)
+
+
 def read_delimited(path: Path, ctx: ReadContext, delimiter: str) -> Iterator[tuple[str, dict]]:
     """Rows of a CSV (quoted cells allowed) or TSV (no quoting: tabs separate, quotes are text) with a
     header; the header must name the timestamp and message columns of `[fields]`."""
-    quoting: Literal[0, 1, 2, 3] = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    with io.TextIOWrapper(open_binary(path), encoding="utf-8-sig", newline="") as stream:
-        reader = csv.reader(stream, delimiter=delimiter, quoting=quoting)
-        try:
-            header = next(reader, None)
-            if header is None:
-                return
-            for setting in ("timestamp", "message"):
-                column = getattr(ctx.fields, setting)
-                if column not in header:
-                    raise RecordError(f"{path.name}:1", column, f"has no column in the header (columns: {', '.join(header)}); "
-                                                                f"name the column with setting fields.{setting}")
-            repeated = sorted({c for c in header if header.count(c) > 1})
-            if repeated:
-                raise RecordError(f"{path.name}:1", repeated[0], "names two columns of the header")
-            for where, cells in _data_rows(reader, header, path):
-                yield where, {column: (cell if cell != "" else None) for column, cell in zip(header, cells)}
-        except UnicodeDecodeError as exc:
-            raise RecordError(f"{path.name}:{reader.line_num + 1}", "(line)", f"is not UTF-8 text ({exc.reason})") from None
-        except csv.Error as exc:
-            raise RecordError(f"{path.name}:{reader.line_num}", "(line)", f"is not valid CSV: {exc}") from None
+    rows = csv_rows(path, delimiter, csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+    header = next(rows, (0, None))[1]
+    if header is None:
+        return
+    for setting in ("timestamp", "message"):
+        column = getattr(ctx.fields, setting)
+        if column not in header:
+            raise RecordError(f"{path.name}:1", column, f"has no column in the header (columns: {_columns(header)}); "
+                                                        f"name the column with setting fields.{setting}")
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise RecordError(f"{path.name}:1", repeated[0], "names two columns of the header")
+    for where, cells in _data_rows(rows, header, path):
+        yield where, {column: (cell if cell != "" else None) for column, cell in zip(header, cells)}
 
 
 def read_seed_tsv(path: Path, ctx: ReadContext, form: str) -> Iterator[tuple[str, dict]]:
@@ -337,26 +419,25 @@ def metric_csv_samples(path: Path, inputs: InputSettings) -> Iterator[tuple[dict
     first = next((line for line in head_text(path) if line.strip()), "")
     delimiter = max((",", "\t", ";"), key=first.count)
     default_name = metric_name(path)
-    with io.TextIOWrapper(open_binary(path), encoding="utf-8-sig", newline="") as stream:
-        reader = csv.reader(stream, delimiter=delimiter)
-        header = [c.strip() for c in next(reader, [])]
-        for setting in ("metric_timestamp", "metric_value"):
-            if getattr(inputs, setting) not in header:
-                raise RecordError(f"{path.name}:1", getattr(inputs, setting),
-                                  f"has no column in the header (columns: {', '.join(header)}); set inputs.{setting}")
-        ts_col, value_col = header.index(inputs.metric_timestamp), header.index(inputs.metric_value)
-        label_cols = [(i, c) for i, c in enumerate(header) if i not in (ts_col, value_col)]
-        for where, cells in _data_rows(reader, header, path):
-            if not cells[value_col].strip():
-                continue
-            try:
-                ts = parse_timestamp(cells[ts_col], inputs.epoch_unit).timestamp()
-            except ValueError as exc:
-                raise RecordError(where, inputs.metric_timestamp, f"is not a timestamp: {exc}") from None
-            try:
-                value = float(cells[value_col])
-            except ValueError:
-                raise RecordError(where, inputs.metric_value, f"is not a number: {cells[value_col]!r}") from None
-            labels = {c: cells[i].strip() for i, c in label_cols if cells[i].strip()}
-            labels.setdefault("__name__", default_name)
-            yield labels, ts, value
+    rows = csv_rows(path, delimiter)
+    header = [c.strip() for c in next(rows, (0, []))[1]]
+    for setting in ("metric_timestamp", "metric_value"):
+        if getattr(inputs, setting) not in header:
+            raise RecordError(f"{path.name}:1", getattr(inputs, setting),
+                              f"has no column in the header (columns: {_columns(header)}); set inputs.{setting}")
+    ts_col, value_col = header.index(inputs.metric_timestamp), header.index(inputs.metric_value)
+    label_cols = [(i, c) for i, c in enumerate(header) if i not in (ts_col, value_col)]
+    for where, cells in _data_rows(rows, header, path):
+        if not cells[value_col].strip():
+            continue
+        try:
+            ts = parse_timestamp(cells[ts_col], inputs.epoch_unit).timestamp()
+        except ValueError as exc:
+            raise RecordError(where, inputs.metric_timestamp, f"is not a timestamp: {exc}") from None
+        try:
+            value = float(cells[value_col])
+        except ValueError:
+            raise RecordError(where, inputs.metric_value, f"is not a number: {quoted(cells[value_col])}") from None
+        labels = {c: cells[i].strip() for i, c in label_cols if cells[i].strip()}
+        labels.setdefault("__name__", default_name)
+        yield labels, ts, value

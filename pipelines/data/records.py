@@ -6,6 +6,8 @@ Documents may use nested objects (`{"service": {"name": ...}}`) or dotted keys
 One parser for every timestamp nightshift reads (`parse_timestamp`: ISO-8601 strings, epoch numbers
 in s/ms/us/ns, native datetime/pandas/numpy values) and one writer (`format_timestamp`: ISO-8601
 with `Z`); one reading of the anomaly label (`AnomalyLabels`, spellings from `[inputs]`).
+
+Errors are one line naming the record and field (`RecordError`); a value they quote is cut to `SHOW_CHARS`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, Iterable, Iterator, Sequence, TypeVar, cast
 
 from pipelines.config import EPOCH_UNITS, ConfigError, InputSettings, LogFields
 from pipelines.errors import InputError, NightshiftError
+from pipelines.pages import truncate
 
 T = TypeVar("T")
 
@@ -36,14 +39,23 @@ _MISSING = object()
 
 # Snapshot columns, in order, with their Arrow types (see `snapshot.LOG_SCHEMA`).
 LOG_COLUMNS = ("timestamp", "message", "service", "level", "host", "anomaly", "root_cause", "job_id")
+# Characters of a value quoted in an input error (`truncate`). The parsers take no settings: the setting's default.
+SHOW_CHARS = InputSettings.show_chars
+# What str.splitlines() breaks at, written as escapes so that an error stays one line whatever the data holds.
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
 
 
 class RecordError(NightshiftError, ValueError):
-    """A record breaks the contract; the message names where it is and which field is at fault."""
+    """A record breaks the contract; the message, one line, names where it is and which field is at fault."""
 
     def __init__(self, where: str, field: str, problem: str):
-        super().__init__(f"{where}: field '{field}' {problem}")
+        super().__init__(f"{where}: field '{field}' {problem}".translate(_LINE_BREAKS))
         self.where, self.field, self.problem = where, field, problem
+
+
+def quoted(value: Any) -> str:
+    """`repr(value)` cut to `SHOW_CHARS` (`truncate`): a data value inside an error message."""
+    return truncate(repr(value), SHOW_CHARS)
 
 
 def get_field(doc: dict, path: str, default: Any = None) -> Any:
@@ -109,22 +121,26 @@ def parse_timestamp(value: Any, unit: str = "auto") -> datetime:
       (`epoch_unit`) or given by `unit` (setting `inputs.epoch_unit`);
     - native values: `datetime` and `pandas.Timestamp` (naive ones are UTC), `numpy.datetime64`, `date`.
 
-    Raises ValueError saying what was expected.
+    Raises ValueError (InputError) saying what was expected, the value cut to `SHOW_CHARS`.
     """
     if isinstance(value, str):
         text = value.strip()
         if _NUMBER.fullmatch(text):
-            return _from_epoch(float(text) if any(c in text for c in ".eE") else int(text), unit)
+            try:
+                number = float(text) if any(c in text for c in ".eE") else int(text)
+            except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
+                raise InputError(f"{quoted(value)} is out of range as an epoch number") from None
+            return _from_epoch(number, unit)
         try:
             ts = datetime.fromisoformat(text.upper())
         except ValueError:
-            raise InputError(f"{value!r} is neither {_SHAPES}") from None
-        return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+            raise InputError(f"{quoted(value)} is neither {_SHAPES}") from None
+        return _utc(ts, value)
     if isinstance(value, datetime):  # pandas.Timestamp too
         if value != value:  # NaT
             raise InputError("is NaT (a missing time)")
-        ts = value.to_pydatetime() if hasattr(value, "to_pydatetime") else value
-        return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+        # pandas: nanoseconds dropped on purpose (snapshots keep milliseconds), without a warning per row
+        return _utc(value.to_pydatetime(warn=False) if hasattr(value, "to_pydatetime") else value, value)
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
     if type(value).__name__ == "datetime64":  # numpy, without importing it here
@@ -135,19 +151,30 @@ def parse_timestamp(value: Any, unit: str = "auto") -> datetime:
         return _from_epoch(int(value.astype("datetime64[ns]").astype(np.int64)), "ns")
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return _from_epoch(cast(float, value), unit)  # any real (numpy's too): typeshed's numbers.Real is no float
-    raise InputError(f"{value!r} ({type(value).__name__}) is neither {_SHAPES}")
+    raise InputError(f"{quoted(value)} ({type(value).__name__}) is neither {_SHAPES}")
+
+
+def _utc(ts: datetime, value: Any) -> datetime:
+    """`ts` in UTC (naive: read as UTC); InputError when UTC has no such date (0001-01-01T00:00+01:00)."""
+    if ts.tzinfo is None:
+        return ts.replace(tzinfo=timezone.utc)
+    try:
+        return ts.astimezone(timezone.utc)
+    except OverflowError:
+        raise InputError(f"{quoted(value)} is out of range: in UTC it falls outside the years 1 to 9999") from None
 
 
 def _from_epoch(number: float, unit: str) -> datetime:
-    if not math.isfinite(float(number)):
-        raise InputError(f"{number!r} is not a time")
+    integral = isinstance(number, numbers.Integral)  # exact: no float rounding of nanoseconds, nor overflow of huge ints
+    if not integral and not math.isfinite(float(number)):
+        raise InputError(f"{quoted(number)} is not a time")
     per_second = epoch_divisor(number, unit)
     try:
-        if isinstance(number, numbers.Integral):  # exact: no float rounding of nanoseconds
+        if integral:
             return _EPOCH + timedelta(microseconds=int(number) * 1_000_000 // per_second)
         return _EPOCH + timedelta(seconds=float(number) / per_second)
     except OverflowError:
-        raise InputError(f"{number!r} is out of range as epoch {epoch_unit(number, unit)}") from None
+        raise InputError(f"{quoted(number)} is out of range as epoch {epoch_unit(number, unit)}") from None
 
 
 def format_timestamp(ts: datetime) -> str:
@@ -230,7 +257,7 @@ class AnomalyLabels:
                 return True
             if key in self.normal:
                 return False
-        raise InputError(f"{value!r} is not one of {', '.join(sorted(self.anomalous))} (anomalous) or "
+        raise InputError(f"{quoted(value)} is not one of {', '.join(sorted(self.anomalous))} (anomalous) or "
                          f"{', '.join(sorted(self.normal))} (normal); settings inputs.anomaly_true / inputs.anomaly_false")
 
     def is_label(self, text: str) -> bool:
@@ -263,14 +290,15 @@ def root_causes(value: Any) -> list[str]:
         return [name.strip() for name in value.split(",") if name.strip()]
     if isinstance(value, (list, tuple)) and all(isinstance(c, str) for c in value):
         return list(value)
-    raise InputError(f"must be a list of label names, got {value!r}")
+    raise InputError(f"must be a list of label names, got {quoted(value)}")
 
 
 # ---- one document -> one row --------------------------------------------------------------------------------
 
 def to_row(doc: Any, fields: LogFields, where: str, label_space: frozenset[str] | None = None, *,
            labels: AnomalyLabels = AnomalyLabels(), epoch_unit: str = "auto") -> dict[str, Any]:
-    """One snapshot row from one document, or a `RecordError` naming the record and field."""
+    """One snapshot row (`LOG_COLUMNS`) from one document (a JSON object: an Elasticsearch hit's `_source`, a file's
+    line or row), or a `RecordError` naming the record (`where`) and the field."""
     if not isinstance(doc, dict):
         raise RecordError(where, "(document)", f"must be a JSON object, got {type(doc).__name__}")
     ts = doc_timestamp(doc, fields, where, epoch_unit)
@@ -289,8 +317,9 @@ def to_row(doc: Any, fields: LogFields, where: str, label_space: frozenset[str] 
     if label_space is not None:
         unknown = sorted(set(causes) - label_space)
         if unknown:
-            raise RecordError(where, fields.root_cause, f"has label(s) not in the label space: {', '.join(unknown)}")
-    return {
+            raise RecordError(where, fields.root_cause,
+                              f"has label(s) not in the label space: {truncate(', '.join(unknown), SHOW_CHARS)}")
+    row: dict[str, Any] = {
         "timestamp": ts,
         "message": message,
         "service": _text(get_field(doc, fields.service)),
@@ -300,6 +329,23 @@ def to_row(doc: Any, fields: LogFields, where: str, label_space: frozenset[str] 
         "root_cause": causes,
         "job_id": _text(get_field(doc, fields.job_id)),
     }
+    for name, text in ((fields.message, message), (fields.service, row["service"]), (fields.level, row["level"]),
+                       (fields.host, row["host"]), (fields.job_id, row["job_id"]), *((fields.root_cause, c) for c in causes)):
+        at = _lone_surrogate(text)
+        if at is not None:  # the snapshot (Parquet, UTF-8) could not hold it
+            raise RecordError(where, name, f"is not valid Unicode text (a lone surrogate at character {at + 1})")
+    return row
+
+
+def _lone_surrogate(text: str | None) -> int | None:
+    """Index of the first character UTF-8 cannot hold (a lone surrogate, which JSON's \\ud800 escapes can give), else None."""
+    if text is None or text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
 
 def doc_context(docs: Sequence[dict], fields: LogFields, names: Sequence[str]) -> dict[str, list[str | None]]:

@@ -17,8 +17,12 @@ and `DIR.validation/report.html` beside the snapshot `DIR` (`report_dir`; never 
 and on an object store its manifest is its commit marker). Locally the folder is swapped into place atomically; on an
 object store `result.json` is uploaded last, and a reader trusts it only for the snapshot's own content hash. `report.html` is nightshift's own page, self-contained (inline CSS, no CDN): each
 measured value against its bound (the anomaly ratio as a ratio against its bounds, not "0%
-unexpected") and the failed rows with examples cut to a readable length. Training logs that folder
-with its run (`log_to_active_run`) and tags the registered version with `validation.status`.
+unexpected") and the failed rows with examples. Training logs that folder with its run (`log_to_active_run`) and tags
+the registered version with `validation.status`.
+
+Failing examples are data shown to people: each text in them is cut to setting `inputs.show_chars` characters, its full
+size stated (`_shown`), once, where the merged results are made; everything built from them (Data Docs, `result.json`,
+the CLI's summary, `report.html`, the night's summary) shows them as they are.
 """
 
 from __future__ import annotations
@@ -140,10 +144,21 @@ def _is_map(result: dict) -> bool:
     return "unexpected_count" in result and "element_count" in result
 
 
-class _Merged:
-    """One expectation's results over all batches of its view: counts summed, examples kept."""
+def _shown(example: Any, limit: int) -> Any:
+    """A failing example as people see it: every text in it (a row's fields, a list's items) cut to `limit`
+    characters with its full size stated (`truncate`); numbers, times and nulls as they are."""
+    if isinstance(example, dict):
+        return {k: _shown(v, limit) for k, v in example.items()}
+    if isinstance(example, (list, tuple)):
+        return [_shown(v, limit) for v in example]
+    return truncate(example, limit) if isinstance(example, str) else example
 
-    def __init__(self):
+
+class _Merged:
+    """One expectation's results over all batches of its view: counts summed, examples kept (cut to `show_chars`)."""
+
+    def __init__(self, show_chars: int):
+        self.show_chars = show_chars
         self.first = None
         self.success = True
         self.exception: dict | None = None
@@ -186,6 +201,9 @@ class _Merged:
             success = self.exception is None and (nonmissing == 0 or (nonmissing - c["unexpected_count"]) / nonmissing >= mostly)
         else:
             success = self.success and self.exception is None
+        for key in ("partial_unexpected_list", "partial_unexpected_index_list", "partial_unexpected_counts"):
+            if key in r:  # after the counts: values alike only in their first characters stay apart
+                r[key] = _shown(r[key], self.show_chars)
         return ExpectationValidationResult(success=success, expectation_config=self.first.expectation_config, result=r,
                                            meta=dict(self.first.meta or {}),
                                            exception_info=self.exception or {"raised_exception": False, "exception_traceback": None, "exception_message": None})
@@ -458,7 +476,7 @@ def validate_snapshot(snapshot_dir: str | Path, suite: str | None, settings: Set
 
     def run(view: str, frame: pd.DataFrame) -> None:
         for r in runner.run(view, frame, by_view[view], parameters) if view in by_view else []:
-            merged.setdefault(_check(r), _Merged()).add(r)
+            merged.setdefault(_check(r), _Merged(settings.inputs.show_chars)).add(r)
 
     # 1. The schema; absent columns are named by `schema.columns`, not by a type check each.
     with snapshot.parquet() as data:
@@ -482,7 +500,7 @@ def validate_snapshot(snapshot_dir: str | Path, suite: str | None, settings: Set
     report = _report(suite, snapshot, results, skipped, parameters, warn_only, rows, profile, views, settings)
     report["schema"] = {f.name: type_family(f.type) for f in schema}  # the measured side of the schema checks
     report["seconds"] = round(time.perf_counter() - started, 2)
-    _write(snapshot, report, results, runner, gx_suite, expectations)
+    _write(snapshot, report, results, runner, gx_suite, expectations, settings.inputs.show_chars)
     log.info("snapshot validated", extra={"snapshot": str(snapshot.path), "suite": suite, "status": report["status"],
                                           "failed": [f["check"] for f in report["failed"]], "rows": rows, "seconds": report["seconds"]})
     return report
@@ -506,8 +524,9 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _failure(result: dict, rows_total: int, profile, views: dict[str, pd.DataFrame], examples: int) -> dict:
-    """One failed expectation, for people: which, on how many rows, with examples."""
+def _failure(result: dict, rows_total: int, profile, views: dict[str, pd.DataFrame], examples: int, show_chars: int) -> dict:
+    """One failed expectation, for people: which, on how many rows, with examples (those that are not the result's
+    own, already cut by `_Merged`, cut here to `show_chars`)."""
     cfg = result["expectation_config"]
     meta, kwargs, r = cfg.get("meta") or {}, cfg.get("kwargs") or {}, result.get("result") or {}
     view = meta.get("view")
@@ -515,7 +534,7 @@ def _failure(result: dict, rows_total: int, profile, views: dict[str, pd.DataFra
            "view": view, "description": cfg.get("description")}
     info = result.get("exception_info") or {}
     if info.get("raised_exception"):
-        out.update(rows=None, of=rows_total, examples=[f"error: {info.get('exception_message')}"])
+        out.update(rows=None, of=rows_total, examples=[_shown(f"error: {info.get('exception_message')}", show_chars)])
         return out
     if view == "schema":
         missing = ((r.get("details") or {}).get("mismatched") or {}).get("missing")
@@ -535,18 +554,20 @@ def _failure(result: dict, rows_total: int, profile, views: dict[str, pd.DataFra
             failing = table[table[key].map(lambda v: json.dumps(v, default=str)).isin(bad)]
             column = kwargs["column"]
             out.update(rows=int(failing[rows_column].sum()) if rows_column else None, of=rows_total,
-                       examples=[f"{k}: {column} {v:.4g}" if isinstance(v, float) else f"{k}: {column} {v}"
+                       examples=[_shown(f"{k}: {column} {v:.4g}" if isinstance(v, float) else f"{k}: {column} {v}", show_chars)
                                  for k, v in zip(failing[key], failing[column])][:examples])
         else:
             out.update(rows=int(table[rows_column].iloc[0]) if table is not None and rows_column else None, of=rows_total,
-                       examples=profile.examples_for(meta.get("examples_from", ""))[:examples] or r.get("partial_unexpected_list", [])[:examples])
+                       examples=_shown(profile.examples_for(meta.get("examples_from", ""))[:examples], show_chars)
+                       or r.get("partial_unexpected_list", [])[:examples])
     return _jsonable(out)
 
 
 def _report(suite: str, snapshot: Snapshot, results: list, skipped: list[dict], parameters: dict, warn_only: bool,
             rows: int, profile, views: dict, settings: Settings) -> dict:
     dicts = [r.to_json_dict() for r in results]
-    failed = [_failure(d, rows, profile, views, settings.validation.examples) for d in dicts if not d["success"]]
+    failed = [_failure(d, rows, profile, views, settings.validation.examples, settings.inputs.show_chars)
+              for d in dicts if not d["success"]]
     status = PASSED if not failed else (WARN if warn_only else FAILED)
     report = {
         "suite": suite, "status": status, "success": not failed, "warn_only": warn_only,
@@ -565,7 +586,8 @@ def _report(suite: str, snapshot: Snapshot, results: list, skipped: list[dict], 
 
 
 def describe(report: dict) -> str:
-    """One paragraph: the verdict, then each failed expectation with its row count and examples."""
+    """One paragraph: the verdict, then each failed expectation on one line with its row count and up to three
+    examples (as `_shown` cut them)."""
     s = report["statistics"]
     head = (f"{report['suite']} suite {report['status']} on {report['rows']} rows of {report['snapshot']}: "
             f"{s['successful']} of {s['evaluated']} expectations met")
@@ -574,7 +596,7 @@ def describe(report: dict) -> str:
         where = f" on {f['column']}" if f.get("column") else ""
         count = f"{f['rows']} of {f['of']} rows" if f.get("rows") is not None else "error"
         lines.append(f"  FAILED {f['check']} ({f['expectation']}{where}): {count}; e.g. "
-                     + "; ".join(json.dumps(e, default=str) if not isinstance(e, str) else e for e in f["examples"][:3]))
+                     + "; ".join(json.dumps(e, default=str, ensure_ascii=False) if not isinstance(e, str) else e for e in f["examples"][:3]))
     for s_ in report.get("not_evaluated", []):
         lines.append(f"  not evaluated {s_['check']}: {s_['reason']}")
     return "\n".join(lines)
@@ -586,9 +608,9 @@ def report_dir(snapshot: Snapshot | str | StoragePath) -> StoragePath:
     return where.parent / f"{where.name}.{REPORT_DIR}"
 
 
-def _write(snapshot: Snapshot, report: dict, results: list, runner: _Runner, gx_suite, expectations: list) -> None:
+def _write(snapshot: Snapshot, report: dict, results: list, runner: _Runner, gx_suite, expectations: list, show_chars: int) -> None:
     """The report folder beside the snapshot (`report_dir`): built in a hidden local folder, then swapped into place
-    (on an object store: uploaded, `result.json` last)."""
+    (on an object store: uploaded, `result.json` last). `show_chars`: where `report.html` cuts measured values."""
     from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier, ValidationResultIdentifier
@@ -627,7 +649,7 @@ def _write(snapshot: Snapshot, report: dict, results: list, runner: _Runner, gx_
         pages = sorted((tmp / DOCS_DIR / "validations").rglob("*.html"))
         report["data_docs_page"] = str(pages[0].relative_to(tmp)) if pages else None
         (tmp / RESULT_FILE).write_text(json.dumps(report, indent=2, default=str))
-        (tmp / REPORT_HTML).write_text(render_html(report))
+        (tmp / REPORT_HTML).write_text(render_html(report, show_chars))
         if remote:
             for file in sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != RESULT_FILE):
                 storage.upload(file, final / file.relative_to(tmp).as_posix())
@@ -644,7 +666,6 @@ def _write(snapshot: Snapshot, report: dict, results: list, runner: _Runner, gx_
 # ---------------------------------------------------------------------------------------------
 # The report a person reads: each measured value against its bound, and the failed rows
 
-EXAMPLE_CHARS = 160  # an example's text is cut here: a 5,000-character log line would hide the table
 # What a whole-snapshot ratio is a share of, so the page says `0 anomalous rows of 1,516 labelled rows`.
 RATIO_PARTS = {"anomaly_ratio": ("anomalous_rows", "labelled_rows"), "duplicate_ratio": ("duplicate_rows", "rows")}
 
@@ -751,29 +772,33 @@ def measurement(result: dict, report: dict) -> dict:
 
 
 def _examples_table(examples: list) -> str:
-    """Failed rows as a table (one column per field), every text cut to `EXAMPLE_CHARS`."""
+    """Failed rows as a table (one column per field), their texts as `_shown` cut them."""
     if not examples:
         return "<p class='muted'>no examples kept</p>"
+
+    def cell(value: Any) -> str:
+        return esc(value if isinstance(value, str) else json.dumps(value, default=str))
+
     if all(isinstance(e, dict) for e in examples):
         columns = list(dict.fromkeys(k for e in examples for k in e))
         head = "".join(f"<th>{esc(c)}</th>" for c in columns)
-        rows = "".join("<tr>" + "".join(f"<td class='mono'>{esc(truncate(e.get(c, ''), EXAMPLE_CHARS))}</td>" for c in columns) + "</tr>"
-                       for e in examples)
+        rows = "".join("<tr>" + "".join(f"<td class='mono'>{cell(e.get(c, ''))}</td>" for c in columns) + "</tr>" for e in examples)
         return f"<table class='examples'><tr>{head}</tr>{rows}</table>"
-    return "<ul>" + "".join(f"<li class='mono'>{esc(truncate(e, EXAMPLE_CHARS))}</li>" for e in examples) + "</ul>"
+    return "<ul>" + "".join(f"<li class='mono'>{cell(e)}</li>" for e in examples) + "</ul>"
 
 
-def render_html(report: dict) -> str:
+def render_html(report: dict, show_chars: int) -> str:
     """The validation report as one self-contained HTML page (inline CSS, no scripts, no CDN):
     the verdict, a table of every expectation (measured value, bound, verdict; a gauge for a
-    single ratio), the failed rows with truncated examples, and what was not evaluated."""
+    single ratio), the failed rows with their examples, and what was not evaluated. Measured values
+    and aggregate cells (series ids hold data) are cut to `show_chars`."""
     results = (report.get("great_expectations") or {}).get("results") or []
     rows = []
     for m in map(lambda d: measurement(d, report), results):
         verdict_ = PASSED if m["success"] else (WARN if report.get("warn_only") else FAILED)
         picture = gauge(m["value"], m["low"], m["high"]) if m["value"] is not None else ""
         rows.append(f"<tr class='check-{'ok' if m['success'] else 'bad'}'><td><b>{esc(m['check'])}</b><br>"
-                    f"<span class='small muted'>{esc(m['description'])}</span></td><td>{esc(m['measured'])}<br>{picture}</td>"
+                    f"<span class='small muted'>{esc(m['description'])}</span></td><td>{esc(truncate(m['measured'], show_chars))}<br>{picture}</td>"
                     f"<td>{esc(m['bound'])}</td><td>{badge(verdict_)}</td></tr>")
     failed = []
     for f in report.get("failed", []):
@@ -786,7 +811,8 @@ def render_html(report: dict) -> str:
     s = report.get("statistics") or {}
     aggregates = "".join(
         f"<h3>{esc(view)}</h3><table><tr>{''.join(f'<th>{esc(k)}</th>' for k in table_[0])}</tr>"
-        + "".join("<tr>" + "".join(f"<td class='num'>{esc(fmt(v))}</td>" for v in row.values()) + "</tr>" for row in table_[:20])
+        + "".join("<tr>" + "".join(f"<td class='num'>{esc(truncate(fmt(v), show_chars))}</td>" for v in row.values()) + "</tr>"
+                  for row in table_[:20])
         + "</table>" + (f"<p class='small muted'>first 20 of {len(table_)} rows</p>" if len(table_) > 20 else "")
         for view, table_ in (report.get("aggregates") or {}).items() if table_)
     docs = report.get("data_docs_page") or report.get("data_docs")

@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from pipelines.config import InputSettings, PrometheusSettings, Settings
 from pipelines.data.formats import iter_lines, metric_csv_samples, sniff_metric_format
-from pipelines.data.records import epoch_divisor
+from pipelines.data.records import epoch_divisor, quoted
 from pipelines.data.snapshots import Snapshot, write_snapshot
 from pipelines.errors import InputError, MissingInput, NightshiftError
 from pipelines.sources.logs import file_path, public_uri
@@ -253,7 +253,7 @@ def _parse_labels(text: str, where: str) -> dict[str, str]:
     while pos < len(body):
         m = _LABEL.match(body, pos)
         if not m or m.end() == pos:
-            raise MetricDataError(f"{where}: cannot read the label set {text}")
+            raise MetricDataError(f"{where}: cannot read the label set {quoted(text)}")
         labels[m[1]] = _unescape(m[2])
         pos = m.end()
     return labels
@@ -315,10 +315,9 @@ class FileMetricSource:
                 raise MetricDataError(f"{where}: not an OpenMetrics sample line")
             if m[4] is None:
                 raise MetricDataError(f"{where}: sample without a timestamp; a history file needs one on every sample")
-            try:
-                value, ts = float(m[3]), float(m[4])
-            except ValueError:
-                raise MetricDataError(f"{where}: cannot read value {m[3]!r} or timestamp {m[4]!r}") from None
+            value, ts = _number(m[3], "value", where), _number(m[4], "timestamp", where)
+            if not math.isfinite(ts):
+                raise MetricDataError(f"{where}: the timestamp {quoted(m[4])} is not a time")
             key = m[1] + (m[2] or "")
             sid = ids.get(key)
             if sid is None:
@@ -362,6 +361,14 @@ class FileMetricSource:
     def metric_names(self) -> list[str]:
         """The metric names the file holds, in order of first appearance."""
         return list(dict.fromkeys(labels["__name__"] for labels, _, _ in self._load()))
+
+
+def _number(token: str, part: str, where: str) -> float:
+    """A sample's value or timestamp; MetricDataError `FILE:LINE: the PART …` when it is no number."""
+    try:
+        return float(token)
+    except ValueError:
+        raise MetricDataError(f"{where}: the {part} {quoted(token)} is not a number") from None
 
 
 class CsvMetricSource(FileMetricSource):

@@ -321,10 +321,41 @@ def test_report_html_shows_each_measured_value_against_its_bound_and_cuts_long_e
     assert f"1 of {n} rows break it" in text and "message length in [1, 1,000]; none allowed" in text
     assert "normal: " in text and "anomalous: 0" in text and "rows >= 10" in text
     assert "timestamp: timestamp[UTC]" in text  # the schema checks show the stored type
-    assert "(5,000 chars)" in text and "y" * 200 not in page  # the 5,000-character line, cut
+    cut = settings.inputs.show_chars
+    assert "(5,000 chars)" in text and "y" * cut in page and "y" * (cut + 1) not in page  # the 5,000-character line, cut
     assert page.count("<svg") >= 2  # a gauge per whole-snapshot ratio
     # Offline: inline style, no scripts, nothing fetched from elsewhere.
     assert "<script" not in page and not re.search(r"(src|href)=['\"](https?:)?//", page)
+
+
+def test_a_huge_failing_value_is_cut_wherever_a_person_reads_it(home, log_rows, tmp_path, capsys):
+    """One 26,200-character message over `validation.max_text_length`: the CLI's summary prints it as one short line
+    stating its full size, and report.html, result.json and GE's Data Docs hold it cut to `inputs.show_chars`."""
+    from pipelines.cli import main
+    from pipelines.config import load_settings
+    from pipelines.data.validation import ValidationFailed, require_not_failed
+
+    cut = load_settings().inputs.show_chars
+    rows = list(log_rows)
+    rows[3] = {**rows[3], "message": "y" * 26_200}
+    snap = write_logs(tmp_path / "huge", rows)
+    assert main(["validate", str(snap.path), "--suite", "logs"]) == 1
+    out = capsys.readouterr().out
+    (line,) = [line for line in out.splitlines() if "FAILED" in line]
+    assert line.startswith("  FAILED message.length (expect_column_value_lengths_to_be_between on message): 1 of ")
+    assert "y" * cut + "… (26,200 chars)" in line and len(line) < cut + 300
+    assert len(out) < cut + 600
+
+    folder = report_dir(snap)
+    result = json.loads((folder / "result.json").read_text())
+    (example,) = [f for f in result["failed"] if f["check"] == "message.length"][0]["examples"]
+    assert example["message"] == "y" * cut + "… (26,200 chars)"
+    pages = [folder / "report.html", *(folder / "data_docs").rglob("*.html")]
+    assert len(pages) > 2 and all("y" * (cut + 1) not in p.read_text() for p in pages)
+    assert "(26,200 chars)" in (folder / "report.html").read_text()
+    with pytest.raises(ValidationFailed) as caught:
+        require_not_failed(load_snapshot(snap.path))
+    assert len(str(caught.value).splitlines()) == 1 and "y" * 20 not in str(caught.value)
 
 
 # ---------------------------------------------------------------------------------- training
