@@ -17,6 +17,11 @@ the gate has decided, the version loses the alias `challenger` ("waiting for the
 champion keeps the alias `previous`, so `rollback` can restore it. A first version becomes champion
 unopposed, and is judged on the fresh holdout all the same (`judge_first_version`).
 
+The gate also measures the champion's decay on the holdout (`champion_decay`). A decayed champion that the
+night's challenger does not replace is rolled back to `previous` when `previous` beats it on the same holdout
+(`roll_back_decayed`, setting `promotion.auto_rollback`), through the same locked compare-and-set as
+`nightshift rollback` (`rollback`).
+
 Moving `champion` is a compare-and-set: under a lock, the current champion is re-read and the
 alias moves only when it is still the version the challenger was judged against. The lock is a
 file lock beside a local SQLite store, and for a remote tracking server a registered model created
@@ -33,7 +38,7 @@ import math
 import os
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,7 +60,7 @@ from pipelines.registry.store import (
     set_version_tags,
     use_store,
 )
-from pipelines.registry.version_page import write_version_page
+from pipelines.registry.version_page import add_to_version_page, write_version_page
 from pipelines.tasks import evaluate, task
 from pipelines.tasks.spec import EvaluationReport, TaskSpec, finite
 from pipelines.telemetry import get_logger
@@ -63,6 +68,10 @@ from pipelines.telemetry import get_logger
 log = get_logger("promotion")
 
 PROMOTED, REJECTED, STALE, KEPT, ROLLED_BACK = "promoted", "rejected", "stale", "kept", "rolled_back"
+RESTORED = "restored"  # a version page's headline after a rollback made it champion again (not a `promotion.decision`)
+# `rollback.trigger` of a rolled-back version: by hand (`nightshift rollback`), or by the gate on decay (`roll_back_decayed`)
+MANUAL, DECAY = "manual", "decay"
+DECAYED_METRIC = "decayed"  # run metric: 1 when the version was decayed as champion on the window of that step, else 0
 BASELINE_TITLES = {"tfidf": "TF-IDF", "reference": "ten-line reference"}  # how a reason names an evaluation baseline
 
 
@@ -96,21 +105,25 @@ def guard_tolerances(cfg: PromotionSettings) -> dict[str, float]:
     return out
 
 
+def beats_on_primary(spec: TaskSpec, mine: dict[str, float], theirs: dict[str, float], margin: float,
+                     who: str = "challenger", whom: str = "champion") -> tuple[bool, str]:
+    """Whether `mine` beats `theirs` on `spec.primary` by at least `margin` (in the metric's direction), and why;
+    `who` and `whom` name the two sides in the reason. An undefined value on either side never beats."""
+    p, c, k = spec.primary, mine.get(spec.primary, math.nan), theirs.get(spec.primary, math.nan)
+    if not (math.isfinite(c) and math.isfinite(k)):
+        return False, f"primary metric {p} is undefined on the holdout ({who} {c}, {whom} {k})"
+    gain = spec.gain(p, c, k)
+    beats = gain > 0 and gain >= margin
+    return beats, (f"{p} {c:.4f} vs {whom} {k:.4f}: {'beats' if beats else 'does not beat'} it by the margin {margin} "
+                   f"({'+' if gain >= 0 else ''}{gain:.4f})")
+
+
 def decide(spec: TaskSpec, challenger: dict[str, float], champion: dict[str, float], validation: str,
            drift: dict, cfg: PromotionSettings) -> tuple[bool, list[str]]:
     """The gate's verdict and its reasons, from holdout metrics, validation status and drift."""
-    ok, reasons = True, []
     tolerances = guard_tolerances(cfg)
-    p, c, k = spec.primary, challenger.get(spec.primary, math.nan), champion.get(spec.primary, math.nan)
-    if not (math.isfinite(c) and math.isfinite(k)):
-        ok = False
-        reasons.append(f"primary metric {p} is undefined on the holdout (challenger {c}, champion {k})")
-    else:
-        gain = spec.gain(p, c, k)
-        beats = gain > 0 and gain >= cfg.margin
-        ok &= beats
-        reasons.append(f"{p} {c:.4f} vs champion {k:.4f}: {'beats' if beats else 'does not beat'} it by the margin {cfg.margin} "
-                       f"({'+' if gain >= 0 else ''}{gain:.4f})")
+    ok, why = beats_on_primary(spec, challenger, champion, cfg.margin)
+    reasons = [why]
     for g in spec.guards:
         c, k = challenger.get(g, math.nan), champion.get(g, math.nan)
         if not (math.isfinite(c) and math.isfinite(k)):
@@ -257,12 +270,17 @@ def _log_record(client, ref: ModelRef, record: dict, metrics: dict[str, float], 
 
 
 def _drift_for(client, challenger: ModelRef, champion: ModelRef, settings: Settings) -> dict:
-    """The challenger's drift against this champion: reused from its tags when already checked, else run now."""
-    tags = client.get_model_version(challenger.name, challenger.version).tags
-    if tags.get("drift.reference_version") == champion.version and tags.get("drift.status", "not_run") != "not_run":
-        return {"status": tags["drift.status"], "label_shift": tags.get("drift.label_shift") == "true", "reused": True}
+    """The challenger's drift against this champion: reused from its tags (and its run's `drift_*` metrics) when
+    already checked, else run now. `scores`: {check: statistic}, e.g. {"message_template": 0.41}."""
+    mv = client.get_model_version(challenger.name, challenger.version)
+    if mv.tags.get("drift.reference_version") == champion.version and mv.tags.get("drift.status", "not_run") != "not_run":
+        metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+        scores = {k.removeprefix("drift_"): v for k, v in metrics.items() if k.startswith("drift_")}
+        return {"status": mv.tags["drift.status"], "label_shift": mv.tags.get("drift.label_shift") == "true", "reused": True,
+                "scores": finite(scores)}
     report = check_drift(client, challenger, settings, champion)
-    return {"status": report["status"], "label_shift": report["label_shift"], "reason": report.get("reason")}
+    scores = {c["name"].replace(".", "_"): float(c["value"]) for c in report["checks"]}
+    return {"status": report["status"], "label_shift": report["label_shift"], "reason": report.get("reason"), "scores": finite(scores)}
 
 
 def promote(name: str, settings: Settings, holdout: str | Path | None = None, version: str | None = None,
@@ -275,13 +293,23 @@ def promote(name: str, settings: Settings, holdout: str | Path | None = None, ve
     yet the version becomes champion unopposed and is judged on the holdout for the record
     (`judge_first_version`). The version loses `challenger` once promoted or rejected.
 
+    The champion is also measured against its own validation score (`champion_decay`, the record's
+    `champion_decay`). When it decayed, the record's `rollback` says what became of it (None when it did not):
+    the challenger is judged first, and a promoted challenger replaces the decayed champion, so nothing is rolled
+    back (`not_needed`); a stale or kept gate leaves the champion to the gate that moved it (`not_considered`);
+    only a rejected challenger leaves the decayed champion in place, and then `roll_back_decayed` restores
+    `previous` if it beats the champion on this same holdout (`rolled_back`; else `refused`, `off` or `lost`).
+    A rejected challenger never beats the restored version on the primary metric: it did not beat the champion
+    by the margin, which the restored version did (or it was refused on other grounds). The rollback happens
+    before the challenger's record is written, so its `champion_now` and its page name the restored champion.
+
     Raises:
         ConfigError: a `promotion.*` setting or `candidates.baseline_tolerance` is out of range. RegistryError: no challenger (or `version`).
         PromotionError: the holdout overlaps a training window or none is found, or the lock is not had in time.
         TrainingDataError: the holdout cannot judge the versions (no labelled line, no whole window).
     """
     cfg, tolerance = settings.promotion, settings.candidates.baseline_tolerance
-    for setting in ("margin", "guard_tolerance", "decay_tolerance"):
+    for setting in ("margin", "guard_tolerance", "decay_tolerance", "rollback_quiet_days"):
         if getattr(cfg, setting) < 0:
             raise ConfigError(f"setting promotion.{setting} must be >= 0 (is {getattr(cfg, setting)})")
     if tolerance < 0:
@@ -338,15 +366,19 @@ def promote(name: str, settings: Settings, holdout: str | Path | None = None, ve
               "challenger_metrics": challenger_metrics, "champion_metrics": champion_metrics,
               "contenders": {**versus["contenders"], "champion": champion_metrics},
               "gate_baselines": list(spec.gate_baselines), "baseline_trained_on": versus["baseline_trained_on"],
-              "validation": validation, "drift": drift, "champion_decay": decay,
+              "validation": validation, "drift": drift, "champion_decay": decay, "rollback": None,
               "settings": {"margin": cfg.margin, "guard_tolerance": cfg.guard_tolerance, "baseline_tolerance": tolerance}}
     _record_decay(client, champion, champion_metrics, decay, snapshot)
+    decayed = decay["status"] == "decayed"
 
     decision = PROMOTED if ok else REJECTED
     now = champion_version
     if ok:
         if before_commit:
             before_commit()
+        if decayed:
+            record["rollback"] = _rollback_entry("not_needed", champion_version, None,
+                                                 f"champion v{champion_version} decayed; v{challenger.version} replaces it tonight")
         record.update(decision=PROMOTED, reasons=reasons, reason="; ".join(reasons), champion_now=challenger.version)
         moved, now = compare_and_set_champion(
             client, name, champion_version, challenger.version, timeout=cfg.lock_timeout, lease=cfg.lock_lease,
@@ -355,6 +387,11 @@ def promote(name: str, settings: Settings, holdout: str | Path | None = None, ve
             decision = STALE
             reasons.append(f"compare-and-set lost: champion moved from v{champion_version} to v{now} while the gate ran; "
                            "run the gate again against the new champion")
+            if decayed:
+                record["rollback"] = _rollback_entry("not_considered", champion_version, None,
+                                                     f"champion v{champion_version} decayed, but it moved to v{now} while the gate ran")
+    elif decayed:
+        record["rollback"] = roll_back_decayed(client, spec, champion, champion_metrics, decay, snapshot, settings, user)
     if decision != PROMOTED:
         record.update(decision=decision, reasons=reasons, reason="; ".join(reasons))
         # Under the lock too: a gate that lost must not overwrite the record of one that promoted this very version.
@@ -368,7 +405,8 @@ def promote(name: str, settings: Settings, holdout: str | Path | None = None, ve
                 record["champion_now"] = now
                 _record(client, challenger, record, snapshot)
     log.info("gate decided", extra={"model": name, "challenger": challenger.version, "champion": champion_version,
-                                    "decision": decision, "champion_now": now})
+                                    "decision": decision, "champion_now": now,
+                                    "rollback": (record["rollback"] or {}).get("status")})
     return {**record, "champion_now": now}
 
 
@@ -473,7 +511,8 @@ def _judge_first(client, spec: TaskSpec, ref: ModelRef, settings: Settings, hold
 
 
 def _record_decay(client, champion: ModelRef, fresh: dict[str, float], decay: dict, holdout: Snapshot) -> None:
-    """Tag the champion's decay, and add its fresh-window metrics to its run's history (step: the window's day)."""
+    """Tag the champion's decay, and add its fresh-window metrics and the verdict (`decayed`, 1 or 0; none when
+    unknown) to its run's history (step: the window's day), from which `pipelines.signals` counts decayed nights."""
     from mlflow.entities import Metric
 
     set_version_tags(client, champion, {"decay.status": decay["status"], "decay.reason": decay["reason"][:4000],
@@ -482,18 +521,41 @@ def _record_decay(client, champion: ModelRef, fresh: dict[str, float], decay: di
     start = holdout.window[0]
     if run_id and start:
         step, now = int(start.strftime("%Y%m%d")), int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(f"fresh_{k}", v, now, step) for k, v in fresh.items() if math.isfinite(v)])
+        metrics = {f"fresh_{k}": v for k, v in fresh.items() if math.isfinite(v)}
+        if decay["status"] in ("ok", "decayed"):
+            metrics[DECAYED_METRIC] = float(decay["status"] == "decayed")
+        client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
 
 
 # ---- rollback --------------------------------------------------------------------------------
 
-def rollback(name: str, settings: Settings, reason: str, user: str | None = None) -> dict:
-    """Move `champion` back to `previous`; record who, when and why on both versions and the model."""
+def rollback(name: str, settings: Settings, reason: str, user: str | None = None, *, expect: tuple[str, str] | None = None,
+             trigger: str = MANUAL, evidence: dict | None = None) -> dict:
+    """Move `champion` back to `previous` under the promotion lock; record who, when and why on both versions (tags
+    and pages), on the rolled-back version's run and on the model (`rollback.last`, and `rollback.count`, which
+    `pipelines.signals` pushes).
+
+    `previous` then follows the chain of replaced champions (`promotion.replaced`), so a second rollback goes one
+    further back. `expect` = (champion, previous) makes it a compare-and-set: nothing moves unless both aliases
+    still point there. `trigger` (`manual` or `decay`) is tagged `rollback.trigger` on the rolled-back version;
+    `evidence` (the gate's: `reasons`, `holdout`, `primary`, `guards`, `lower_is_better`, and `metrics`, {version:
+    holdout metrics}) puts the numbers on both pages.
+
+    Returns {"model", "moved", "rolled_back", "champion" (the champion now), "previous", "by", "at", "reason",
+    "trigger"}; `moved` is False (and `rolled_back` None) only with `expect`, when an alias had moved.
+
+    Raises:
+        PromotionError: without `expect`, no champion or no `previous` to go back to; the lock not had in time.
+        LockLost: the lock's lease ran out before a write (nothing more is written).
+    """
     client = use_store(settings)
     cfg = settings.promotion
     user, at = user or current_user(), _now()
+    out = {"model": name, "by": user, "at": at, "reason": reason, "trigger": trigger}
     with promotion_lock(client, name, cfg.lock_timeout, cfg.lock_lease) as held:
         current, previous = alias_version(client, name, CHAMPION), alias_version(client, name, PREVIOUS)
+        if expect is not None and (current, previous) != expect:
+            return {**out, "moved": False, "rolled_back": None, "champion": current, "previous": previous}
         if current is None:
             raise PromotionError(f"model {name!r} has no champion to roll back")
         if previous is None or previous == current:
@@ -510,14 +572,116 @@ def rollback(name: str, settings: Settings, reason: str, user: str | None = None
         rolled, restored = ModelRef(name, current), ModelRef(name, previous)
         set_version_tags(client, rolled, {"promotion.decision": ROLLED_BACK, "promotion.reason": f"rolled back: {reason}"[:4000],
                                           "rollback.by": user, "rollback.at": at, "rollback.reason": reason[:4000],
-                                          "rollback.to": previous})
+                                          "rollback.to": previous, "rollback.trigger": trigger})
         set_version_tags(client, restored, {"rollback.restored_by": user, "rollback.restored_at": at,
                                             "rollback.restored_from": current, "rollback.restored_reason": reason[:4000]})
+        model_tags = client.get_registered_model(name).tags
+        count = int(model_tags["rollback.count"]) + 1 if model_tags.get("rollback.count", "").isdigit() else 1
         client.set_registered_model_tag(name, "rollback.last", note[:4000])
+        client.set_registered_model_tag(name, "rollback.count", str(count))
         run_id = client.get_model_version(name, current).run_id
         if run_id:
-            for key, value in {"rollback.by": user, "rollback.at": at, "rollback.reason": reason[:4000], "promotion.decision": ROLLED_BACK}.items():
+            for key, value in {"rollback.by": user, "rollback.at": at, "rollback.reason": reason[:4000], "promotion.decision": ROLLED_BACK,
+                               "rollback.trigger": trigger}.items():
                 client.set_tag(run_id, key, value)
-    log.info("rolled back", extra={"model": name, "from": current, "to": previous, "by": user, "reason": reason})
-    return {"model": name, "rolled_back": current, "champion": previous, "previous": alias_version(client, name, PREVIOUS),
-            "by": user, "at": at, "reason": reason}
+        held.check()
+        _write_rollback_pages(client, rolled, restored, {**out, "reasons": (evidence or {}).get("reasons") or [reason]}, evidence or {})
+    log.info("rolled back", extra={"model": name, "from": current, "to": previous, "by": user, "reason": reason, "trigger": trigger})
+    return {**out, "moved": True, "rolled_back": current, "champion": previous, "previous": alias_version(client, name, PREVIOUS)}
+
+
+def _write_rollback_pages(client, rolled: ModelRef, restored: ModelRef, base: dict, evidence: dict) -> None:
+    """Put the rollback at the top of both versions' pages (`add_to_version_page`), with the holdout table of the two
+    when `evidence` has their metrics."""
+    metrics = evidence.get("metrics") or {}
+    common = {**base, "champion_now": restored.version, "holdout": evidence.get("holdout"), "primary": evidence.get("primary"),
+              "guards": evidence.get("guards") or [], "lower_is_better": evidence.get("lower_is_better") or []}
+    for this, other, decision, role in ((rolled, restored, ROLLED_BACK, "restored"), (restored, rolled, RESTORED, "rolled back")):
+        contenders = {"challenger": metrics.get(this.version) or {}, "champion": metrics.get(other.version) or {}} if metrics else {}
+        add_to_version_page(client, this, {**common, "decision": decision, "challenger": this.version, "champion": other.version,
+                                           "contenders": contenders, "column_titles": {"champion": f"v{other.version} ({role})"}})
+
+
+def rollback_refusal(version: str, tags: dict[str, str], cfg: PromotionSettings, now: datetime) -> str | None:
+    """Why version `version` (with its `tags`) may not become champion again by an automatic rollback; None when it may.
+
+    Refused: a version that did not pass its own gate (`promotion.decision` other than promoted), one a person
+    rolled back (a person's rollback is undone by a person only), and one rolled back from for decay less than
+    `promotion.rollback_quiet_days` days before `now` (no flapping between two versions). A version rolled back
+    for decay longer ago may come back: it had passed its gate, and the world may have come back to it.
+    """
+    if "rollback.at" in tags:
+        if tags.get("rollback.trigger") != DECAY:
+            return (f"v{version} was rolled back by {tags.get('rollback.by')} at {tags['rollback.at']} "
+                    f"({tags.get('rollback.reason')}): only a person brings it back")
+        try:
+            at = datetime.fromisoformat(tags["rollback.at"])
+        except ValueError:
+            return f"v{version} was rolled back from for decay at an unreadable time ({tags['rollback.at']!r})"
+        if now - (at if at.tzinfo else at.replace(tzinfo=timezone.utc)) < timedelta(days=cfg.rollback_quiet_days):
+            return (f"v{version} was rolled back from for decay at {tags['rollback.at']}, less than "
+                    f"promotion.rollback_quiet_days ({cfg.rollback_quiet_days:g}) days ago")
+        return None
+    if tags.get("promotion.decision") != PROMOTED:
+        return f"v{version} did not pass its own gate (promotion.decision {tags.get('promotion.decision')!r})"
+    return None
+
+
+def _rollback_entry(status: str, source: str, target: str | None, reason: str, **extra: Any) -> dict:
+    """The decision record's `rollback`: what became of a decayed champion (`from`) and why."""
+    return {"status": status, "from": source, "to": target, "reason": reason, **extra}
+
+
+def roll_back_decayed(client, spec: TaskSpec, champion: ModelRef, champion_metrics: dict[str, float], decay: dict,
+                      holdout: Snapshot, settings: Settings, user: str) -> dict:
+    """After a gate that left the decayed `champion` in place: move `champion` back to `previous` when setting
+    `promotion.auto_rollback` is on, `previous` may come back (`rollback_refusal`, and the holdout overlaps none of
+    its training data), and on the same `holdout`, evaluated as the gate evaluates (`holdout_metrics`), it beats the
+    champion's `champion_metrics` on the primary metric by `promotion.margin` (`beats_on_primary`).
+
+    The move is `rollback`'s compare-and-set against the (champion, previous) read here, with trigger `decay`, so a
+    champion moved meanwhile (a manual promote or rollback) is left alone. The restored version's decay on the holdout
+    is recorded as the new champion's (`_record_decay`).
+
+    Returns the decision record's `rollback`: {"status": rolled_back | refused | off | lost, "from", "to", "reason",
+    "previous_metrics" (when evaluated)}. `previous` that cannot be judged on the holdout (a `NightshiftError` of its
+    evaluation) is refused, with the error as the reason.
+
+    Raises:
+        PromotionError: the lock is not had in time (`LockLost`: its lease ran out).
+    """
+    cfg, name, source = settings.promotion, champion.name, champion.version
+    head = f"champion v{source} decayed ({decay['reason']})"
+    if not cfg.auto_rollback:
+        return _rollback_entry("off", source, None, f"{head}; not rolled back: setting promotion.auto_rollback is off")
+    target = alias_version(client, name, PREVIOUS)
+    if target is None or target == source:
+        return _rollback_entry("refused", source, None, f"{head}; not rolled back: no previous champion (alias '{PREVIOUS}')")
+    refusal = rollback_refusal(target, client.get_model_version(name, target).tags, cfg, datetime.now(timezone.utc))
+    if refusal is None:
+        try:
+            choose_holdout(client, spec, [ModelRef(name, target)], settings, holdout.path)
+        except PromotionError as exc:
+            refusal = f"v{target} cannot be judged on this holdout: {exc}"
+    if refusal is not None:
+        return _rollback_entry("refused", source, target, f"{head}; not rolled back: {refusal}")
+    try:
+        previous_metrics = holdout_metrics(f"{name}/{target}", holdout.path, settings)
+    except NightshiftError as exc:  # the gate's own decision stands; the record says why nothing was rolled back
+        return _rollback_entry("refused", source, target, f"{head}; not rolled back: v{target} could not be judged on the holdout: {exc}")
+    beats, verdict = beats_on_primary(spec, previous_metrics, champion_metrics, cfg.margin, who=f"v{target}", whom=f"champion v{source}")
+    if not beats:
+        return _rollback_entry("refused", source, target, f"{head}; not rolled back: v{target} ({PREVIOUS}) on the same holdout: {verdict}",
+                               previous_metrics=previous_metrics)
+    reasons = [head, f"v{target} ({PREVIOUS}) on the same holdout: {verdict}"]
+    evidence = {"reasons": reasons, "holdout": _holdout_entry(holdout), "primary": spec.primary, "guards": list(spec.guards),
+                "lower_is_better": sorted(spec.lower_is_better), "metrics": {source: champion_metrics, target: previous_metrics}}
+    out = rollback(name, settings, "; ".join(reasons), user, expect=(source, target), trigger=DECAY, evidence=evidence)
+    if not out["moved"]:
+        return _rollback_entry("lost", source, target, f"{head}; not rolled back: the aliases moved while the gate ran "
+                                                       f"(champion v{out['champion']}, previous v{out['previous']})",
+                               previous_metrics=previous_metrics)
+    restored = ModelRef(name, target)
+    _record_decay(client, restored, previous_metrics, champion_decay(client, restored, previous_metrics, spec, cfg), holdout)
+    return _rollback_entry("rolled_back", source, target, f"{head}; v{target} beats it on the same holdout ({verdict}): "
+                                                          f"rolled back to v{target}", previous_metrics=previous_metrics, at=out["at"])

@@ -2,9 +2,10 @@
 
 `write_version_page(client, ref, record)` writes it from a decision record (the gate's, `pipelines.registry.gate`,
 or the registration's, `pipelines.registry.aliases.mark_challenger`): the decision as a heading, one reason per
-line, a table comparing the version, the champion it faced and the baselines on the fresh holdout (the record's
-`contenders`), and links to the reports on its run (validation, drift, the decision record, any report at the top
-of the run). The links are relative to the MLflow UI (`#/experiments/E/runs/R/artifactPath/PATH` opens the
+line, what became of a decayed champion the gate faced, a table comparing the version, the champion it faced and
+the baselines on the fresh holdout (the record's `contenders`), and links to the reports on its run (validation,
+drift, the decision record, any report at the top of the run). A rollback (`pipelines.registry.gate.rollback`) adds
+its own section at the top of both versions' pages (`add_to_version_page`), above what they said before. The links are relative to the MLflow UI (`#/experiments/E/runs/R/artifactPath/PATH` opens the
 artifact in the run's artifact view), so they work behind any host name. `version_description` is the markdown
 alone, for tests and for a store that cannot be written.
 """
@@ -54,13 +55,18 @@ def _headline(record: dict) -> str:
         return f"Stale: the champion moved to v{now} while the gate ran; run the gate again (`nightshift promote`)"
     if decision == "pending":
         return f"Waiting for the gate: v{version} is the `challenger`"
+    if decision == "rolled_back":
+        return f"Rolled back: v{version} no longer serves; the champion is v{now or champion} again"
+    if decision == "restored":
+        return f"Restored: v{version} is the champion again, replacing v{champion}"
     return f"{str(decision).capitalize()}: v{version}"
 
 
 def holdout_table(record: dict) -> list[str]:
     """The markdown table of the record's `contenders` ({name: {metric: value}}) on the holdout: one row per metric
     (the primary first, then the guards, then the rest), one column per contender (this version, the champion, then
-    the baselines); the best value of a row in bold. [] when there are no numbers."""
+    the baselines; the record's `column_titles`, {name: title}, overrides a column's title); the best value of a row
+    in bold. [] when there are no numbers."""
     contenders: dict[str, dict[str, float]] = {k: v for k, v in (record.get("contenders") or {}).items() if v}
     if not contenders:
         return []
@@ -70,7 +76,11 @@ def holdout_table(record: dict) -> list[str]:
     seen = [m for c in order for m in contenders[c]]
     metrics = [m for m in (primary, *guards) if m in seen] + sorted({m for m in seen if m != primary and m not in guards})
 
+    titles = record.get("column_titles") or {}
+
     def header(name: str) -> str:
+        if name in titles:
+            return str(titles[name])
         if name == "challenger":
             return f"v{record.get('challenger')} (this version)"
         if name == "champion":
@@ -101,13 +111,16 @@ def version_description(record: dict, links: dict[str, str] | None = None, pictu
         reasons = record.get("reasons") or ([record["reason"]] if record.get("reason") else [])
         if reasons:
             lines += ["**Why**", ""] + [f"- {_cell(r)[:reason_chars]}" for r in reasons] + [""]
+        if rollback := record.get("rollback"):  # the gate's: what became of the decayed champion it faced
+            title = "Champion rolled back" if rollback.get("status") == "rolled_back" else "Champion decayed"
+            lines += [f"**{title}**: {_cell(str(rollback.get('reason')))[:reason_chars]}", ""]
         holdout = record.get("holdout")
         table = holdout_table(record)
         if holdout and table:
             where = PurePath(str(holdout.get("snapshot")))  # `DATASET/NIGHT`, as the run's dataset input names it
             lines += [f"**On the fresh holdout** `{where.parent.name}/{where.name}` (window {holdout.get('window')}, "
                       f"{str(holdout.get('content_hash'))[:19]}…), which no version here trained on:", ""] + table + [""]
-        elif record.get("decision") not in ("pending",):
+        elif record.get("decision") not in ("pending", "rolled_back", "restored"):
             lines += ["No numbers on a fresh holdout.", ""]
         if links:
             lines += ["**Reports**", ""] + [f"- [{label}]({href})" for label, href in links.items()] + [""]
@@ -159,6 +172,24 @@ def report_picture(client, run_id: str | None) -> tuple[str, str] | None:
         if path in files:
             return alt, "get-artifact?" + urlencode({"path": path, "run_uuid": run_id})
     return None
+
+
+def add_to_version_page(client, ref: ModelRef, record: dict) -> str:
+    """Put `record` (a rollback's: decision `rolled_back` or `restored`) at the top of version `ref`'s page, above what
+    the page said before (cut to fit `DESCRIPTION_CHARS`), so the version's story reads newest first; returns the
+    markdown.
+
+    Raises:
+        MlflowException: the registry refused the update.
+    """
+    earlier = client.get_model_version(ref.name, ref.version).description or ""
+    text = version_description(record)
+    if earlier.strip():
+        text += "\n---\n\n" + earlier
+    if len(text) > DESCRIPTION_CHARS:
+        text = text[:DESCRIPTION_CHARS - 2] + "…\n"
+    client.update_model_version(ref.name, ref.version, description=text)
+    return text
 
 
 def write_version_page(client, ref: ModelRef, record: dict) -> str:

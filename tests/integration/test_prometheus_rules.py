@@ -1,6 +1,8 @@
 """The Prometheus config and alert rules in infra/prometheus/: promtool checks them and runs their
-unit tests (residual alerts, the double confirmation with predict_linear, stale forecasts)."""
+unit tests (residual alerts, the double confirmation with predict_linear, stale forecasts; the platform's
+own alerts on decay, rollback, failed nights and stale champions)."""
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -31,6 +33,19 @@ def test_rules_pass_promtool_check():
     rules = [r for f in (PROM / "rules").glob("*.yml") for g in yaml.safe_load(f.read_text())["groups"] for r in g["rules"]]
     exprs = " ".join(r["expr"] for r in rules)
     assert "predict_linear(" in exprs and "ai_forecast_" in exprs and 'quantile="0.9"' in exprs
+    alerts = {r.get("alert") for r in rules}
+    assert {"ChampionDecayed", "ChampionRolledBack", "ChampionStale", "NightFailed", "NightNeverSucceeded"} <= alerts
+
+
+def test_platform_rules_read_only_metrics_that_the_nights_push():
+    """A renamed signal would leave its alert silent for ever: every nightshift_* name in the rules is pushed."""
+    from pipelines.signals import MODEL_METRICS, NIGHT_METRICS, SIGNALS_JOB
+    from serving.forecasts import DEPLOYMENT_LABEL
+
+    rules = yaml.safe_load((PROM / "rules" / "platform_alerts.yml").read_text())
+    names = {name for g in rules["groups"] for r in g["rules"] for name in re.findall(r"\bnightshift_[a-z_]+", r["expr"])}
+    used = names - {DEPLOYMENT_LABEL, SIGNALS_JOB}  # a label and a label value, not metrics
+    assert used and used <= set(MODEL_METRICS) | set(NIGHT_METRICS), used - set(MODEL_METRICS) - set(NIGHT_METRICS)
 
 
 def test_rule_unit_tests_pass():
@@ -47,3 +62,14 @@ def test_rule_unit_tests_catch_a_broken_rule(tmp_path):
     shutil.copy(PROM / "tests" / "forecast_alerts_test.yml", tmp_path / "tests")
     done = subprocess.run(["promtool", "test", "rules", "tests/forecast_alerts_test.yml"], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode != 0 and "GPUUtilisationOutsideForecastBand" in done.stdout + done.stderr
+
+
+def test_platform_rule_unit_tests_catch_a_broken_rule(tmp_path):
+    """A failed-night alert that waits 36 hours instead of 26 fails the platform tests."""
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "tests").mkdir()
+    broken = (PROM / "rules" / "platform_alerts.yml").read_text().replace("> 26 * 3600", "> 36 * 3600")
+    (tmp_path / "rules" / "platform_alerts.yml").write_text(broken)
+    shutil.copy(PROM / "tests" / "platform_alerts_test.yml", tmp_path / "tests")
+    done = subprocess.run(["promtool", "test", "rules", "tests/platform_alerts_test.yml"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode != 0 and "NightFailed" in done.stdout + done.stderr

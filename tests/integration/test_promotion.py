@@ -209,14 +209,20 @@ def test_rollback_restores_previous_champion_and_scoring_uses_it(registry, capsy
     client.set_model_version_tag(NAME, "2", "promotion.replaced", "1")
     assert main(["rollback", NAME, "--reason", "alert storm after release", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["rolled_back"] == "2" and out["champion"] == "1" and out["by"] == "test-sre"
+    assert out["rolled_back"] == "2" and out["champion"] == "1" and out["by"] == "test-sre" and out["moved"] is True
     assert aliases(client)["champion"] == "1" and aliases(client)["previous"] is None
 
     tags = client.get_model_version(NAME, "2").tags
     assert tags["promotion.decision"] == "rolled_back" and tags["rollback.reason"] == "alert storm after release"
     assert tags["rollback.by"] == "test-sre" and tags["rollback.at"].startswith("20") and tags["rollback.to"] == "1"
+    assert tags["rollback.trigger"] == "manual"  # an automatic rollback never brings it back
     assert client.get_model_version(NAME, "1").tags["rollback.restored_from"] == "2"
     assert "alert storm" in client.get_registered_model(NAME).tags["rollback.last"]
+    assert client.get_registered_model(NAME).tags["rollback.count"].isdigit()
+    # both pages open with the rollback, above what they said before
+    rolled, restored = client.get_model_version(NAME, "2").description, client.get_model_version(NAME, "1").description
+    assert rolled.startswith("### Rolled back: v2 no longer serves; the champion is v1 again") and "- alert storm after release" in rolled
+    assert restored.startswith("### Restored: v1 is the champion again, replacing v2") and "Decided by test-sre" in restored
 
     sink = tmp_path / "scored.ndjson"
     fresh = registry.holdout.manifest["source"]
@@ -350,3 +356,69 @@ def test_compare_and_set_across_processes(store, mlflow_server, tmp_path):
     assert won.count(True) == 1
     assert alias_version(client, name, "champion") == ("2", "3")[won.index(True)]
     assert alias_version(client, name, "previous") == "1"
+
+
+@pytest.mark.parametrize("store", ["sqlite", "server"])
+def test_automatic_rollback_racing_a_manual_promote_leaves_one_champion(store, mlflow_server, tmp_path, monkeypatch):
+    """The gate's rollback of a decayed v2 to v1 and a `nightshift promote` of v3 over v2 reach the promotion lock
+    together (file lock for a local SQLite store, the registry mutex for a server): one moves the champion, the
+    other's compare-and-set finds it moved, and the aliases and tags tell one story. The versions carry no model:
+    the evaluation on the holdout is stood in for."""
+    import dataclasses
+
+    import pipelines.registry.gate as gate
+    from pipelines.config import load_settings
+    from pipelines.data.snapshots import load_snapshot
+    from pipelines.registry.aliases import compare_and_set_champion
+    from pipelines.registry.store import ModelRef, alias_version, use_store
+    from pipelines.tasks import task
+
+    uri = mlflow_server if store == "server" else f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("NIGHTSHIFT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    settings = load_settings()
+    settings = dataclasses.replace(settings, promotion=dataclasses.replace(settings.promotion, lock_timeout=60.0, lock_lease=30.0))
+    client = use_store(settings)
+    name = f"rollback-race-{store}"
+    client.create_registered_model(name)
+    for version in ("1", "2", "3"):
+        client.create_model_version(name, f"s3://nightshift-test/v{version}", tags={"promotion.decision": "promoted"})
+    client.set_registered_model_alias(name, "previous", "1")
+    client.set_registered_model_alias(name, "champion", "2")
+    holdout = tmp_path / "logs-fresh" / "2026-11-21"
+    holdout.mkdir(parents=True)
+    (holdout / "manifest.json").write_text(json.dumps({"window": {"start": "2026-11-20T00:00:00Z", "end": "2026-11-21T00:00:00Z"},
+                                                       "content_hash": "sha256:" + "1" * 64}))
+    scores = {"1": {"f1": 0.9}, "2": {"f1": 0.6}}
+    monkeypatch.setattr(gate, "holdout_metrics", lambda ref, path, settings: scores[ref.split("/")[1]])
+    both = threading.Barrier(2, timeout=120)
+    lock = gate.promotion_lock
+
+    def promotion_lock(*args, **kwargs):  # the rollback's lock: taken once both are ready
+        both.wait()
+        return lock(*args, **kwargs)
+
+    monkeypatch.setattr(gate, "promotion_lock", promotion_lock)
+    results: dict = {}
+
+    def promote_by_hand():
+        both.wait()
+        results["promote"] = compare_and_set_champion(client, name, "2", "3", timeout=60.0, lease=30.0)
+
+    thread = threading.Thread(target=promote_by_hand)
+    thread.start()
+    decay = {"status": "decayed", "reason": "f1 0.6000 on the fresh window vs 0.9500 at validation"}
+    results["rollback"] = gate.roll_back_decayed(client, task(NAME), ModelRef(name, "2"), scores["2"], decay, load_snapshot(holdout),
+                                                 settings, "nightshift")
+    thread.join(120)
+    rolled_back, promoted = results["rollback"]["status"] == "rolled_back", results["promote"][0]
+    assert rolled_back != promoted, results  # exactly one moved the champion
+    state = {a: alias_version(client, name, a) for a in ("champion", "previous")}
+    tags = client.get_model_version(name, "2").tags
+    if rolled_back:
+        assert state == {"champion": "1", "previous": None} and results["promote"] == (False, "1")
+        assert tags["promotion.decision"] == "rolled_back" and tags["rollback.trigger"] == "decay"
+    else:
+        assert state == {"champion": "3", "previous": "2"} and results["rollback"]["status"] == "lost"
+        assert "rollback.at" not in tags
+    assert not [m for m in client.search_registered_models() if m.name.endswith(".promotion-lock")]  # the mutex is released
