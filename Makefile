@@ -8,7 +8,7 @@ export NIGHTSHIFT_HOME ?= $(CURDIR)/.nightshift
 # pip's site config lists local indexes that lack most packages; its notes about them are noise.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: setup lock system-deps airflow es-deps es demo demo-es demo-forecast demo-cluster lint test test-fast test-integration test-e2e bench serve ui clean
+.PHONY: setup lock system-deps airflow es-deps es demo demo-es demo-forecast demo-cluster docs lint test test-fast test-integration test-e2e bench serve ui clean
 
 setup: $(VENV)/.installed
 
@@ -104,6 +104,11 @@ demo-forecast: setup system-deps
 bench: setup system-deps
 	$(PY) benchmarks/run.py
 
+# docs/configuration.md, every setting with its default and help, generated from pipelines/config.py (run it after
+# changing a setting; tests/unit/test_config_docs.py fails while the page is stale).
+docs: setup
+	$(PY) -m pipelines.config_docs
+
 # A local Airflow deployment of the nightly DAG on loopback: PostgreSQL, an MLflow server, the
 # api-server, scheduler (LocalExecutor) and dag-processor; prints the UI's URL and login. Ctrl-C stops it.
 airflow: setup system-deps
@@ -116,9 +121,18 @@ demo-cluster: setup system-deps
 	bash infra/scripts/demo_cluster.sh
 
 # Online answers (after `make demo`): the three champions on http://127.0.0.1:$${PORT:-8000} (nightshift serve; /docs,
-# /v1/log-anomaly, /v1/failure-rca, /v1/metric-forecast, the seed's /predict). MODEL=NAME serves that one model with
-# `mlflow models serve` instead (POST /invocations); the script puts the venv's bin on PATH, which that needs.
+# /v1/log-anomaly, /v1/failure-rca, /v1/metric-forecast, and /predict in the PyTorch_pro demos' shape). Callers need an API key: the first run
+# makes one (scopes admin,score) in $(NIGHTSHIFT_HOME)/api-keys and prints it once with a curl line; more keys:
+# nightshift serve-key NAME --scope score. MODEL=NAME serves that one model with `mlflow models serve` instead (POST
+# /invocations, no keys); the script puts the venv's bin on PATH, which that needs.
 serve: setup
+	@keys="$${NIGHTSHIFT_SERVE_API_KEYS_FILE:-$(NIGHTSHIFT_HOME)/api-keys}"; \
+	if [ -z "$(MODEL)" ] && [ ! -e "$$keys" ]; then \
+	  key=$$($(NS) serve-key make-serve --scope admin,score --file "$$keys"); \
+	  echo "API key (admin, score), shown only now: $$key"; \
+	  echo "try: curl -H 'Authorization: Bearer $$key' -H 'Content-Type: application/json'" \
+	    "-d '{\"texts\": [\"Out of memory: Killed process 4242 (python)\"]}' http://127.0.0.1:$${PORT:-8000}/v1/log-anomaly"; \
+	fi
 	bash infra/scripts/start_server.sh --port $${PORT:-$(if $(MODEL),5001,8000)} $(if $(MODEL),--mlflow $(MODEL))
 
 ui: setup

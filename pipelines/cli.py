@@ -161,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="default: setting serve.host (127.0.0.1)")
     p.add_argument("--port", type=int, help="default: setting serve.port (8000); 0: a free port, printed")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+    p = sub.add_parser("serve-key", parents=[common], help="make an API key for nightshift serve: its hash goes to the key file, "
+                                                           "the key is printed once")
+    p.add_argument("name", metavar="NAME", help="who uses the key (logged with each request; the rate limit's bucket)")
+    p.add_argument("--scope", default="score", help="score (the scoring routes), admin (reload), or score,admin (default: %(default)s)")
+    p.add_argument("--file", type=Path, help="the key file (default: setting serve.api_keys_file, else $NIGHTSHIFT_HOME/api-keys); "
+                                             "created with mode 0600")
     return parser
 
 
@@ -318,6 +325,19 @@ def _serve(args, settings):
 
     serve(settings, args.host, args.port, args.log_level, on_listen=listening)
     return {"summary": "nightshift serve stopped"}
+
+
+@command("serve-key")
+def _serve_key(args, settings):
+    from serving.auth import key_file_path, make_key
+
+    path = args.file or key_file_path(settings)
+    scopes = {s.strip() for s in args.scope.split(",") if s.strip()}
+    key = make_key(path, args.name, scopes)
+    # stdout is the key alone (KEY=$(nightshift serve-key ...)); what it is goes to stderr
+    print(f"nightshift serve-key: key {args.name!r} ({','.join(sorted(scopes))}) added to {path} as its SHA-256; the key is "
+          "shown only now: send it as 'Authorization: Bearer KEY'", file=sys.stderr)
+    return {"name": args.name, "scopes": sorted(scopes), "file": str(path), "key": key, "summary": key}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -307,7 +307,7 @@ class ServeSettings:
     min_history: float = 0.5  # share of the forecaster's lookback that must be observed (prometheus.max_gap_fraction's complement)
     short_history: str = "refuse"  # a forecast from a shorter history: refuse (422 / per-series error) | flag (answer, marked)
     threads: int = 0  # torch threads for the forward passes (0: torch's default)
-    api_keys_file: str = ""  # file of API keys, one per line "NAME SHA256-HEX SCOPE[,SCOPE]" (scopes: score, admin); also NIGHTSHIFT_SERVE_API_KEYS_FILE
+    api_keys_file: str = ""  # file of API keys, one per line "NAME SHA256-HEX SCOPE[,SCOPE]" (scopes: score, admin; `nightshift serve-key` adds one); empty: $NIGHTSHIFT_HOME/api-keys
     metrics_public: bool = False  # /metrics answers without a key (true: for a Prometheus that scrapes without one)
     rate_limit: str = "600/minute"  # requests per API key (the `limits` library's notation); empty: no limit
     tls_certfile: str = ""  # PEM certificate chain: serve HTTPS (with tls_keyfile)

@@ -10,27 +10,34 @@ Reading order:
    `serve.max_wait_ms` for more); every pass runs on one worker thread, so torch never competes
    with itself for the cores.
 3. `ServerMetrics`: Prometheus counters and histograms by route, model and version.
-4. `create_app`: the routes (`/v1/...`, the seed's `/predict` shapes, `/healthz`, `/readyz`,
-   `/metrics`), the request and answer schemas (OpenAPI at `/docs`), and the errors: 422 naming the
-   field, per-row errors where a route takes many rows, 413 for oversized bodies, 503 with the
-   reason when a model has no champion.
+4. `create_app`: the routes (`/v1/...`, the seed's `/predict` shapes, `/v1/admin/reload`, `/healthz`,
+   `/readyz`, `/metrics`), the request and answer schemas (OpenAPI at `/docs`), and the errors: 422
+   naming the field, per-row errors where a route takes many rows, 413 for oversized bodies, 503 with
+   the reason when a model has no champion. Every route but the health checks (and `/metrics` with
+   `serve.metrics_public`) needs an API key with its scope (`serving/auth.py`): the scoring routes sit
+   on one router that requires `score`, the admin routes on one that requires `admin`, and the app
+   refuses to start with a route that has no key check.
+5. `serve`: uvicorn on a bound socket, HTTPS with `serve.tls_certfile` and `serve.tls_keyfile`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.config import ConfigError, Settings
@@ -39,14 +46,27 @@ from pipelines.errors import NightshiftError
 from pipelines.registry.store import alias_version, load_model, use_store
 from pipelines.sources.prometheus import format_duration, parse_duration, series_id
 from pipelines.telemetry import get_logger
+from serving.auth import ADMIN, REFUSALS, SCORE, Guard, KeyFileError, load_keys
 
 log = get_logger("serve")
+access_log = get_logger("serve.access")  # one line per request, with the API key's name
 
 LOG_ANOMALY, FAILURE_RCA, METRIC_FORECAST = "log-anomaly", "failure-rca", "metric-forecast"
 
 
 class NoChampion(NightshiftError, LookupError):
     """A model has nothing to serve yet; the message says why (answered as 503)."""
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with each float that JSON cannot hold (NaN, infinity: Python's json reads them in a request) as its text."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def unprocessable(field_path: list[str | int], message: str) -> HTTPException:
@@ -79,6 +99,7 @@ class Champions:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._on_swap = on_swap
+        self._passes = threading.Lock()  # the background loop and an admin's reload never load the same version twice
 
     def get(self, name: str) -> Slot:
         """The slot serving `name` now.
@@ -95,6 +116,18 @@ class Champions:
 
     def refresh(self) -> None:
         """One pass: read each alias; load a version the alias moved to, then swap it in."""
+        with self._passes:
+            try:
+                self._refresh()
+            finally:
+                self.refreshed.set()
+
+    def states(self) -> dict[str, dict[str, Any]]:
+        """Each model's served version, or why none is served."""
+        return {name: ({"version": slot.version, "family": slot.family, "load_seconds": round(slot.load_seconds, 3)}
+                       if (slot := self.slots[name]) else {"version": None, "reason": self.reasons[name]}) for name in self.names}
+
+    def _refresh(self) -> None:
         for name in self.names:
             try:
                 version = alias_version(self.client, name, self.alias)
@@ -133,7 +166,6 @@ class Champions:
                     self.refresh()
                 except Exception as exc:  # keep the loop alive whatever one pass hits
                     log.error("refresh failed", extra={"error": str(exc)})
-                self.refreshed.set()
                 if self._stop.wait(every):
                     return
 
@@ -428,6 +460,9 @@ class Server:
 
         self.check_rows(field_name, len(values))
         self.champions.get(name)  # 503 before any work when there is no champion
+        for column, given in (context or {}).items():
+            if len(given) != len(values):
+                raise unprocessable([column], f"{len(given)} values for {len(values)} rows of '{field_name}'")
         problems = [text_problem(v, self.settings.serve.max_text_chars) for v in values]
         if field_name == "texts":  # many rows: each error names its row
             problems = [f"'texts[{i}]' {p}" if p else None for i, p in enumerate(problems)]
@@ -435,9 +470,6 @@ class Server:
         if not good:
             slot = self.champions.get(name)
             return slot, problems, np.zeros((0, 1), dtype=np.float32), good
-        for column, given in (context or {}).items():
-            if len(given) != len(values):
-                raise HTTPException(422, detail=f"'{column}': {len(given)} values for {len(values)} rows of '{field_name}'")
         slot, probs = await self.batchers[name].probabilities([values[i] for i in good],
                                                               {c: [given[i] for i in good] for c, given in (context or {}).items()})
         return slot, problems, probs, good
@@ -492,6 +524,12 @@ class Server:
             if short and mode == "refuse":
                 message = (f"{observed:.0%} of the {cfg.lookback}-step lookback ({format_duration(cfg.step * cfg.lookback)}) observed, "
                            f"less than min_history {min_history:.0%}; send more history, or short_history='flag' to forecast anyway")
+                if body.series is not None:
+                    raise unprocessable(["series"], message)
+                errors.append(ForecastError(series=str(sid), field="rows", error=message))
+                continue
+            if not np.isfinite(rows[["p10", "p50", "p90"]].to_numpy(dtype=np.float64)).all():  # JSON holds no NaN or infinity
+                message = "the forecast is not a finite number: values of this magnitude overflow the model's scaling"
                 if body.series is not None:
                     raise unprocessable(["series"], message)
                 errors.append(ForecastError(series=str(sid), field="rows", error=message))
@@ -565,17 +603,35 @@ class Server:
         return frame[np.isfinite(frame["value"])], errors
 
 
+class ReloadResponse(BaseModel):
+    keys: int = Field(description="API keys in the key file, read again")
+    models: dict[str, dict[str, Any]] = Field(description="each model's served version (or why none is), after re-reading its alias")
+
+
+PUBLIC_PATHS = {"/healthz", "/readyz"}  # answer without a key (probes); /metrics too with serve.metrics_public
+SCHEMA_PATHS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}  # the API's description, no data
+
+
 def create_app(settings: Settings, client=None, start_refresh: bool = True) -> FastAPI:
     """The FastAPI application serving the configured models' `serve.alias` versions from the registry.
 
     `client`: an MlflowClient (default: `pipelines.registry.store.use_store(settings)`).
+
+    Raises:
+        ConfigError: a serve setting cannot be used (`serve.short_history`, `serve.rate_limit`).
+        KeyFileError: there is no API key file (the message says how to make one), or it has a bad line.
     """
     cfg = settings.serve
     if cfg.short_history not in ("refuse", "flag"):
         raise ConfigError(f"setting serve.short_history: {cfg.short_history!r} is not refuse or flag")
+    metrics = ServerMetrics()
+
+    def refused(route: str, status: int) -> None:
+        metrics.requests.labels(route, ROUTE_MODELS.get(route, "none"), "none", str(status)).inc()
+
+    guard = Guard(load_keys(settings), cfg.rate_limit, on_refused=refused)  # before the store: a missing key file fails fast
     client = client or use_store(settings)
     names = [n.strip() for n in cfg.models.split(",") if n.strip()]
-    metrics = ServerMetrics()
     champions = Champions(client, names, cfg.alias, settings.mlflow_uri, on_swap=metrics.swapped)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nightshift-serve-model")
     batchers = {name: Batcher(name, champions, executor, cfg.max_batch, cfg.max_wait_ms / 1000, metrics.batch)
@@ -600,7 +656,13 @@ def create_app(settings: Settings, client=None, start_refresh: bool = True) -> F
                   description="The champions of log-anomaly, failure-rca and metric-forecast, re-resolved by alias "
                               f"'{cfg.alias}' every {cfg.refresh_seconds:g}s.")
     app.state.server = server
+    app.state.guard = guard
     app.add_middleware(BodyLimit, limit=cfg.max_body_bytes)
+    app.add_middleware(AccessLog)  # outermost: it sees every answer, the 413s included
+    # The scoring routes need a key with `score`, the admin routes one with `admin`: a route joins by its router.
+    scoring = APIRouter(dependencies=[Depends(guard.require(SCORE))],
+                        responses={**REFUSALS, 503: {"description": "the model has no champion to answer with (the reason is given)"}})
+    admin = APIRouter(dependencies=[Depends(guard.require(ADMIN))], responses=REFUSALS)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
@@ -609,7 +671,7 @@ def create_app(settings: Settings, client=None, start_refresh: bool = True) -> F
 
         route = request.url.path
         metrics.requests.labels(route, ROUTE_MODELS.get(route, "none"), "none", "422").inc()
-        return JSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+        return JSONResponse({"detail": json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
 
     @app.get("/healthz", tags=["health"], summary="the process answers")
     async def healthz() -> dict:
@@ -617,18 +679,30 @@ def create_app(settings: Settings, client=None, start_refresh: bool = True) -> F
 
     @app.get("/readyz", tags=["health"], summary="200 once models are loaded; each model's state")
     async def readyz():
-        states = {name: ({"version": slot.version, "family": slot.family, "load_seconds": round(slot.load_seconds, 3)}
-                         if (slot := champions.slots[name]) else {"version": None, "reason": champions.reasons[name]}) for name in names}
         ready = champions.refreshed.is_set() and any(champions.slots.values())
-        return JSONResponse({"ready": ready, "models": states}, status_code=200 if ready else 503)
+        return JSONResponse({"ready": ready, "models": champions.states()}, status_code=200 if ready else 503)
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics" + ("" if cfg.metrics_public else " (any API key)"),
+             dependencies=[] if cfg.metrics_public else [Depends(guard.require(None))],
+             responses={} if cfg.metrics_public else REFUSALS)
     async def prometheus_metrics() -> Response:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    @app.post("/v1/log-anomaly", tags=["v1"], response_model=LogAnomalyResponse,
-              summary="anomaly score of each log line; a bad row gets its own error")
+    @admin.post("/v1/admin/reload", tags=["admin"], response_model=ReloadResponse,
+                summary="read the API key file and every model's alias again, now",
+                responses={409: {"description": "the key file has a bad line: the keys in use stay, nothing was reloaded"}})
+    async def reload() -> ReloadResponse:
+        try:
+            keys = guard.reload(settings)
+        except KeyFileError as exc:
+            raise HTTPException(409, detail=f"{exc}; the keys in use stay") from None
+        await asyncio.to_thread(champions.refresh)
+        log.info("reloaded", extra={"keys": keys})
+        return ReloadResponse(keys=keys, models=champions.states())
+
+    @scoring.post("/v1/log-anomaly", tags=["v1"], response_model=LogAnomalyResponse,
+                  summary="anomaly score of each log line; a bad row gets its own error")
     async def log_anomaly(body: LogAnomalyRequest) -> LogAnomalyResponse:
         async with server.observe("/v1/log-anomaly", LOG_ANOMALY) as seen:
             slot, problems, probs, good = await server.classify(LOG_ANOMALY, body.texts, "texts",
@@ -641,8 +715,8 @@ def create_app(settings: Settings, client=None, start_refresh: bool = True) -> F
             return LogAnomalyResponse(model=slot.name, version=slot.version, family=slot.family, threshold=threshold, results=results,
                                       errors=sum(p is not None for p in problems))
 
-    @app.post("/v1/failure-rca", tags=["v1"], response_model=RcaResponse | RcaManyResponse,
-              summary="root causes, scores and actions of a failed job (`text`), or of several (`texts`)")
+    @scoring.post("/v1/failure-rca", tags=["v1"], response_model=RcaResponse | RcaManyResponse,
+                  summary="root causes, scores and actions of a failed job (`text`), or of several (`texts`)")
     async def failure_rca(body: RcaRequest):
         async with server.observe("/v1/failure-rca", FAILURE_RCA) as seen:
             if (body.text is None) == (body.texts is None):
@@ -657,8 +731,8 @@ def create_app(settings: Settings, client=None, start_refresh: bool = True) -> F
                 return RcaResponse(**served, **answers[0].model_dump())
             return RcaManyResponse(**served, results=answers, errors=sum(a.error is not None for a in answers))
 
-    @app.post("/v1/metric-forecast", tags=["v1"], response_model=ForecastResponse,
-              summary="p10/p50/p90 per lead time of one series (`series`) or of points with labels (`rows`)")
+    @scoring.post("/v1/metric-forecast", tags=["v1"], response_model=ForecastResponse,
+                  summary="p10/p50/p90 per lead time of one series (`series`) or of points with labels (`rows`)")
     async def metric_forecast(body: ForecastRequest) -> ForecastResponse:
         async with server.observe("/v1/metric-forecast", METRIC_FORECAST) as seen:
             out = await server.forecast(body)
@@ -700,20 +774,22 @@ def create_app(settings: Settings, client=None, start_refresh: bool = True) -> F
                     "observed_fraction": first.observed_fraction, "short_history": first.short_history,
                     "model": out.model, "version": out.version}
 
-    @app.post("/log-anomaly/predict", tags=["seed"], summary='the seed\'s {"text"} -> {"text", "result": normal|abnormal}')
+    @scoring.post("/log-anomaly/predict", tags=["seed"], summary='the seed\'s {"text"} -> {"text", "result": normal|abnormal}')
     async def seed_log_anomaly_route(body: SeedTextRequest) -> dict:
         return await seed_log_anomaly(body, "/log-anomaly/predict")
 
-    @app.post("/failure-rca/predict", tags=["seed"], summary='the seed\'s {"text", "threshold"} -> {"probabilities", "actions"}')
+    @scoring.post("/failure-rca/predict", tags=["seed"], summary='the seed\'s {"text", "threshold"} -> {"probabilities", "actions"}')
     async def seed_rca_route(body: SeedTextRequest) -> dict:
         return await seed_rca(body, "/failure-rca/predict")
 
-    @app.post("/metric-forecast/predict", tags=["seed"], summary='the seed\'s {"series": [floats]} -> {"next_value"}')
+    @scoring.post("/metric-forecast/predict", tags=["seed"], summary='the seed\'s {"series": [floats]} -> {"next_value"}')
     async def seed_forecast_route(body: SeedSeriesRequest) -> dict:
         return await seed_forecast(body, "/metric-forecast/predict")
 
-    @app.post("/predict", tags=["seed"], summary="any of the seed's three shapes, told apart by their fields",
-              description='`{"series": [...]}`: metric-forecast; `{"text", "threshold"}`: failure-rca; `{"text"}`: log-anomaly.')
+    @scoring.post("/predict", tags=["seed"], summary="any of the seed's three shapes, told apart by their fields",
+                  description='`{"series": [...]}`: metric-forecast; `{"text", "threshold"}`: failure-rca; `{"text"}`: log-anomaly.',
+                  openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"anyOf": [
+                      {"$ref": "#/components/schemas/SeedTextRequest"}, {"$ref": "#/components/schemas/SeedSeriesRequest"}]}}}}})
     async def seed_predict(request: Request) -> dict:
         from pydantic import ValidationError
 
@@ -730,9 +806,18 @@ def create_app(settings: Settings, client=None, start_refresh: bool = True) -> F
                 parsed = SeedTextRequest.model_validate(body)
                 return await (seed_rca if "threshold" in body else seed_log_anomaly)(parsed, "/predict")
         except ValidationError as exc:
-            raise RequestValidationError(exc.errors()) from None
+            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
         raise unprocessable(["text"], "expected 'text' (log-anomaly, or failure-rca with 'threshold') or 'series' (metric-forecast)")
 
+    app.include_router(scoring)
+    app.include_router(admin)
+    # Fail closed: a route added beside the routers, without a key check, stops the server from starting.
+    guarded = {r.path for r in app.routes if isinstance(r, APIRoute) and any(d.call in guard.checks for d in r.dependant.dependencies)}
+    unguarded = {getattr(r, "path", repr(r)) for r in app.routes} - guarded - PUBLIC_PATHS - SCHEMA_PATHS - (
+        {"/metrics"} if cfg.metrics_public else set())
+    if unguarded:
+        raise RuntimeError(f"routes without an API key check: {', '.join(sorted(unguarded))}: put each on the scoring or admin router "
+                           "(a probe: in PUBLIC_PATHS)")
     return app
 
 
@@ -767,11 +852,65 @@ class BodyLimit:
         return await self.app(scope, limited, send)
 
 
-def serve(settings: Settings, host: str | None = None, port: int | None = None, log_level: str = "info",
-          on_listen=None) -> None:
-    """Run the server until interrupted: bind `host:port` (port 0: a free one), call `on_listen(url)`, serve.
+class AccessLog:
+    """ASGI middleware: one log line per request, with the name of the API key that sent it (never the key); it
+    replaces uvicorn's access log."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), 500
+
+        async def sending(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            client = scope.get("client")
+            access_log.info(f"{scope['method']} {scope['path']} {status}",
+                            extra={"status": status, "api_key": (scope.get("state") or {}).get("api_key"),
+                                   "client": client[0] if client else None, "seconds": round(time.perf_counter() - started, 4)})
+
+
+def tls_files(settings: Settings) -> tuple[str, str] | None:
+    """(certificate, private key) when settings serve.tls_certfile and serve.tls_keyfile are set, else None.
 
     Raises:
+        ConfigError: only one of them is set, a file is missing, or the pair does not load (the message says why).
+    """
+    cfg = settings.serve
+    if not cfg.tls_certfile and not cfg.tls_keyfile:
+        return None
+    if not cfg.tls_certfile or not cfg.tls_keyfile:
+        missing = "tls_certfile" if not cfg.tls_certfile else "tls_keyfile"
+        raise ConfigError(f"setting serve.{missing} is empty: HTTPS needs both serve.tls_certfile and serve.tls_keyfile")
+    for name, value in (("tls_certfile", cfg.tls_certfile), ("tls_keyfile", cfg.tls_keyfile)):
+        if not Path(value).expanduser().is_file():
+            raise ConfigError(f"setting serve.{name}: no such file {value}")
+    cert, key = str(Path(cfg.tls_certfile).expanduser()), str(Path(cfg.tls_keyfile).expanduser())
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"settings serve.tls_certfile and serve.tls_keyfile: {cert} and {key} do not load as a PEM certificate "
+                          f"chain and its private key ({exc})") from None
+    return cert, key
+
+
+def serve(settings: Settings, host: str | None = None, port: int | None = None, log_level: str = "info",
+          on_listen=None) -> None:
+    """Run the server until interrupted: bind `host:port` (port 0: a free one), call `on_listen(url)`, serve
+    (HTTPS when serve.tls_certfile and serve.tls_keyfile are set).
+
+    Raises:
+        KeyFileError: no API key file, or a bad line in it.
+        ConfigError: a serve setting cannot be used (TLS files, rate limit).
         StoreUnreachable: the tracking URI is a server that does not answer.
     """
     import socket
@@ -779,13 +918,18 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None, 
     import uvicorn
 
     host, port = host or settings.serve.host, settings.serve.port if port is None else port
+    tls = tls_files(settings)
     app = create_app(settings)
+    access_log.setLevel(log_level.upper())  # --log-level warning quiets the request lines, as it did uvicorn's
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)  # connections wait in the backlog while uvicorn starts, instead of being refused
-    url = f"http://{host}:{sock.getsockname()[1]}"
+    url = f"{'https' if tls else 'http'}://{host}:{sock.getsockname()[1]}"
     if on_listen:
         on_listen(url)
-    uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=10)).run(sockets=[sock])
+    keys = app.state.guard.keys
+    log.info("API keys read", extra={"file": str(keys.source), "keys": len(keys), "names": [k.name for k in keys.keys]})
+    uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=10, access_log=False,
+                                  ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None)).run(sockets=[sock])
 

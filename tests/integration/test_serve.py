@@ -1,11 +1,13 @@
 """`nightshift serve` over HTTP against a real uvicorn on a free loopback port: every route, the
 seed's shapes, the errors (422 naming the field, per-row errors, 413, 503), batching, metrics,
-OpenAPI, and a hot swap after a promotion with no failed request. The pyfunc contract the server
-shares with `mlflow models serve` (params in the signature, invalid-parameter errors naming the row)
-is checked in-process: tests/unit/test_pyfunc_contract.py."""
+OpenAPI, a hot swap after a promotion with no failed request, and HTTPS with an API key. Every call
+sends a key (API keys, scopes and the rate limit are checked in-process: tests/unit/test_serve_auth.py).
+The pyfunc contract the server shares with `mlflow models serve` (params in the signature,
+invalid-parameter errors naming the row) is checked in-process: tests/unit/test_pyfunc_contract.py."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -19,6 +21,15 @@ import pytest
 import requests
 
 from tests.support.metric_history import T0
+from tests.unit.test_serve_auth import self_signed
+
+
+@pytest.fixture
+def auth(home) -> dict[str, str]:
+    """The header of a key with both scopes, in the default key file ($NIGHTSHIFT_HOME/api-keys) the server reads."""
+    from serving.auth import make_key
+
+    return {"Authorization": f"Bearer {make_key(home / 'api-keys', 'tests', {'score', 'admin'})}"}
 
 
 @contextmanager
@@ -71,7 +82,7 @@ def metric_value(text: str, name: str, **labels: str) -> float:
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
-def test_no_champion_is_a_503_with_the_reason_and_health_still_answers(settings):
+def test_no_champion_is_a_503_with_the_reason_and_health_still_answers(settings, auth):
     with running_server(settings) as url:
         assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
         wait_for(lambda: requests.get(f"{url}/readyz", timeout=10).json()["models"]["log-anomaly"]["reason"] != "loading", "a first refresh")
@@ -79,15 +90,15 @@ def test_no_champion_is_a_503_with_the_reason_and_health_still_answers(settings)
         assert readyz.status_code == 503 and not readyz.json()["ready"]
         for route, body in [("/v1/log-anomaly", {"texts": ["x"]}), ("/v1/failure-rca", {"text": "x"}),
                             ("/v1/metric-forecast", {"series": [1.0, 2.0]}), ("/predict", {"text": "x"})]:
-            r = requests.post(f"{url}{route}", json=body, timeout=10)
+            r = requests.post(f"{url}{route}", json=body, headers=auth, timeout=10)
             assert r.status_code == 503, (route, r.text)
             assert "no champion yet" in r.json()["detail"] and "alias 'champion'" in r.json()["detail"]
-        metrics = requests.get(f"{url}/metrics", timeout=10).text
+        metrics = requests.get(f"{url}/metrics", headers=auth, timeout=10).text
         assert metric_value(metrics, "nightshift_serve_requests_total", route="/v1/log-anomaly", status="503") == 1
 
 
 def test_every_route_the_seed_shapes_and_the_errors(settings, quick_rca, quick_forecaster, train_snapshot, tiny_bert, demo_history, tmp_path,
-                                                    monkeypatch):
+                                                    monkeypatch, auth):
     from pipelines.config import load_settings
     from pipelines.sources.prometheus import ingest_metrics
     from pipelines.tasks.failure_rca import train_failure_rca
@@ -112,7 +123,7 @@ def test_every_route_the_seed_shapes_and_the_errors(settings, quick_rca, quick_f
 
     with running_server(settings) as url:
         ready(url, {"log-anomaly", "failure-rca", "metric-forecast"})
-        post = lambda route, body: requests.post(f"{url}{route}", json=body, timeout=60)  # noqa: E731
+        post = lambda route, body: requests.post(f"{url}{route}", json=body, headers=auth, timeout=60)  # noqa: E731
 
         # log-anomaly: scores, and a bad row gets its own error without failing the others
         r = post("/v1/log-anomaly", {"texts": ["Out of memory: Killed process 4242 (python)", 42, None, "", "GET /healthz 200"]})
@@ -178,6 +189,12 @@ def test_every_route_the_seed_shapes_and_the_errors(settings, quick_rca, quick_f
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "step"] and "not this version's step" in r.text
         r = post("/v1/metric-forecast", {"series": [0.6, "high"]})
         assert r.status_code == 422 and ["body", "series", 1] in [e["loc"] for e in r.json()["detail"]]
+        r = post("/v1/metric-forecast", {"series": [1e308] * 32})  # overflows the scaling: refused, never a NaN answer
+        assert r.status_code == 422 and "not a finite number" in r.json()["detail"][0]["msg"]
+        # Python's json reads NaN, which no JSON answer can hold: the 422 names the field and shows the value as text
+        r = requests.post(f"{url}/v1/failure-rca", data='{"text": "x", "threshold": NaN}', timeout=60,
+                          headers={**auth, "Content-Type": "application/json"})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "threshold"] and r.json()["detail"][0]["input"] == "nan"
         end = pd.Timestamp("2026-11-16T00:00:00Z")
         good = [{"timestamp": (end - pd.Timedelta(minutes=15 * k)).isoformat(), "value": 0.5 + 0.01 * k,
                  "labels": {"__name__": "quota_group_use_ratio", "group": "a"}} for k in range(32)]
@@ -209,11 +226,11 @@ def test_every_route_the_seed_shapes_and_the_errors(settings, quick_rca, quick_f
         assert post("/predict", {"series": [0.6, 0.7]}).status_code == 422  # the seed refused too short a series as well
 
         # concurrent small requests share forward passes
-        before = requests.get(f"{url}/metrics", timeout=10).text
+        before = requests.get(f"{url}/metrics", headers=auth, timeout=10).text
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda i: post("/v1/log-anomaly", {"texts": [f"worker {i} started"]}), range(16)))
         assert all(a.status_code == 200 for a in answers)
-        after = requests.get(f"{url}/metrics", timeout=10).text
+        after = requests.get(f"{url}/metrics", headers=auth, timeout=10).text
         passes = (metric_value(after, "nightshift_serve_batch_texts_count", model="log-anomaly")
                   - metric_value(before, "nightshift_serve_batch_texts_count", model="log-anomaly"))
         texts = (metric_value(after, "nightshift_serve_batch_texts_sum", model="log-anomaly")
@@ -230,11 +247,11 @@ def test_every_route_the_seed_shapes_and_the_errors(settings, quick_rca, quick_f
             assert metric_value(after, "nightshift_serve_model_info", model=model, version="1") == 1
         schema = requests.get(f"{url}/openapi.json", timeout=10).json()
         assert {"/v1/log-anomaly", "/v1/failure-rca", "/v1/metric-forecast", "/predict", "/healthz", "/readyz", "/metrics",
-                "/log-anomaly/predict", "/failure-rca/predict", "/metric-forecast/predict"} <= set(schema["paths"])
+                "/log-anomaly/predict", "/failure-rca/predict", "/metric-forecast/predict", "/v1/admin/reload"} <= set(schema["paths"])
         assert requests.get(f"{url}/readyz", timeout=10).json()["ready"] is True
 
 
-def test_a_promotion_is_swapped_in_without_a_failed_request(settings, train_snapshot, tiny_bert):
+def test_a_promotion_is_swapped_in_without_a_failed_request(settings, train_snapshot, tiny_bert, auth):
     """`nightshift serve` in its own process, hammered while the champion moves from v1 to v2."""
     import os
     import subprocess
@@ -245,7 +262,8 @@ def test_a_promotion_is_swapped_in_without_a_failed_request(settings, train_snap
     from pipelines.tasks.log_anomaly import train_log_anomaly
 
     train_log_anomaly(train_snapshot.path, settings, str(tiny_bert))
-    env = {**os.environ, "NIGHTSHIFT_SERVE_REFRESH_SECONDS": "0.5", "NIGHTSHIFT_SERVE_MODELS": "log-anomaly"}
+    env = {**os.environ, "NIGHTSHIFT_SERVE_REFRESH_SECONDS": "0.5", "NIGHTSHIFT_SERVE_MODELS": "log-anomaly",
+           "NIGHTSHIFT_SERVE_RATE_LIMIT": ""}  # three clients as fast as they can: more than a rate limit lets through
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--port", "0", "--log-level", "warning"],
                             env=env, stderr=subprocess.PIPE, text=True)
     try:
@@ -259,7 +277,7 @@ def test_a_promotion_is_swapped_in_without_a_failed_request(settings, train_snap
             while not stop.is_set():
                 try:
                     r = requests.post(f"{url}/v1/log-anomaly", json={"texts": ["disk quota exceeded on /data", "GET /healthz 200"]},
-                                      timeout=60)
+                                      headers=auth, timeout=60)
                     (versions if r.status_code == 200 else failures).append(r.json().get("version") if r.status_code == 200 else r.text)
                 except requests.RequestException as exc:
                     failures.append(repr(exc))
@@ -281,10 +299,50 @@ def test_a_promotion_is_swapped_in_without_a_failed_request(settings, train_snap
         assert failures == []
         swap = versions.index("2")
         assert set(versions[:swap]) == {"1"} and set(versions[swap:]) == {"2"}  # one swap, never back
-        metrics = requests.get(f"{url}/metrics", timeout=10).text
+        metrics = requests.get(f"{url}/metrics", headers=auth, timeout=10).text
         assert metric_value(metrics, "nightshift_serve_model_info", model="log-anomaly", version="2") == 1
         assert metric_value(metrics, "nightshift_serve_model_info", model="log-anomaly", version="1") == 0
         assert metric_value(metrics, "nightshift_serve_request_seconds_count", model="log-anomaly", version="2") >= 5
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_https_with_the_configured_certificate_and_only_the_key_name_in_the_logs(settings, auth, tmp_path):
+    """`nightshift serve` in its own process with serve.tls_certfile and serve.tls_keyfile: it listens on https, the
+    certificate verifies, a request without a key is refused, and its log names the key, never the key."""
+    import os
+    import subprocess
+    import sys
+
+    cert, key = self_signed(tmp_path / "tls")
+    env = {**os.environ, "NIGHTSHIFT_SERVE_TLS_CERTFILE": str(cert), "NIGHTSHIFT_SERVE_TLS_KEYFILE": str(key),
+           "NIGHTSHIFT_SERVE_MODELS": "log-anomaly", "NIGHTSHIFT_LOG_FORMAT": "json"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--port", "0"], env=env, stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    try:
+        while not seen or "listening on" not in seen[-1]:
+            seen.append(proc.stderr.readline())
+            assert seen[-1], "nightshift serve exited before it listened: " + "".join(seen)
+        line = seen[-1]
+        url = line.split("listening on ")[1].split()[0]
+        assert url.startswith("https://127.0.0.1:"), line
+        wait_for(lambda: requests.get(f"{url}/healthz", verify=str(cert), timeout=10).ok, "the HTTPS server")
+        with pytest.raises(requests.exceptions.SSLError):  # a client that does not trust the certificate
+            requests.get(f"{url}/healthz", timeout=10)
+        refused = requests.post(f"{url}/v1/log-anomaly", json={"texts": ["x"]}, verify=str(cert), timeout=10)
+        assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == "Bearer"
+        answered = requests.post(f"{url}/v1/log-anomaly", json={"texts": ["x"]}, headers=auth, verify=str(cert), timeout=10)
+        assert answered.status_code == 503 and "no champion yet" in answered.json()["detail"]  # through the key check
+    finally:
+        proc.terminate()
+        seen.append(proc.communicate(timeout=30)[1])
+    output = "".join(seen)
+    lines = [json.loads(x) for x in output.splitlines() if x.startswith("{")]
+    requests_logged = [x for x in lines if x.get("log.logger") == "nightshift.serve.access"]
+    assert [(x["message"], x["api_key"]) for x in requests_logged if "/v1/" in x["message"]] == [
+        ("POST /v1/log-anomaly 401", None), ("POST /v1/log-anomaly 503", "tests")]
+    from serving.auth import hash_key
+
+    secret = auth["Authorization"].removeprefix("Bearer ")
+    assert secret not in output and hash_key(secret) not in output

@@ -1,9 +1,9 @@
 """The deployment files, checked without deploying: the worker image and the Helm values install exactly uv.lock (its
 Airflow, hash-checked, nothing resolved); the Kubernetes manifests (MLflow, `nightshift serve`) validate against the
-API's schemas (kubernetes-validate, strict: an unknown field fails) and use the server's real flags and routes; the
-Airflow chart's values set what the nightly DAG needs; the systemd units, rendered from infra/systemd/ as the playbook
-renders them, pass `systemd-analyze verify`. The image is not built here (no container engine), nor is the official
-chart rendered (not reachable)."""
+API's schemas (kubernetes-validate, strict: an unknown field fails) and use the server's real flags, routes and API key
+file; the Airflow chart's values set what the nightly DAG needs; the systemd units, rendered from infra/systemd/ as the
+playbook renders them, pass `systemd-analyze verify`, and the serve unit names the key file the playbook writes. The
+image is not built here (no container engine), nor is the official chart rendered (not reachable)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ SERVE_MANIFEST = ROOT / "infra" / "k8s" / "nightshift-serve.yaml"
 SYSTEMD = ROOT / "infra" / "systemd"
 GROUP_VARS = ROOT / "infra" / "ansible" / "group_vars" / "all.yml"
 K8S_VERSION = "1.33.0"
-SECRET_KEYS = {"MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "NIGHTSHIFT_SERVE_API_KEYS"}
+SECRET_KEYS = {"MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 
 
 def load_manifests(path: Path) -> list[dict]:
@@ -220,10 +220,14 @@ def test_the_serve_deployment_runs_the_project_image_with_the_real_serve_flags(s
 
 
 def test_the_serve_probes_ask_the_server_whether_it_lives_and_whether_it_is_ready(serve_manifests, settings):
-    """Liveness on a route that answers at once, readiness on one that refuses until models are loaded."""
+    """Liveness on a route that answers at once, readiness on one that refuses until models are loaded; the kubelet
+    sends no API key, and needs none there."""
     from fastapi.testclient import TestClient
 
+    from serving.auth import make_key
     from serving.server import create_app
+
+    make_key(settings.home / "api-keys", "someone", {"score"})
 
     serve = container(of_kind(serve_manifests, "Deployment"))
     live, ready = serve["livenessProbe"]["httpGet"], serve["readinessProbe"]["httpGet"]
@@ -245,17 +249,42 @@ def test_the_serve_pod_runs_unprivileged_within_its_resources(serve_manifests):
         assert "/tmp" in mounts and all(e["value"].startswith("/tmp/") for e in serve["env"] if e["name"] in ("NIGHTSHIFT_HOME", "XDG_CACHE_HOME"))
 
 
+def header_secrets() -> dict[str, list[str]]:
+    """The Secrets the serve manifest's header says how to create: name -> the words of its `kubectl create secret`."""
+    header = "\n".join(line.removeprefix("#") for line in SERVE_MANIFEST.read_text().splitlines() if line.startswith("#"))
+    commands = [shlex.split(line) for line in re.sub(r"\\\n", " ", header).splitlines()
+                if "kubectl" in line and "create secret generic" in line]
+    return {words[words.index("generic") + 1]: words for words in commands}
+
+
 def test_the_serve_secrets_come_from_the_secret_that_the_header_says_how_to_create(serve_manifests):
     serve = container(of_kind(serve_manifests, "Deployment"))
     secret_name = serve["envFrom"][0]["secretRef"]["name"]
-    header = "\n".join(line.removeprefix("#") for line in SERVE_MANIFEST.read_text().splitlines() if line.startswith("#"))
-    create = re.sub(r"\\\n", " ", header)
-    command = next(line for line in create.splitlines() if "kubectl" in line and "create secret generic" in line)
-    words = shlex.split(command)
-    assert words[words.index("generic") + 1] == secret_name
+    words = header_secrets()[secret_name]
     literals = {w.split("=", 1)[1].split("=", 1)[0] for w in words if w.startswith("--from-literal=")}
     assert literals == SECRET_KEYS
     assert not SECRET_KEYS & {e["name"] for e in serve["env"]}  # no secret as a plain value
+
+
+def test_the_serve_api_key_file_is_mounted_from_the_secret_that_the_header_says_how_to_create(serve_manifests, monkeypatch):
+    from serving.auth import key_file_path
+
+    deployment = of_kind(serve_manifests, "Deployment")
+    serve = container(deployment)
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    env = {e["name"]: e["value"] for e in serve["env"]}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    path = key_file_path(load_settings())  # where the server reads its keys
+    assert str(path) == env["NIGHTSHIFT_SERVE_API_KEYS_FILE"]
+    (mount,) = [m for m in serve["volumeMounts"] if path.is_relative_to(m["mountPath"])]
+    assert mount["readOnly"] is True
+    secret = volumes[mount["name"]]["secret"]
+    words = header_secrets()[secret["secretName"]]
+    files = {w.split("=", 1)[1].split("=", 1)[0] for w in words if w.startswith("--from-file=")}
+    assert files == {path.relative_to(mount["mountPath"]).as_posix()}  # the Secret's one key is the file's name
+    assert secret["defaultMode"] & 0o007 == 0  # not readable by others
+    assert "nightshift serve-key" in SERVE_MANIFEST.read_text()  # the header says how to make the keys
 
 
 # ---- systemd units --------------------------------------------------------------------------------------------------
@@ -364,3 +393,15 @@ def test_the_serve_unit_uses_the_real_serve_flags(rendered_units):
     exec_start = shlex.split(unit_settings(rendered_units["nightshift-serve"])["ExecStart"][0])
     args = build_parser().parse_args(exec_start[1:])
     assert (args.command, args.port) == ("serve", playbook_defaults()["nightshift_serve_port"])
+
+
+def test_the_serve_unit_reads_the_key_file_that_the_serving_role_writes(rendered_units):
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    raw = playbook_defaults()
+    path = resolve("nightshift_serve_api_keys_file", raw, env, {})
+    assert path == "/etc/nightshift/serve-api-keys"
+    assert unit_settings(rendered_units["nightshift-serve"])["Environment"] == [f"NIGHTSHIFT_SERVE_API_KEYS_FILE={path}"]
+    tasks = yaml.safe_load((ROOT / "infra" / "ansible" / "roles" / "serving" / "tasks" / "main.yml").read_text())
+    (write,) = [t for t in tasks if "ansible.builtin.copy" in t]
+    assert write["ansible.builtin.copy"]["dest"] == "{{ nightshift_root }}{{ nightshift_serve_api_keys_file }}"
+    assert write["ansible.builtin.copy"]["mode"] == "0640" and "nightshift_serve_api_keys" in write["ansible.builtin.copy"]["content"]
