@@ -346,3 +346,26 @@ def test_https_with_the_configured_certificate_and_only_the_key_name_in_the_logs
 
     secret = auth["Authorization"].removeprefix("Bearer ")
     assert secret not in output and hash_key(secret) not in output
+
+
+def test_the_served_root_cause_model_names_no_cause_for_text_that_describes_no_failure(settings, train_snapshot, auth, monkeypatch):
+    """The failure-rca version the nightly recipe trains (its no-failure background and pooled threshold), served:
+    a greeting, a healthy request and a training step get no label (the knowledge base answers them instead), and a
+    real failure still gets its cause."""
+    from pipelines.config import load_settings
+    from pipelines.tasks.failure_rca import train_failure_rca
+
+    monkeypatch.setenv("NIGHTSHIFT_CANDIDATES_FAMILIES", "tfidf")  # the cheapest family: the recipe, not the encoder, is under test
+    monkeypatch.setenv("NIGHTSHIFT_SERVE_MODELS", "failure-rca")
+    train_failure_rca(train_snapshot.path, load_settings())
+    with running_server(load_settings()) as url:
+        ready(url, {"failure-rca"})
+        quiet = ["hello world", "INFO Nginx request 200 OK", "GET /healthz 200", "training step 100 loss 0.31"]
+        r = requests.post(f"{url}/v1/failure-rca", json={"texts": quiet}, headers=auth, timeout=60)
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert [res["labels"] for res in results] == [[]] * len(quiet), results
+        assert all(res["low_confidence"] for res in results)
+        r = requests.post(f"{url}/v1/failure-rca", json={"text": "OSError: [Errno 28] No space left on device: '/data/ckpt/model.pt'"},
+                          headers=auth, timeout=60)
+        assert r.status_code == 200 and r.json()["labels"][:1] == ["Disk_Full"], r.text
