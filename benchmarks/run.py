@@ -1,9 +1,13 @@
-"""`make bench`: run every benchmarks/bench_*.py, write results.json and the README table.
+"""`make bench`: run every benchmarks/bench_*.py, write results.json and the tables of docs/benchmarks.md.
 
 Each module exposes `run(quick: bool = False) -> list[dict]` with rows
 `{name, value, unit, baseline, baseline_value, ratio}`, each measured against its baseline in the
 same run, on the same machine and data. A row may add `section` (its own table under that heading,
-e.g. "Real data") and `extra` ({column: number}: more columns of that table).
+e.g. "Real data") and `extra` ({column: number}: more columns of that table). The runner adds `module` and the
+`date` of the run to every row.
+
+The tables replace what lies between the page's markers `<!-- bench:start -->` and `<!-- bench:end -->`; the prose
+around them is the page's own.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import argparse
 import importlib.util
 import json
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -21,6 +24,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+DOCS_PAGE = ROOT / "docs" / "benchmarks.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 sys.path.insert(0, str(ROOT))  # pipelines, serving, and tests.support (the fakes and real servers the tests use)
 
 
@@ -31,6 +36,7 @@ def discover(only: list[str] | None) -> list[Path]:
 
 def load(path: Path):
     spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None, path
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -62,43 +68,57 @@ def tables(rows: list[dict]) -> str:
     return "\n\n".join(parts)
 
 
-def update_readme(rows: list[dict], meta: dict) -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    block = (f"<!-- bench:start -->\nLatest `make bench` ({meta['date']}, {meta['machine']}):\n\n{tables(rows)}\n<!-- bench:end -->")
-    readme.write_text(re.sub(r"<!-- bench:start -->.*?<!-- bench:end -->", block, text, flags=re.S))
+def heading(rows: list[dict], meta: dict) -> str:
+    """The line above the tables: the run's date and machine, and the modules whose rows an `--only` run kept."""
+    line = f"Latest `make bench` ({meta['date']}, {meta['machine']})"
+    kept = dict.fromkeys(f"{r['module']} ({r.get('date') or 'date not recorded'})"
+                         for r in rows if r.get("module") and r.get("date") != meta["date"])
+    return line + (f"; rows of modules not in that run keep their last values: {', '.join(kept)}:" if kept else ":")
+
+
+def update_page(rows: list[dict], meta: dict, page: Path = DOCS_PAGE) -> None:
+    """Write the tables between the page's markers, keeping the text around them (markers missing: at its end)."""
+    block = f"{START}\n{heading(rows, meta)}\n\n{tables(rows)}\n{END}"
+    text = page.read_text() if page.is_file() else "# Benchmarks\n"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    page.write_text(text)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="substrings of benchmark module names")
     parser.add_argument("--quick", action="store_true", help="smaller inputs, for a smoke run")
-    parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--no-docs", "--no-readme", dest="no_docs", action="store_true",
+                        help="leave docs/benchmarks.md as it is (results.json is written all the same)")
     parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # internal: run one module, rows to --out
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         args.out.write_text(json.dumps(load(args.one).run(quick=args.quick)))
         return 0
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, CPU"}
     rows: list[dict] = []
     for path in discover(args.only):
         started = time.perf_counter()
         print(f"== {path.stem}", flush=True)
         for row in run_module(path, args.quick):
-            row = {**row, "module": path.stem}
+            row = {**row, "module": path.stem, "date": meta["date"]}
             rows.append(row)
             more = "".join(f", {k} {v:.3g}" for k, v in row.get("extra", {}).items())
             print(f"   {row['name']}: {row['value']:.4g} {row['unit']} vs {row['baseline']} {row['baseline_value']:.4g} -> ratio {row['ratio']:.3g}{more}",
                   flush=True)
         print(f"   ({time.perf_counter() - started:.0f}s)", flush=True)
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, CPU"}
     results = HERE / "results.json"
     if args.only and results.exists():  # keep the other modules' latest rows
         kept = [r for r in json.loads(results.read_text()) if r.get("module") not in {r["module"] for r in rows}]
         rows = kept + rows
     results.write_text(json.dumps(rows, indent=2))
-    if not args.no_readme:
-        update_readme(rows, meta)
+    if not args.no_docs:
+        update_page(rows, meta)
     print(tables(rows))
     return 0
 

@@ -31,6 +31,7 @@ from pipelines.sources.prometheus import CsvMetricSource, ingest_metrics, open_m
 from pipelines.tasks import TASKS, evaluate, task
 from pipelines.telemetry import configure_logging, get_logger, log_context
 from pipelines.training.register import reregister
+from serving.auth import key_file_path, make_key
 from serving.forecasts import forecast
 from serving.score_logs import score_logs
 from serving.server import serve
@@ -329,8 +330,6 @@ def _serve(args, settings):
 
 @command("serve-key")
 def _serve_key(args, settings):
-    from serving.auth import key_file_path, make_key
-
     path = args.file or key_file_path(settings)
     scopes = {s.strip() for s in args.scope.split(",") if s.strip()}
     key = make_key(path, args.name, scopes)
