@@ -70,7 +70,7 @@ class TrainSettings:
     """Fine-tuning hyper-parameters shared by the BERT models."""
 
     base_model: str = ""  # empty: the packaged MiniLM-L6 checkpoint
-    epochs: int = 8  # issue 13: early stopping on validation PR-AUC (patience) ends it; 3 had not converged on real logs
+    epochs: int = 8  # at most; early stopping on validation PR-AUC (patience) ends it sooner
     batch_size: int = 32
     max_length: int = 64
     learning_rate: float = 5e-5
@@ -94,7 +94,7 @@ class ScoreSettings:
     max_pending: int = 16_384  # documents held at most while a model call's texts gather (memory)
     max_length: int = 128
     cache_texts: int = 100_000  # probabilities of this many recent distinct texts are reused across windows (0: off)
-    # issue 17: the log-anomaly version that lost its gate or awaits it, scored beside the champion (serving/shadow.py)
+    # the log-anomaly version that lost its gate or awaits it, scored beside the champion (serving/shadow.py)
     shadow: str = "fields"  # fields (ml.shadow.* on each document) | index (a sink of its own, shadow_sink) | off
     shadow_sink: str = ""  # index mode: a URI, an index on the sink's cluster, or a file path; empty: nightshift-ml-results-shadow / NAME.shadow.ndjson
 
@@ -122,7 +122,7 @@ class RcaSettings:
     patience: int = 4
     pooling: str = "mean"  # MiniLM is a sentence-embedding model: its mean generalises from few jobs, its [CLS] does not
     no_failure_examples: int = 200  # distinct ordinary log lines of the snapshot (no job, not anomalous, no error level) trained on as texts with no root cause
-    # issue 17: below this TF-IDF cosine the knowledge-base fallback gives no entry and no actions (a benign
+    # below this TF-IDF cosine the knowledge-base fallback gives no entry and no actions (a benign
     # "INFO Nginx request 200 OK" is 0.15 from "disk full"; the demo's real unknown causes match at 0.29 and up).
     # Saved into each trained version; `nightshift serve` and the pyfunc param `kb_min_similarity` can override it.
     kb_min_similarity: float = 0.2
@@ -263,7 +263,7 @@ class DriftSettings:
     seed: int = 13
 
 
-# ---- inputs: how local files are read (issue 16) -------------------------------------------------------
+# ---- inputs: how local files are read ------------------------------------------------------------------
 
 INPUT_FORMATS = ("auto", "ndjson", "parquet", "csv", "tsv", "anomaly-tsv", "rca-tsv")
 EPOCH_UNITS = ("auto", "s", "ms", "us", "ns")
@@ -287,7 +287,7 @@ class InputSettings:
 # ---- end of inputs --------------------------------------------------------------------------------------
 
 
-# ---- serve: the online server, `nightshift serve` (issue 17) ---------------------------------------------
+# ---- serve: the online server, `nightshift serve` ---------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -316,7 +316,7 @@ class ServeSettings:
 # ---- end of serve ---------------------------------------------------------------------------------------
 
 
-# ---- candidates: model families chosen on validation, language, the baseline gate (issue 13) -----------
+# ---- candidates: model families chosen on validation, language, the baseline gate --------------------
 
 
 @dataclass(frozen=True)
@@ -389,9 +389,9 @@ class Settings:
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     drift: DriftSettings = field(default_factory=DriftSettings)
     promotion: PromotionSettings = field(default_factory=PromotionSettings)
-    inputs: InputSettings = field(default_factory=InputSettings)  # issue 16: how local files are read
-    serve: ServeSettings = field(default_factory=ServeSettings)  # issue 17: nightshift serve
-    candidates: CandidateSettings = field(default_factory=CandidateSettings)  # issue 13: families, language, baseline gate
+    inputs: InputSettings = field(default_factory=InputSettings)  # how local files are read
+    serve: ServeSettings = field(default_factory=ServeSettings)  # nightshift serve
+    candidates: CandidateSettings = field(default_factory=CandidateSettings)  # families, language, baseline gate
     airflow: AirflowSettings = field(default_factory=AirflowSettings)
 
     @property

@@ -30,9 +30,6 @@ from pipelines.config import PROJECT_ROOT, Secret, Settings
 
 DOCS_PAGE = PROJECT_ROOT / "docs" / "configuration.md"
 
-# Work-item references ("issue 17: ...", "(issue 16)") are development history: the page never shows them.
-_WORK_ITEM = re.compile(r"\s*\(\s*issues?\s+#?\d+\s*\)|\bissues?\s+#?\d+(\s*[:,;]\s*|\b)", re.IGNORECASE)
-
 INTRO = """\
 nightshift reads one settings object: the defaults below, then the TOML file named by `NIGHTSHIFT_CONFIG` (else
 `$NIGHTSHIFT_HOME/nightshift.toml`; the working directory is never searched), then `NIGHTSHIFT_*` environment
@@ -79,8 +76,7 @@ class SectionDoc:
 
 
 def _clean(text: str) -> str:
-    """One line of help: work-item references removed, whitespace collapsed."""
-    text = _WORK_ITEM.sub(" ", text)
+    """One line of help: whitespace collapsed."""
     return " ".join(text.split())
 
 

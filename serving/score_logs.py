@@ -135,7 +135,7 @@ def annotate(docs: Iterable[tuple[str, dict]], classifier, model_name: str, vers
     counted in `unscored` by reason; an array of strings is scored as its lines joined.
     """
     fields, cfg = settings.fields, settings.score
-    family = getattr(classifier, "family", "bert")  # the model family the version won with (issue 13)
+    family = getattr(classifier, "family", "bert")  # the model family the version won with
     cache = TextCache(cfg.cache_texts)
     threshold = float(classifier.thresholds[0])
 

@@ -11,7 +11,7 @@ weights, fitted ETS/STL parameters and conformal bands). For each series the pre
 time with p10, p50 and p90 in the series' own units, from the chosen family (`family`). A version
 saved before the committee existed has none and serves its LSTM's own quantiles.
 
-Input checks and history (issue 17; `check_points`, `observed_fraction`): a row with no time or a
+Input checks and history (`check_points`, `observed_fraction`): a row with no time or a
 value that is not a number is refused with MLflow's invalid-parameter error naming the row and the
 field; a series with two points closer than the version's step is refused rather than snapped onto
 its grid; a series that has less than `min_history` of its lookback observed is refused, or with

@@ -1,5 +1,5 @@
 """The training report: what a data scientist reads on a training run, drawn on the validation split the
-candidate was chosen on (issue 18).
+candidate was chosen on.
 
 One self-contained page at the top of the run, `training_report.html` (`pipelines.pages`: the pictures inline
 as base64 PNGs, so it reads the same in the MLflow artifact viewer, offline or from a copy), and each picture

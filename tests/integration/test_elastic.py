@@ -632,7 +632,7 @@ def test_scoring_an_index_into_a_file(loaded, demo_docs, stand_in, home, tmp_pat
     assert not any("ml" in d for d in loaded.docs("logs-*").values())  # the index is left alone
 
 
-# ---- shadow scoring (issue 17) ---------------------------------------------------------------------------
+# ---- shadow scoring --------------------------------------------------------------------------------------
 
 def shadow_score(cluster, shadow: str, version="1"):
     from serving.score_logs import score_logs

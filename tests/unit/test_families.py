@@ -1,4 +1,4 @@
-"""Model families chosen on validation (issue 13): the selection split, the choice, each family's pyfunc,
+"""Model families chosen on validation: the selection split, the choice, each family's pyfunc,
 the [UNK] warning on a Chinese snapshot, and the gate's test against the TF-IDF baseline (log-anomaly, failure-rca)."""
 
 import json

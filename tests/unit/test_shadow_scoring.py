@@ -1,4 +1,4 @@
-"""Shadow scoring (issue 17): the log-anomaly version that lost its gate, or awaits it, is scored beside the champion
+"""Shadow scoring: the log-anomaly version that lost its gate, or awaits it, is scored beside the champion
 in the nightly pass, into `ml.shadow.*` or a sink of its own; the agreement goes into the night's summary, its page
 and the version's MLflow run; a killed run resumes with the shadow's answers kept.
 

@@ -87,7 +87,7 @@ def test_train_registers_champion_and_pyfunc_round_trips(settings, train_snapsho
     assert "| **f1** (primary) |" in page and "tfidf (baseline)" in page and "`fresh/2026-11-22`" in page
     assert "/artifactPath/promotion/decision.json)" in page
     assert client.get_model_version("log-anomaly", "1").tags["promotion.holdout_hash"] == holdout.content_hash
-    assert len(client.get_metric_history(mv.run_id, "epochs/val_f1")) >= 1  # per-epoch curves, charted first (issue 18)
+    assert len(client.get_metric_history(mv.run_id, "epochs/val_f1")) >= 1  # per-epoch curves, charted first
     assert "baseline_f1" in run.data.metrics
 
     model = mlflow.pyfunc.load_model("models:/log-anomaly@champion")

@@ -1,4 +1,4 @@
-"""What a data scientist sees on a training run (issue 18, "Training"): the training report at the top of the run
+"""What a data scientist sees on a training run : the training report at the top of the run
 (one self-contained HTML page with its pictures inline, and each picture as a PNG) and the per-epoch curves
 named so that MLflow's chart view shows them first."""
 
