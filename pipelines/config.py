@@ -55,14 +55,14 @@ class Secret:
 class LogFields:
     """Where each log field lives in a document (dotted paths, ECS names by default)."""
 
-    timestamp: str = "@timestamp"
-    message: str = "message"
-    service: str = "service.name"
-    level: str = "log.level"
-    host: str = "host.name"
-    anomaly: str = "labels.anomaly"
-    root_cause: str = "labels.root_cause"
-    job_id: str = "labels.job_id"
+    timestamp: str = "@timestamp"  # dotted field of each document's time (ISO-8601 or epoch)
+    message: str = "message"  # the log line's text
+    service: str = "service.name"  # the emitting service (a context field)
+    level: str = "log.level"  # the log level (a context field; error levels mark a job's failure lines)
+    host: str = "host.name"  # the emitting host or node
+    anomaly: str = "labels.anomaly"  # the anomaly label (spellings in [inputs] anomaly_true / anomaly_false)
+    root_cause: str = "labels.root_cause"  # a failed job's root causes (a list, or a comma-separated string of label-space names)
+    job_id: str = "labels.job_id"  # the training job a line belongs to (lines are grouped into jobs by it)
 
 
 @dataclass(frozen=True)
@@ -71,15 +71,15 @@ class TrainSettings:
 
     base_model: str = ""  # empty: the packaged MiniLM-L6 checkpoint
     epochs: int = 8  # at most; early stopping on validation PR-AUC (patience) ends it sooner
-    batch_size: int = 32
-    max_length: int = 64
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
-    patience: int = 2
-    validation_fraction: float = 0.2
-    max_train_examples: int = 4000
-    max_validation_examples: int = 3000
-    seed: int = 13
+    batch_size: int = 32  # examples per optimiser step
+    max_length: int = 64  # tokens per log line; longer lines are cut
+    learning_rate: float = 5e-5  # AdamW learning rate of the fine-tune (linear decay with warm-up)
+    weight_decay: float = 0.01  # AdamW weight decay
+    patience: int = 2  # epochs without a better validation score before early stopping
+    validation_fraction: float = 0.2  # at most this share of the rows, and of the positives, goes to the validation split
+    max_train_examples: int = 4000  # distinct training texts kept at most (every positive first)
+    max_validation_examples: int = 3000  # validation rows scored at most per epoch
+    seed: int = 13  # seed of splits, sampling and initialisation
     device: str = "auto"  # auto | cpu | cuda
     pooling: str = "cls"  # what the new head reads: cls ([CLS] pooler) | mean (mean of token vectors)
     cpu_threads: int = 0  # torch threads of one training task on CPU, any model (0: torch's default, one per core); with N trainings at once, cores / N
@@ -89,10 +89,10 @@ class TrainSettings:
 class ScoreSettings:
     """Batch scoring."""
 
-    batch_size: int = 64
+    batch_size: int = 64  # texts per forward pass
     sort_window: int = 2048  # documents read at a time, and distinct new texts sorted by length, then batched, in one model call
     max_pending: int = 16_384  # documents held at most while a model call's texts gather (memory)
-    max_length: int = 128
+    max_length: int = 128  # tokens per text when scoring; longer texts are cut
     cache_texts: int = 100_000  # probabilities of this many recent distinct texts are reused across windows (0: off)
     # the log-anomaly version that lost its gate or awaits it, scored beside the champion (serving/shadow.py)
     shadow: str = "fields"  # fields (ml.shadow.* on each document) | index (a sink of its own, shadow_sink) | off
@@ -116,10 +116,10 @@ class RcaSettings:
     knowledge_base: str = ""  # empty: models/data/remediation_kb.json (users extend a copy)
     # A night holds tens of failed jobs, not thousands of lines: smaller batches than [train].
     epochs: int = 6  # after the linear probe (pipelines.training.fine_tune.probe_head): a short, gentle fine-tune
-    batch_size: int = 8
-    learning_rate: float = 1e-4
+    batch_size: int = 8  # jobs per optimiser step
+    learning_rate: float = 1e-4  # AdamW learning rate of the fine-tune
     max_length: int = 128  # tokens of a job text (several lines)
-    patience: int = 4
+    patience: int = 4  # epochs without a better validation micro-F1 before early stopping
     pooling: str = "mean"  # MiniLM is a sentence-embedding model: its mean generalises from few jobs, its [CLS] does not
     no_failure_examples: int = 200  # distinct ordinary log lines of the snapshot (no job, not anomalous, no error level) trained on as texts with no root cause
     # below this TF-IDF cosine the knowledge-base fallback gives no entry and no actions (a benign
@@ -137,11 +137,11 @@ class ElasticsearchSettings:
     conn_id: str = ""  # Airflow connection (host, login, password, extras) read through the Elasticsearch provider
     api_key: Secret = field(default_factory=lambda: Secret(None))  # base64 "id:key", or "id:key"
     username: str = ""  # basic auth, with password
-    password: Secret = field(default_factory=lambda: Secret(None))
-    bearer_token: Secret = field(default_factory=lambda: Secret(None))
+    password: Secret = field(default_factory=lambda: Secret(None))  # basic auth password (a secret: never printed)
+    bearer_token: Secret = field(default_factory=lambda: Secret(None))  # OAuth/service-account token, instead of basic auth or an API key
     ca_certs: str = ""  # CA bundle for https; empty: the system CAs
     ssl_fingerprint: str = ""  # SHA-256 fingerprint of the server certificate, instead of a CA
-    verify_certs: bool = True
+    verify_certs: bool = True  # verify the server's TLS certificate (turn off only against a throwaway node)
     timeout: float = 30.0  # seconds per request
     retries: int = 5  # further attempts on 429/502/503/504 and connection errors, with exponential backoff
     retry_backoff: float = 0.5  # seconds before the first retry; doubles each time (capped at 30s)
@@ -154,17 +154,17 @@ class ElasticsearchSettings:
     bulk_max_bytes: int = 5_000_000  # write-back batches are cut at this many bytes
     bulk_max_docs: int = 2000  # ... or this many documents read (fewer, larger requests cost the node less per update)
     bulk_concurrency: int = 2  # write-back bulk requests in flight at once (the node indexes one while the next arrives)
-    retry_on_conflict: int = 3
+    retry_on_conflict: int = 3  # retries of a write-back update that met a concurrent change of the document
 
 
 @dataclass(frozen=True)
 class MetricQueries:
     """The named PromQL queries the nightly flow snapshots (an empty query is skipped)."""
 
-    gpu_util: str = "DCGM_FI_DEV_GPU_UTIL"
-    gpu_memory: str = "DCGM_FI_DEV_FB_USED"
-    request_latency: str = "request_latency_p99_seconds"
-    quota_use_ratio: str = "quota_group_use_ratio"
+    gpu_util: str = "DCGM_FI_DEV_GPU_UTIL"  # PromQL of GPU utilisation (DCGM exporter)
+    gpu_memory: str = "DCGM_FI_DEV_FB_USED"  # PromQL of GPU framebuffer memory used (DCGM exporter)
+    request_latency: str = "request_latency_p99_seconds"  # PromQL of services' p99 request latency
+    quota_use_ratio: str = "quota_group_use_ratio"  # PromQL of quota groups' used share
 
 
 @dataclass(frozen=True)
@@ -172,14 +172,14 @@ class PrometheusSettings:
     """Where metrics come from (query_range) and where forecasts go (Pushgateway)."""
 
     url: str = ""  # empty: the embedded demo metric history under NIGHTSHIFT_HOME
-    pushgateway: str = ""
-    username: str = ""
-    password: Secret = field(default_factory=lambda: Secret(None))
-    bearer_token: Secret = field(default_factory=lambda: Secret(None))
+    pushgateway: str = ""  # Pushgateway URL for forecasts and the platform's signals; empty: nothing is pushed
+    username: str = ""  # basic auth, with password
+    password: Secret = field(default_factory=lambda: Secret(None))  # basic auth password (a secret: never printed)
+    bearer_token: Secret = field(default_factory=lambda: Secret(None))  # bearer token, instead of basic auth
     ca_file: str = ""  # CA bundle for https; empty: the system CAs
     cert_file: str = ""  # client certificate (mutual TLS)
-    key_file: str = ""
-    tls_verify: bool = True
+    key_file: str = ""  # the client certificate's private key (mutual TLS)
+    tls_verify: bool = True  # verify the server's TLS certificate
     timeout: float = 30.0  # seconds per request, also sent to Prometheus as its query timeout
     retries: int = 3  # attempts per request on connection errors, timeouts, 429 and 5xx
     concurrency: int = 4  # chunks of one query fetched in parallel
@@ -197,17 +197,17 @@ class ForecastSettings:
     step: str = "15m"  # resolution the series are ingested and forecast at
     lookback: int = 96  # steps of history the model reads (24h at 15m)
     horizon: int = 8  # steps ahead it forecasts (2h at 15m)
-    hidden_size: int = 32
-    layers: int = 1
-    epochs: int = 15
-    batch_size: int = 256
-    learning_rate: float = 3e-3
+    hidden_size: int = 32  # LSTM hidden units
+    layers: int = 1  # stacked LSTM layers
+    epochs: int = 15  # training epochs at most (early stopping may end sooner)
+    batch_size: int = 256  # windows per optimiser step
+    learning_rate: float = 3e-3  # Adam learning rate
     windows_per_epoch: int = 4096  # training windows sampled per epoch
-    patience: int = 4
+    patience: int = 4  # epochs without a better validation MAE before early stopping
     validation_fraction: float = 0.15  # newest part of each series, by time
     train_days: int = 28  # days of metric history the nightly candidate trains on
     holdout_days: int = 2  # the newest days of metric history: never trained on, the promotion gate's holdout
-    seed: int = 13
+    seed: int = 13  # seed of window sampling and initialisation
     device: str = "auto"  # auto | cpu | cuda
     cpu_threads: int = 0  # torch threads on CPU (0: torch's default, one per core); 1 when the cores are shared with other jobs
 
@@ -221,10 +221,10 @@ class ValidationSettings:
     examples: int = 5  # failing values shown per expectation in summaries
     # logs
     min_anomaly_ratio: float = 0.001  # share of labelled rows that are anomalous
-    max_anomaly_ratio: float = 0.5
+    max_anomaly_ratio: float = 0.5  # share of labelled rows that may be anomalous at most
     max_duplicate_ratio: float = 0.1  # share of rows repeating an earlier row exactly
     min_text_length: int = 1  # characters of `message`
-    max_text_length: int = 20_000
+    max_text_length: int = 20_000  # characters of `message` at most
     min_rows_per_class: int = 10  # labelled rows per anomaly class (normal, anomalous)
     # metrics
     max_gap_ratio: float = 0.2  # share of a series' expected samples (first..last, at the step) missing
@@ -243,24 +243,24 @@ class DriftSettings:
     """
 
     alpha: float = 0.01  # permutation / KS p-value below which a difference counts
-    permutations: int = 199
-    label_psi_warn: float = 0.1
-    label_psi_severe: float = 0.25
-    template_js_warn: float = 0.1
-    template_js_severe: float = 0.3
-    token_js_warn: float = 0.05
-    token_js_severe: float = 0.2
-    length_ks_warn: float = 0.1
-    length_ks_severe: float = 0.3
-    embedding_mmd_warn: float = 0.02
-    embedding_mmd_severe: float = 0.1
+    permutations: int = 199  # permutations of the permutation tests (MMD, label shift)
+    label_psi_warn: float = 0.1  # population stability index of the label distribution
+    label_psi_severe: float = 0.25  # the same statistic's severe level
+    template_js_warn: float = 0.1  # Jensen-Shannon distance of message-template frequencies
+    template_js_severe: float = 0.3  # the same statistic's severe level
+    token_js_warn: float = 0.05  # Jensen-Shannon distance of token frequencies
+    token_js_severe: float = 0.2  # the same statistic's severe level
+    length_ks_warn: float = 0.1  # Kolmogorov-Smirnov statistic of message lengths
+    length_ks_severe: float = 0.3  # the same statistic's severe level
+    embedding_mmd_warn: float = 0.02  # maximum mean discrepancy of the champion's BERT embeddings
+    embedding_mmd_severe: float = 0.1  # the same statistic's severe level
     embedding_sample: int = 200  # messages per side embedded with the champion's BERT
     metric_value_ks_warn: float = 0.3  # worst series
-    metric_value_ks_severe: float = 0.5
+    metric_value_ks_severe: float = 0.5  # the same statistic's severe level
     seasonal_warn: float = 0.5  # hour-of-day profile distance of the worst series, in reference standard deviations
-    seasonal_severe: float = 0.8
+    seasonal_severe: float = 0.8  # the same statistic's severe level
     max_rows: int = 50_000  # rows sampled per side
-    seed: int = 13
+    seed: int = 13  # seed of sampling and permutations
 
 
 # ---- inputs: how local files are read ------------------------------------------------------------------
@@ -294,8 +294,8 @@ class InputSettings:
 class ServeSettings:
     """`nightshift serve`: one HTTP process answering with the champions (`serving/server.py`)."""
 
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = "127.0.0.1"  # address to listen on (loopback by default; put TLS and keys in place before opening it)
+    port: int = 8000  # port to listen on (0: a free one, printed)
     alias: str = "champion"  # the alias each model is served from
     models: str = "log-anomaly,failure-rca,metric-forecast"  # comma-separated registered models to serve
     refresh_seconds: float = 30.0  # how often the aliases are re-read; a moved alias is loaded, then swapped in
@@ -374,9 +374,9 @@ class Settings:
     # NIGHTSHIFT_STORAGE: where tasks leave data for each other (snapshots, reports, scored files, night summaries): a
     # local folder or an object store, `s3://bucket/prefix` (endpoint and keys from the AWS_* variables); empty: home
     storage: str = ""
-    service: str = "nightshift"
+    service: str = "nightshift"  # the service name on nightshift's own log lines
     tracking_uri: str = ""  # empty: SQLite under home; MLFLOW_TRACKING_URI overrides
-    experiment: str = "nightshift"
+    experiment: str = "nightshift"  # the MLflow experiment the training runs go to
     ui_url: str = "http://127.0.0.1:5000"  # the MLflow UI that reports link into (`make ui` serves it here)
     fields: LogFields = field(default_factory=LogFields)
     train: TrainSettings = field(default_factory=TrainSettings)
