@@ -55,7 +55,9 @@ demo: setup
 	$(NS) demo-data --out $(NIGHTSHIFT_HOME)/demo
 	$(NS) retrain
 	@echo
-	@echo "MLflow store: $(NIGHTSHIFT_HOME)/mlflow   UI: make ui, then open http://127.0.0.1:5000"
+	@echo "Next: open the night report  $(NIGHTSHIFT_HOME)/runs/$$(ls $(NIGHTSHIFT_HOME)/runs | tail -1)/report.html"
+	@echo "      make ui     the MLflow UI on http://127.0.0.1:5000 (runs, versions, why each was promoted)"
+	@echo "      make serve  the champions over HTTP, with a key and a curl line to try"
 
 # Elasticsearch for the tests, `make es` and `make demo-es`: Elastic's minimal distribution from Maven Central needs
 # Maven, unzip and a JDK >= 21 (the machine's default may be 17); the zip is fetched once into a cache outside git.

@@ -23,7 +23,7 @@ from pipelines.data.records import parse_timestamp
 from pipelines.data.validation import FAILED, validate_snapshot, verdict
 from pipelines.errors import InputError, NightshiftError
 from pipelines.flow import embedded_metric_source, run_retrain, shadow_line
-from pipelines.night_report import write_night_report
+from pipelines.night_report import latest_night, write_night_report
 from pipelines.registry.gate import promote, rollback
 from pipelines.registry.store import CHALLENGER, CHAMPION, PREVIOUS, alias_version, use_store
 from pipelines.sources.elastic import install_templates
@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", parents=[common], help="where the state lives, and each model's aliases")
 
     p = sub.add_parser("report", parents=[common], help="write the night's HTML report (decisions, numbers, validation, drift, MLflow links)")
-    p.add_argument("--night", required=True, metavar="D", help="the night's logical date, e.g. 2026-11-22")
+    p.add_argument("--night", metavar="D", help="the night's logical date, e.g. 2026-11-22 (default: the latest night)")
     p.add_argument("--out", type=Path, help="where to write it (default: NIGHTSHIFT_HOME/runs/D/report.html)")
     p.add_argument("--ui-url", help="the MLflow UI the links open (default: setting ui_url, http://127.0.0.1:5000)")
 
@@ -305,13 +305,14 @@ def _retrain(args, settings):
 
 @command("report")
 def _report(args, settings):
-    path = write_night_report(settings, args.night, out=args.out, ui_url=args.ui_url)
-    return {"night": args.night, "report": str(path), "summary": f"night report {args.night}: {path}"}
+    night = args.night or latest_night(settings)
+    path = write_night_report(settings, night, out=args.out, ui_url=args.ui_url)
+    return {"night": night, "report": str(path), "summary": f"night report {night}: {path}"}
 
 
 @command("info")
 def _info(args, settings):
-    client = use_store(settings)
+    client = use_store(settings, create=False)
     models = {name: {alias: alias_version(client, name, alias) for alias in (CHAMPION, CHALLENGER, PREVIOUS)} for name in TASKS}
     return {"home": str(settings.home), "tracking_uri": settings.mlflow_uri, "models": models,
             "summary": "\n".join([f"home {settings.home}", f"mlflow {settings.mlflow_uri}"] +

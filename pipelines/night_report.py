@@ -29,6 +29,21 @@ def summary_path(settings: Settings, date: str) -> StoragePath:
     """Where the night of logical date `date` (YYYY-MM-DD) keeps its summary: `runs/D/summary.json` under the storage
     root (setting `storage`; default `$NIGHTSHIFT_HOME`)."""
     return settings.storage_root / "runs" / date / "summary.json"
+
+
+def latest_night(settings: Settings) -> str:
+    """The logical date (YYYY-MM-DD) of the newest night with a summary under the storage root.
+
+    Raises:
+        MissingInput: no night has a summary there yet (the message says what to run).
+    """
+    nights = sorted(p.parent.name for p in (settings.storage_root / "runs").glob("*/summary.json"))
+    if not nights:
+        raise MissingInput(f"no night has run under {settings.storage_root}: run `make demo` or `nightshift retrain` "
+                                f"first (or set NIGHTSHIFT_HOME to the state folder it used; make uses ./.nightshift)")
+    return nights[-1]
+
+
 # ---- the night report: gather ----------------------------------------------------------------
 
 def _mlflow_facts(client, name: str, outcome: dict) -> dict:

@@ -92,18 +92,23 @@ def _store_init_lock(uri: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def use_store(settings: Settings):
+def use_store(settings: Settings, create: bool = True):
     """Point MLflow at the configured store (SQLite under NIGHTSHIFT_HOME by default) and its
-    experiment, creating either when missing; returns an `MlflowClient`.
+    experiment, creating either when missing (with `create`; else a missing local store is an error, so that a
+    command that only reads never leaves an empty store behind); returns an `MlflowClient`.
 
     Raises:
-        StoreUnreachable: the tracking URI is a server that does not answer.
+        StoreUnreachable: the tracking URI is a server that does not answer, or (`create` False) the local SQLite
+            store does not exist.
     """
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     uri = settings.mlflow_uri
+    if not create and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise StoreUnreachable(f"no MLflow store at {uri.removeprefix('sqlite:///')}: run `make demo` or `nightshift retrain` first "
+                               f"(or set NIGHTSHIFT_HOME to the state folder it used; make uses ./.nightshift)")
     check_reachable(uri)
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

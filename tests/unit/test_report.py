@@ -89,3 +89,24 @@ def test_summary_task_helper_returns_the_path_or_none(settings):
     assert try_night_report(settings, NIGHT) is None  # no summary yet: logged, not raised
     make_night(settings)
     assert try_night_report(settings, NIGHT).endswith(f"runs/{NIGHT}/report.html")
+
+
+def test_report_takes_the_latest_night_and_info_refuses_a_missing_store(settings, capsys):
+    from pipelines.cli import main
+
+    assert main(["report"]) == 2
+    assert "no night has run under" in capsys.readouterr().err
+    make_night(settings)
+    assert main(["report"]) == 0
+    assert f"night report {NIGHT}:" in capsys.readouterr().out
+
+
+def test_info_on_a_home_without_a_store_says_so_and_creates_nothing(tmp_path, monkeypatch, capsys):
+    from pipelines.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("NIGHTSHIFT_HOME", str(tmp_path / "empty"))
+    assert main(["info"]) == 2
+    err = capsys.readouterr().err
+    assert "no MLflow store at" in err and "make demo" in err and err.count("\n") == 1
+    assert not (tmp_path / "empty" / "mlflow" / "mlflow.db").exists()
