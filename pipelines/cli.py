@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipelines import storage
-from pipelines.config import INPUT_FORMATS, Settings, load_settings
+from pipelines.config import INPUT_FORMATS, Settings, config_path, load_settings, settings_in_effect
 from pipelines.data.demo_logs import write_demo_logs
 from pipelines.data.demo_metrics import write_demo_metrics
 from pipelines.data.ingest import ingest_logs
@@ -162,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="default: setting serve.host (127.0.0.1)")
     p.add_argument("--port", type=int, help="default: setting serve.port (8000); 0: a free port, printed")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+    p = sub.add_parser("config", parents=[common], help="print the settings in effect and where each came from (default, file, "
+                                                       "environment); secrets masked")
+    p.add_argument("--changed", action="store_true", help="only the settings the file or the environment set")
 
     p = sub.add_parser("serve-key", parents=[common], help="make an API key for nightshift serve: its hash goes to the key file, "
                                                            "the key is printed once")
@@ -338,6 +342,22 @@ def _serve_key(args, settings):
     print(f"nightshift serve-key: key {args.name!r} ({','.join(sorted(scopes))}) added to {path} as its SHA-256; the key is "
           "shown only now: send it as 'Authorization: Bearer KEY'", file=sys.stderr)
     return {"name": args.name, "scopes": sorted(scopes), "file": str(path), "key": key, "summary": key}
+
+
+EMPTY = "\"\""  # an empty setting, as the TOML file would spell it
+
+
+@command("config")
+def _config(args, settings):
+    sources: dict[str, str] = {}
+    settings = load_settings(args.config, sources)
+    rows = [r for r in settings_in_effect(settings, sources) if not args.changed or r[2] != "default"]
+    width = max((len(name) for name, _, _ in rows), default=0)
+    lines = [f"settings file: {config_path(args.config)}{'' if config_path(args.config).is_file() else ' (none)'}",
+             f"mlflow tracking URI in effect: {settings.mlflow_uri}"]
+    lines += [f"{name:<{width}}  {value if value else EMPTY}  ({source})" for name, value, source in rows]
+    return {"file": str(config_path(args.config)), "mlflow_uri": settings.mlflow_uri,
+            "settings": [{"name": n, "value": v, "source": s} for n, v, s in rows], "summary": "\n".join(lines)}
 
 
 def main(argv: list[str] | None = None) -> int:

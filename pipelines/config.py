@@ -465,7 +465,9 @@ def _coerce(value: str, kind: typing.Any, name: str) -> typing.Any:
         raise ConfigError(f"setting {name}: cannot read {shown} as {getattr(kind, '__name__', kind)}") from None
 
 
-def _build(cls: type, toml: dict, env_prefix: str, path: str) -> typing.Any:
+def _build(cls: type, toml: dict, env_prefix: str, path: str, sources: dict[str, str] | None = None) -> typing.Any:
+    """`cls` from the file's `toml` table and the environment (`env_prefix`); `sources`, when given, gets where each
+    setting's value came from: {"train.epochs": "environment NIGHTSHIFT_TRAIN_EPOCHS" | "file" | "default"}."""
     hints = typing.get_type_hints(cls)
     values: dict[str, typing.Any] = {}
     unknown = set(toml) - {f.name for f in dataclasses.fields(cls)}
@@ -478,14 +480,37 @@ def _build(cls: type, toml: dict, env_prefix: str, path: str) -> typing.Any:
             section = toml.get(f.name, {})
             if not isinstance(section, dict):
                 raise ConfigError(f"nightshift.toml: [{path}{f.name}] must be a table")
-            values[f.name] = _build(kind, section, f"{env_name}_", f"{path}{f.name}.")
+            values[f.name] = _build(kind, section, f"{env_name}_", f"{path}{f.name}.", sources)
             continue
+        source = "default"
         if env_name in os.environ:
             values[f.name] = _coerce(os.environ[env_name], kind, env_name)
+            source = f"environment {env_name}"
         elif f.name in toml:
             raw = toml[f.name]
             values[f.name] = _coerce(str(raw), kind, f"{path}{f.name}") if not isinstance(raw, (int, float, bool)) or kind in (Path, Secret, str) else raw
+            source = "file"
+        if sources is not None:
+            sources[f"{path}{f.name}"] = source
     return cls(**values)
+
+
+def settings_in_effect(settings: Settings, sources: dict[str, str]) -> list[tuple[str, str, str]]:
+    """Every setting as (dotted name, value as a person reads it, where it came from), in the order of the
+    dataclasses; a secret that is set shows as `***`. `sources` is what `load_settings` filled."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(obj: typing.Any, path: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{path}{f.name}.")
+                continue
+            shown = ("***" if value else "") if isinstance(value, Secret) else str(value)
+            rows.append((f"{path}{f.name}", shown, sources.get(f"{path}{f.name}", "default")))
+
+    walk(settings, "")
+    return rows
 
 
 def config_path(config_file: str | Path | None = None) -> Path:
@@ -498,8 +523,9 @@ def config_path(config_file: str | Path | None = None) -> Path:
     return home / "nightshift.toml"
 
 
-def load_settings(config_file: str | Path | None = None) -> Settings:
-    """Read the settings: defaults < the file of `config_path` < `NIGHTSHIFT_*` variables.
+def load_settings(config_file: str | Path | None = None, sources: dict[str, str] | None = None) -> Settings:
+    """Read the settings: defaults < the file of `config_path` < `NIGHTSHIFT_*` variables. `sources`, when given,
+    gets each setting's dotted name -> where its value came from ("default", "file", "environment NIGHTSHIFT_...").
 
     Raises:
         ConfigError: the named file is missing or malformed, or a setting is unknown or of the wrong type.
@@ -513,5 +539,7 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
             raise ConfigError(f"{path}: {exc}") from None
     elif config_file or os.environ.get("NIGHTSHIFT_CONFIG"):
         raise ConfigError(f"NIGHTSHIFT_CONFIG: no such file {path}")
-    settings = _build(Settings, toml, "NIGHTSHIFT_", "")
+    settings = _build(Settings, toml, "NIGHTSHIFT_", "", sources)
+    if sources is not None:
+        sources.update({k: f"file {path}" for k, v in sources.items() if v == "file"})
     return dataclasses.replace(settings, home=settings.home.resolve())

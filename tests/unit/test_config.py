@@ -37,3 +37,29 @@ def test_secret_never_printed():
     s = Secret("hunter2")
     assert "hunter2" not in repr(s) and "hunter2" not in str(s) and "hunter2" not in f"{s}"
     assert s.reveal() == "hunter2"
+
+
+def test_config_command_prints_each_setting_with_its_source_and_masks_secrets(tmp_path, monkeypatch, capsys):
+    import json
+
+    from pipelines.cli import main
+
+    config = tmp_path / "nightshift.toml"
+    config.write_text('[train]\nepochs = 3\n\n[elasticsearch]\npassword = "from-the-file"\n')
+    monkeypatch.setenv("NIGHTSHIFT_CONFIG", str(config))
+    monkeypatch.setenv("NIGHTSHIFT_SERVE_PORT", "9001")
+    monkeypatch.setenv("NIGHTSHIFT_PROMETHEUS_BEARER_TOKEN", "from-the-environment")
+    assert main(["config", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "from-the-file" not in out and "from-the-environment" not in out
+    rows = {r["name"]: r for r in json.loads(out)["settings"]}
+    assert rows["train.epochs"] == {"name": "train.epochs", "value": "3", "source": f"file {config}"}
+    assert rows["serve.port"]["value"] == "9001" and rows["serve.port"]["source"] == "environment NIGHTSHIFT_SERVE_PORT"
+    assert rows["elasticsearch.password"]["value"] == "***" and rows["prometheus.bearer_token"]["value"] == "***"
+    assert rows["train.batch_size"]["source"] == "default" and rows["prometheus.password"]["value"] == ""
+    assert main(["config", "--changed"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"settings file: {config}"
+    changed = {line.split()[0]: line for line in lines[2:]}  # the suite's own NIGHTSHIFT_* variables are among them
+    assert {"elasticsearch.password", "prometheus.bearer_token", "serve.port", "train.epochs"} <= set(changed)
+    assert "train.batch_size" not in changed and not any(line.endswith("(default)") for line in changed.values())
