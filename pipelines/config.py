@@ -495,6 +495,24 @@ def _build(cls: type, toml: dict, env_prefix: str, path: str, sources: dict[str,
     return cls(**values)
 
 
+# Settings that take one of a few words: checked when the settings load, so a typo stops every command at once with
+# the allowed words, rather than whichever task reads it first.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "train.device": ("auto", "cpu", "cuda"), "train.pooling": ("cls", "mean"), "score.shadow": ("fields", "index", "off"),
+    "rca.pooling": ("cls", "mean"), "elasticsearch.unlabelled": ("keep", "drop"), "forecast.device": ("auto", "cpu", "cuda"),
+    "inputs.format": INPUT_FORMATS, "inputs.epoch_unit": EPOCH_UNITS, "serve.short_history": ("refuse", "flag"),
+}
+
+
+def check_choices(settings: Settings) -> None:
+    """Raises ConfigError naming the first setting of `CHOICES` whose value is not one of its words."""
+    for name, allowed in CHOICES.items():
+        section, _, field_name = name.partition(".")
+        value = getattr(getattr(settings, section), field_name)
+        if value not in allowed:
+            raise ConfigError(f"setting {name}: {value!r} is not one of {', '.join(allowed)}")
+
+
 def settings_in_effect(settings: Settings, sources: dict[str, str]) -> list[tuple[str, str, str]]:
     """Every setting as (dotted name, value as a person reads it, where it came from), in the order of the
     dataclasses; a secret that is set shows as `***`. `sources` is what `load_settings` filled."""
@@ -542,4 +560,5 @@ def load_settings(config_file: str | Path | None = None, sources: dict[str, str]
     settings = _build(Settings, toml, "NIGHTSHIFT_", "", sources)
     if sources is not None:
         sources.update({k: f"file {path}" for k, v in sources.items() if v == "file"})
+    check_choices(settings)
     return dataclasses.replace(settings, home=settings.home.resolve())

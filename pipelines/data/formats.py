@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Literal
 
-from pipelines.config import EPOCH_UNITS, INPUT_FORMATS, ConfigError, InputSettings, LogFields
+from pipelines.config import InputSettings, LogFields
 from pipelines.data.records import (
     SHOW_CHARS,
     AnomalyLabels,
@@ -72,11 +72,7 @@ class ReadContext:
 
     @classmethod
     def from_settings(cls, fields: LogFields, inputs: InputSettings) -> "ReadContext":
-        """Raises ConfigError for an unknown `inputs.format` or `inputs.epoch_unit`, or clashing label spellings."""
-        if inputs.format not in INPUT_FORMATS:
-            raise ConfigError(f"setting inputs.format: {inputs.format!r} is not one of {', '.join(INPUT_FORMATS)}")
-        if inputs.epoch_unit not in EPOCH_UNITS:
-            raise ConfigError(f"setting inputs.epoch_unit: {inputs.epoch_unit!r} is not one of {', '.join(EPOCH_UNITS)}")
+        """Raises ConfigError for clashing label spellings (the format and epoch unit are checked when settings load)."""
         return cls(fields, AnomalyLabels.from_settings(inputs), inputs.epoch_unit)
 
 

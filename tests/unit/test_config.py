@@ -63,3 +63,15 @@ def test_config_command_prints_each_setting_with_its_source_and_masks_secrets(tm
     changed = {line.split()[0]: line for line in lines[2:]}  # the suite's own NIGHTSHIFT_* variables are among them
     assert {"elasticsearch.password", "prometheus.bearer_token", "serve.port", "train.epochs"} <= set(changed)
     assert "train.batch_size" not in changed and not any(line.endswith("(default)") for line in changed.values())
+
+
+def test_a_setting_of_a_few_words_is_checked_when_the_settings_load(monkeypatch):
+    from pipelines.config import CHOICES, ConfigError, load_settings
+
+    assert load_settings().inputs.format == "auto"
+    for name in CHOICES:
+        env = "NIGHTSHIFT_" + name.replace(".", "_").upper()
+        monkeypatch.setenv(env, "sideways")
+        with pytest.raises(ConfigError, match=rf"setting {name}: 'sideways' is not one of "):
+            load_settings()
+        monkeypatch.delenv(env)
