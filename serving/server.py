@@ -38,6 +38,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.config import ConfigError, Settings
@@ -609,7 +610,8 @@ class ReloadResponse(BaseModel):
 
 
 PUBLIC_PATHS = {"/healthz", "/readyz"}  # answer without a key (probes); /metrics too with serve.metrics_public
-SCHEMA_PATHS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}  # the API's description, no data
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's and ReDoc's scripts, served from the fastapi-offline package
+SCHEMA_PATHS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", DOCS_ASSETS}  # the API's description, no data
 
 
 def create_app(settings: Settings, client=None, start_refresh: bool = True) -> FastAPI:
@@ -652,7 +654,7 @@ def create_app(settings: Settings, client=None, start_refresh: bool = True) -> F
             await batcher.close()
         executor.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="nightshift serve", version="1", lifespan=lifespan,
+    app = FastAPIOffline(title="nightshift serve", version="1", lifespan=lifespan, static_url=DOCS_ASSETS,
                   description="The champions of log-anomaly, failure-rca and metric-forecast, re-resolved by alias "
                               f"'{cfg.alias}' every {cfg.refresh_seconds:g}s.")
     app.state.server = server

@@ -65,10 +65,13 @@ def serve_error(capsys) -> str:
 
 def protected_routes(app) -> list[tuple[str, str]]:
     """(method, path) of every route of `app` but the probes and the schema pages."""
-    found = [(method, route.path) for route in app.routes if isinstance(route, APIRoute) and route.path not in PUBLIC
+    from serving.server import SCHEMA_PATHS
+
+    found = [(method, route.path) for route in app.routes if isinstance(route, APIRoute) and route.path not in PUBLIC | SCHEMA_PATHS
              for method in sorted(route.methods)]
     others = {getattr(r, "path", None) for r in app.routes if not isinstance(r, APIRoute)}
-    assert others <= {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}, others  # no route escapes the enumeration
+    assert others <= SCHEMA_PATHS, others  # no route escapes the enumeration
+    assert SCHEMA_PATHS == {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/docs-assets"}  # no data behind them
     return found
 
 
@@ -317,3 +320,15 @@ def test_tls_settings_are_checked_before_the_server_starts(home, monkeypatch, tm
         tls_files(load_settings())
     monkeypatch.setenv("NIGHTSHIFT_SERVE_TLS_KEYFILE", str(key))
     assert tls_files(load_settings()) == (str(cert), str(key))
+
+
+def test_the_api_pages_work_offline_their_scripts_served_by_the_server_itself(keys, app_for):
+    app = app_for()
+    with TestClient(app) as client:
+        for page in ("/docs", "/redoc"):
+            html = client.get(page)
+            assert html.status_code == 200
+            scripts = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html.text)
+            assert scripts and not [s for s in scripts if "://" in s], scripts  # nothing from a CDN
+            for script in scripts:
+                assert client.get(script).status_code == 200, script
