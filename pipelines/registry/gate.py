@@ -180,8 +180,10 @@ def face_baseline(spec: TaskSpec, challenger: dict[str, float], report: Evaluati
         b = report.baselines[name].get(p, math.nan)
         if not (math.isfinite(c) and math.isfinite(b)):
             return True, f"{title} baseline {p} not comparable on the holdout (challenger {c}, {name} {b})"
-        ok = spec.gain(p, c, b) >= -tolerance
-        return ok, f"{p} {c:.4f} vs {title} baseline {b:.4f}{trained}: {'within' if ok else 'trails it by more than'} the tolerance {tolerance}"
+        gain = spec.gain(p, c, b)
+        ok = gain >= -tolerance
+        verdict = (f"ahead of it by {gain:.4f}" if gain > 0 else "within the tolerance" if ok else "trails it by more than the tolerance")
+        return ok, f"{p} {c:.4f} vs {title} baseline {b:.4f}{trained}: {verdict}{'' if gain > 0 else f' {tolerance}'}"
 
     verdicts = [face(name) for name in spec.gate_baselines]
     return {**out, "ok": all(ok for ok, _ in verdicts), "reason": "; ".join(reason for _, reason in verdicts)}

@@ -244,6 +244,8 @@ def test_the_gate_faces_the_tasks_tfidf_baseline_within_its_tolerance():
     assert not both["ok"] and both["reason"].endswith("f1 0.7000 vs ten-line reference baseline 0.9000 (same training snapshot): "
                                                       "trails it by more than the tolerance 0.02")
     assert face_baseline(TASKS["log-anomaly"], {"f1": 0.9}, report({"tfidf": {"f1": 0.6}, "reference": {"f1": 0.9}}), 0.02)["ok"]
+    ahead = face_baseline(TASKS["log-anomaly"], {"f1": 0.915}, report({"tfidf": {"f1": 0.7231}}), 0.02)
+    assert ahead["ok"] and ahead["reason"].startswith("f1 0.9150 vs TF-IDF baseline 0.7231 (same training snapshot): ahead of it by 0.1919;")
 
     # refusing nothing, and saying why
     gone = face_baseline(rca, {"micro_f1": 0.1}, report({}), 0.02)
