@@ -49,6 +49,7 @@ Environment variables that are not settings:
 | `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` | the object store of an `s3://` storage root |
 | `NIGHTSHIFT_LOG_FORMAT` | `json` or `console`: nightshift's logs on stderr (default: a readable line on a terminal, else JSON lines with the service, version, run id, task and host on each) |
 | `NIGHTSHIFT_LOG_LEVEL` | the level of those logs (default `INFO`) |
+| `NIGHTSHIFT_PROGRESS` | `off`: no progress bar on a terminal (long steps, ingest, epochs and scoring, still log a line every 30 s elsewhere) |
 | `NIGHTSHIFT_USER` | who `nightshift rollback` records (default: the login) |
 | `NIGHTSHIFT_WORKER_NAME` | the name a worker gives Airflow (default: the machine's fully qualified name) |
 

@@ -2,6 +2,7 @@
 
 Every log line carries service, version, run id, task and host, so that ELK can join a night's
 lines across the DAG's tasks. A terminal gets a readable one-line form; anything else gets JSON.
+Long steps report their progress (`progress`): a live bar on a terminal, a log line now and then elsewhere.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import socket
 import sys
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import IO, Any, Iterable, Iterator, TypeVar
 
 from pipelines import __version__
 
+T = TypeVar("T")
 _run_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("run_id", default=None)
 _task: contextvars.ContextVar[str | None] = contextvars.ContextVar("task", default=None)
 _HOST = socket.gethostname()
@@ -91,6 +93,76 @@ def configure_logging(service: str = "nightshift", level: str | None = None, jso
 
 def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(f"nightshift.{name}")
+
+
+class Progress:
+    """How far a long step has come (`progress`): `advance(n)` after each n items, `note(**facts)` for what the bar
+    shows beside the count (an epoch's loss), `wrap(items)` to count an iterable as it is consumed."""
+
+    def __init__(self, what: str, total: int | None, unit: str, bar: Any, logger: logging.Logger, every: float):
+        self.what, self.total, self.unit, self.done = what, total, unit, 0
+        self._bar, self._log, self._every = bar, logger, every
+        self._started = self._logged = time.monotonic()
+        self._facts: dict[str, Any] = {}
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+        elif time.monotonic() - self._logged >= self._every:
+            self._line("progress")
+
+    @property
+    def long(self) -> bool:
+        """Whether the step has run `every` seconds or more (a short one ends without a line of its own)."""
+        return time.monotonic() - self._started >= self._every
+
+    def note(self, **facts: Any) -> None:
+        self._facts = facts
+        if self._bar is not None:
+            self._bar.set_postfix(facts, refresh=False)
+
+    def wrap(self, items: Iterable[T]) -> Iterator[T]:
+        for item in items:
+            yield item
+            self.advance()
+
+    def _line(self, message: str) -> None:
+        self._logged = now = time.monotonic()
+        seconds = now - self._started
+        rate = self.done / seconds if seconds > 0 else 0.0
+        left = (self.total - self.done) / rate if self.total is not None and rate > 0 else None
+        self._log.info(message, extra={"step": self.what, "done": self.done, "total": self.total, "unit": self.unit,
+                                       "rate_per_s": round(rate, 1), "seconds": round(seconds, 1),
+                                       **({"seconds_left": round(left, 1)} if left is not None else {}), **self._facts})
+
+
+@contextmanager
+def progress(what: str, total: int | None = None, unit: str = "docs", *, stream: IO[str] | None = None,
+             every: float = 30.0, logger: logging.Logger | None = None) -> Iterator[Progress]:
+    """Progress of a long step (ingest, epochs, scoring) for a person to follow: on a terminal (`stream`, default
+    stderr, is a TTY) a tqdm bar with the items done, the rate and, with `total`, the time left; anywhere else (CI,
+    Airflow, a pipe) a `progress` log line every `every` seconds; a step that ran that long ends with a `done` line
+    (or `stopped` on an error), so logs stay readable.
+    `NIGHTSHIFT_PROGRESS=off` turns the bar off (log lines only)."""
+    stream = stream if stream is not None else sys.stderr
+    bar = None
+    if stream.isatty() and os.environ.get("NIGHTSHIFT_PROGRESS", "on") != "off":
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=what, unit=f" {unit}", file=stream, dynamic_ncols=True, leave=False)
+    meter = Progress(what, total, unit, bar, logger or get_logger("progress"), every)
+    try:
+        yield meter
+    except BaseException:
+        meter._line("stopped")
+        raise
+    else:
+        if meter.long:
+            meter._line("done")
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def gpu_telemetry() -> dict[str, float]:

@@ -26,7 +26,7 @@ from pipelines.config import Settings
 from pipelines.data.records import batched, doc_context, format_timestamp, get_field, message_text, set_field
 from pipelines.registry.store import load_model, use_store
 from pipelines.sources.logs import FileLogSink, file_path, open_log_sink, open_log_source
-from pipelines.telemetry import get_logger
+from pipelines.telemetry import get_logger, progress
 from serving.root_causes import load_annotator
 from serving.shadow import ShadowScorer, load_shadow, log_agreement
 
@@ -252,10 +252,10 @@ def score_logs(model_ref: str, source_uri: str, sink_uri: str | None, settings: 
         if shadow is not None:  # index mode: its own sink may hold fewer (or more) than the main one
             done = shadow.resume(done, key, sink.partial if isinstance(sink, FileLogSink) else None)
         docs = source.iter_unscored(marker, sink, start, end, skipped) if hasattr(source, "iter_unscored") else source.iter_docs(start, end)
-        with closing(docs):  # a failed run still releases what the source holds (an Elasticsearch point-in-time)
+        with closing(docs), progress("score", unit="docs") as meter:  # a failed run still releases what the source holds
             todo = islice(docs, done, None) if done else docs
             try:
-                written = sink.write(annotate(todo, classifier, ref.name, ref.version, settings, counts, unscored, rca, shadow))
+                written = sink.write(annotate(meter.wrap(todo), classifier, ref.name, ref.version, settings, counts, unscored, rca, shadow))
             except BaseException:
                 if shadow is not None:
                     shadow.abort()  # when the sink failed before reading a document; otherwise done already

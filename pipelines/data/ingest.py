@@ -21,7 +21,7 @@ from pipelines.data.snapshots import LOG_SCHEMA, Snapshot, write_snapshot
 from pipelines.errors import InputError
 from pipelines.sources.logs import LogSource, open_log_source
 from pipelines.storage import StoragePath
-from pipelines.telemetry import get_logger
+from pipelines.telemetry import get_logger, progress
 
 log = get_logger("ingest")
 
@@ -61,17 +61,18 @@ def ingest_logs(source_uri: str, start: datetime | None, end: datetime | None, o
     rows = log_rows(source, settings, start, end)
     stats = getattr(source, "stats", None)  # counts the source fills while the rows stream (read, unlabelled, dropped)
     try:
-        snapshot = write_snapshot(
-            out,
-            rows,
-            dataset=dataset,
-            source=source.uri,
-            query={"range": {settings.fields.timestamp: {"gte": start.isoformat(), "lt": end.isoformat()}}},
-            start=start,
-            end=end,
-            schema=pa.schema(list(LOG_SCHEMA) + [pa.field(name, pa.string()) for name in extra_columns(source)]),
-            extra={"source_stats": stats} if stats is not None else None,
-        )
+        with progress(f"ingest {dataset}", unit="docs") as meter:
+            snapshot = write_snapshot(
+                out,
+                meter.wrap(rows),
+                dataset=dataset,
+                source=source.uri,
+                query={"range": {settings.fields.timestamp: {"gte": start.isoformat(), "lt": end.isoformat()}}},
+                start=start,
+                end=end,
+                schema=pa.schema(list(LOG_SCHEMA) + [pa.field(name, pa.string()) for name in extra_columns(source)]),
+                extra={"source_stats": stats} if stats is not None else None,
+            )
     finally:
         rows.close()  # releases what the source holds (an Elasticsearch point-in-time) on failure too
     log.info("snapshot written", extra={"snapshot": str(snapshot.path), "rows": snapshot.manifest["row_count"], "content_hash": snapshot.content_hash})

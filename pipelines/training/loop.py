@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pipelines.errors import InputError
-from pipelines.telemetry import get_logger, gpu_telemetry
+from pipelines.telemetry import get_logger, gpu_telemetry, progress
 
 log = get_logger("train")
 
@@ -137,20 +137,23 @@ def run_epochs(model, *, epochs: int, patience: int, train_epoch: Callable[[], f
         raise InputError(f"epochs must be at least 1, not {epochs}")
     history: list[dict[str, float]] = []
     best: BestState | None = None
-    for epoch in range(1, epochs + 1):
-        model.train()
-        train_loss = train_epoch()
-        validation = validate()
-        metrics = {"train_loss": train_loss, **validation.metrics, **gpu_telemetry()}
-        history.append(metrics)
-        on_epoch(epoch, metrics)
-        logger.info("epoch done", extra={"epoch": epoch, **{k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}})
-        key = rank(metrics)
-        if best is None or key > best.key:
-            best = BestState(epoch, key, copy.deepcopy(model.state_dict()), metrics, validation.extra)
-        elif epoch - best.epoch >= patience:
-            logger.info("early stop", extra={"epoch": epoch, "best_epoch": best.epoch})
-            break
+    with progress("epochs", total=epochs, unit="epochs", logger=logger) as meter:
+        for epoch in range(1, epochs + 1):
+            model.train()
+            train_loss = train_epoch()
+            validation = validate()
+            metrics = {"train_loss": train_loss, **validation.metrics, **gpu_telemetry()}
+            history.append(metrics)
+            on_epoch(epoch, metrics)
+            logger.info("epoch done", extra={"epoch": epoch, **{k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}})
+            meter.note(train_loss=round(train_loss, 4), **{k: round(v, 4) for k, v in validation.metrics.items() if k == "primary"})
+            meter.advance()
+            key = rank(metrics)
+            if best is None or key > best.key:
+                best = BestState(epoch, key, copy.deepcopy(model.state_dict()), metrics, validation.extra)
+            elif epoch - best.epoch >= patience:
+                logger.info("early stop", extra={"epoch": epoch, "best_epoch": best.epoch})
+                break
     assert best is not None
     model.load_state_dict(best.state_dict)
     return EpochRun(best, history)
