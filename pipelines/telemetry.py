@@ -155,7 +155,8 @@ def progress(what: str, total: int | None = None, unit: str = "docs", *, stream:
     try:
         yield meter
     except BaseException:
-        meter._line("stopped")
+        if meter.long:  # a short step's error speaks for itself, in its one line
+            meter._line("stopped")
         raise
     else:
         if meter.long:

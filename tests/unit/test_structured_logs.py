@@ -59,12 +59,17 @@ def test_progress_is_a_live_bar_on_a_terminal_and_a_log_line_now_and_then_elsewh
     assert quiet.getvalue() == ""
 
 
-def test_a_step_that_fails_says_where_it_stopped(caplog):
+def test_a_long_step_that_fails_says_where_it_stopped_and_a_short_one_adds_no_line(caplog):
     from pipelines.telemetry import progress
 
     with caplog.at_level(logging.INFO, logger="nightshift"), pytest.raises(RuntimeError):
-        with progress("score", stream=io.StringIO()) as meter:
+        with progress("score", stream=io.StringIO(), every=0) as meter:  # a long step
             meter.advance(3)
             raise RuntimeError("the sink went away")
     stopped = [r for r in caplog.records if r.name == "nightshift.progress" and r.getMessage() == "stopped"]
     assert len(stopped) == 1 and stopped[0].done == 3
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="nightshift"), pytest.raises(RuntimeError):
+        with progress("ingest logs", stream=io.StringIO()):  # a short one: its error is its one line
+            raise RuntimeError("bad record")
+    assert not [r for r in caplog.records if r.name == "nightshift.progress"]
