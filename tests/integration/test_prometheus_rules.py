@@ -53,23 +53,18 @@ def test_rule_unit_tests_pass():
     assert done.returncode == 0 and "SUCCESS" in done.stdout, done.stdout + done.stderr
 
 
-def test_rule_unit_tests_catch_a_broken_rule(tmp_path):
-    """The unit tests are not vacuous: a residual alert that never looks at the lower band fails them."""
+@pytest.mark.parametrize("rules, broken_from, broken_to, alert", [
+    # a residual alert that never looks at the lower band
+    ("forecast_alerts", 'quantile="0.1"', 'quantile="0.01"', "GPUUtilisationOutsideForecastBand"),
+    # a failed-night alert that waits 36 hours instead of 26
+    ("platform_alerts", "> 26 * 3600", "> 36 * 3600", "NightFailed"),
+])
+def test_rule_unit_tests_catch_a_broken_rule(tmp_path, rules, broken_from, broken_to, alert):
+    """The unit tests are not vacuous: each rule file, broken on purpose, fails its tests naming the alert."""
     (tmp_path / "rules").mkdir()
     (tmp_path / "tests").mkdir()
-    broken = (PROM / "rules" / "forecast_alerts.yml").read_text().replace('quantile="0.1"', 'quantile="0.01"')
-    (tmp_path / "rules" / "forecast_alerts.yml").write_text(broken)
-    shutil.copy(PROM / "tests" / "forecast_alerts_test.yml", tmp_path / "tests")
-    done = subprocess.run(["promtool", "test", "rules", "tests/forecast_alerts_test.yml"], cwd=tmp_path, capture_output=True, text=True)
-    assert done.returncode != 0 and "GPUUtilisationOutsideForecastBand" in done.stdout + done.stderr
-
-
-def test_platform_rule_unit_tests_catch_a_broken_rule(tmp_path):
-    """A failed-night alert that waits 36 hours instead of 26 fails the platform tests."""
-    (tmp_path / "rules").mkdir()
-    (tmp_path / "tests").mkdir()
-    broken = (PROM / "rules" / "platform_alerts.yml").read_text().replace("> 26 * 3600", "> 36 * 3600")
-    (tmp_path / "rules" / "platform_alerts.yml").write_text(broken)
-    shutil.copy(PROM / "tests" / "platform_alerts_test.yml", tmp_path / "tests")
-    done = subprocess.run(["promtool", "test", "rules", "tests/platform_alerts_test.yml"], cwd=tmp_path, capture_output=True, text=True)
-    assert done.returncode != 0 and "NightFailed" in done.stdout + done.stderr
+    broken = (PROM / "rules" / f"{rules}.yml").read_text().replace(broken_from, broken_to)
+    (tmp_path / "rules" / f"{rules}.yml").write_text(broken)
+    shutil.copy(PROM / "tests" / f"{rules}_test.yml", tmp_path / "tests")
+    done = subprocess.run(["promtool", "test", "rules", f"tests/{rules}_test.yml"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode != 0 and alert in done.stdout + done.stderr
