@@ -372,6 +372,7 @@ def test_automatic_rollback_racing_a_manual_promote_leaves_one_champion(store, m
     from pipelines.registry.aliases import compare_and_set_champion
     from pipelines.registry.store import ModelRef, alias_version, use_store
     from pipelines.tasks import task
+    from tests.support.races import race_rollback_against_promote
 
     uri = mlflow_server if store == "server" else f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("NIGHTSHIFT_HOME", str(tmp_path / "home"))
@@ -391,26 +392,12 @@ def test_automatic_rollback_racing_a_manual_promote_leaves_one_champion(store, m
                                                        "content_hash": "sha256:" + "1" * 64}))
     scores = {"1": {"f1": 0.9}, "2": {"f1": 0.6}}
     monkeypatch.setattr(gate, "holdout_metrics", lambda ref, path, settings: scores[ref.split("/")[1]])
-    both = threading.Barrier(2, timeout=120)
-    lock = gate.promotion_lock
-
-    def promotion_lock(*args, **kwargs):  # the rollback's lock: taken once both are ready
-        both.wait()
-        return lock(*args, **kwargs)
-
-    monkeypatch.setattr(gate, "promotion_lock", promotion_lock)
-    results: dict = {}
-
-    def promote_by_hand():
-        both.wait()
-        results["promote"] = compare_and_set_champion(client, name, "2", "3", timeout=60.0, lease=30.0)
-
-    thread = threading.Thread(target=promote_by_hand)
-    thread.start()
     decay = {"status": "decayed", "reason": "f1 0.6000 on the fresh window vs 0.9500 at validation"}
-    results["rollback"] = gate.roll_back_decayed(client, task(NAME), ModelRef(name, "2"), scores["2"], decay, load_snapshot(holdout),
-                                                 settings, "nightshift")
-    thread.join(120)
+    results = dict(zip(("rollback", "promote"), race_rollback_against_promote(
+        monkeypatch,
+        lambda: gate.roll_back_decayed(client, task(NAME), ModelRef(name, "2"), scores["2"], decay, load_snapshot(holdout), settings,
+                                       "nightshift"),
+        lambda: compare_and_set_champion(client, name, "2", "3", timeout=60.0, lease=30.0), timeout=120)))
     rolled_back, promoted = results["rollback"]["status"] == "rolled_back", results["promote"][0]
     assert rolled_back != promoted, results  # exactly one moved the champion
     state = {a: alias_version(client, name, a) for a in ("champion", "previous")}

@@ -238,31 +238,13 @@ def test_a_manual_promote_while_previous_is_judged_wins_and_the_rollback_stands_
 def test_a_rollback_racing_a_manual_promote_leaves_one_consistent_champion(decayed, monkeypatch):
     """Both reach the promotion lock at the same moment: whichever takes it first moves the champion, the other's
     compare-and-set finds it moved; the aliases and tags tell one story."""
-    import threading
-
-    import pipelines.registry.gate as gate
     from pipelines.registry.aliases import compare_and_set_champion
+    from tests.support.races import race_rollback_against_promote
 
     client = decayed.client
     client.create_model_version(decayed.name, "s3://nightshift-test/v3")
-    both = threading.Barrier(2, timeout=60)
-    lock = gate.promotion_lock
-
-    def promotion_lock(*args, **kwargs):  # the rollback's lock: taken once both are ready
-        both.wait()
-        return lock(*args, **kwargs)
-
-    monkeypatch.setattr(gate, "promotion_lock", promotion_lock)
-    results: dict = {}
-
-    def promote_by_hand():
-        both.wait()
-        results["promote"] = compare_and_set_champion(client, decayed.name, "2", "3")
-
-    thread = threading.Thread(target=promote_by_hand)
-    thread.start()
-    results["rollback"] = decayed.run()
-    thread.join(60)
+    results = dict(zip(("rollback", "promote"), race_rollback_against_promote(
+        monkeypatch, decayed.run, lambda: compare_and_set_champion(client, decayed.name, "2", "3"))))
     rolled_back, promoted = results["rollback"]["status"] == "rolled_back", results["promote"][0]
     assert rolled_back != promoted, results  # exactly one moved the champion
     tags = client.get_model_version(decayed.name, "2").tags
