@@ -81,8 +81,9 @@ def run(quick: bool = False, step: str | None = None) -> list[dict]:
     import mlflow
 
     from pipelines.config import Settings
+    from pipelines.data.records import parse_duration
     from pipelines.registry.store import use_store
-    from pipelines.sources.prometheus import ingest_metrics, parse_duration
+    from pipelines.sources.prometheus import ingest_metrics
     from pipelines.tasks.metric_forecast import evaluate_windows, load_metric_snapshot, train_metric_forecast
 
     if not DATA.is_file():

@@ -19,7 +19,7 @@ from pipelines.config import INPUT_FORMATS, Settings, config_path, load_settings
 from pipelines.data.demo_logs import write_demo_logs
 from pipelines.data.demo_metrics import write_demo_metrics
 from pipelines.data.ingest import ingest_logs
-from pipelines.data.records import parse_timestamp
+from pipelines.data.records import parse_duration, parse_timestamp
 from pipelines.data.validation import FAILED, validate_snapshot, verdict
 from pipelines.errors import InputError, NightshiftError
 from pipelines.flow import embedded_metric_source, run_retrain, shadow_line
@@ -27,7 +27,7 @@ from pipelines.night_report import latest_night, write_night_report
 from pipelines.registry.gate import promote, rollback
 from pipelines.registry.store import CHALLENGER, CHAMPION, PREVIOUS, alias_version, use_store
 from pipelines.sources.elastic import install_templates
-from pipelines.sources.prometheus import CsvMetricSource, ingest_metrics, open_metric_source, parse_duration, parse_queries
+from pipelines.sources.prometheus import CsvMetricSource, ingest_metrics, open_metric_source, parse_queries
 from pipelines.tasks import TASKS, evaluate, task
 from pipelines.telemetry import configure_logging, get_logger, log_context
 from pipelines.training.register import reregister

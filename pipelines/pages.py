@@ -15,6 +15,7 @@ import html
 import io
 import json
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 from urllib.parse import quote
@@ -58,6 +59,14 @@ def badge(status: Any) -> str:
     """A coloured pill for a verdict (`passed`, `severe`, `promoted`, …); grey for an unknown one."""
     text = str(status) if status is not None else "n/a"
     return f"<span class='badge status-{esc(text)}' style='background:{STATUS_COLOURS.get(text, '#616161')}'>{esc(text)}</span>"
+
+
+def number(value: Any) -> float | None:
+    """`value` as a float when it is a finite real number (numpy scalars too, not a bool), else None (a cell shown
+    empty, a bound left open)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def fmt(value: Any, digits: int = 4) -> str:

@@ -19,9 +19,10 @@ import time
 from datetime import datetime, timedelta, timezone
 
 from pipelines.config import Settings
+from pipelines.data.records import format_duration
 from pipelines.errors import InputError
 from pipelines.registry.store import load_model, use_store
-from pipelines.sources.prometheus import PrometheusError, Series, format_duration, named_queries, open_metric_source
+from pipelines.sources.prometheus import PrometheusError, Series, named_queries, open_metric_source
 from pipelines.telemetry import get_logger
 
 log = get_logger("forecast")

@@ -42,10 +42,10 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.config import ConfigError, Settings
-from pipelines.data.records import parse_timestamp
+from pipelines.data.records import format_duration, parse_duration, parse_timestamp
 from pipelines.errors import NightshiftError
 from pipelines.registry.store import alias_version, load_model, use_store
-from pipelines.sources.prometheus import format_duration, parse_duration, series_id
+from pipelines.sources.prometheus import series_id
 from pipelines.telemetry import get_logger
 from serving.auth import ADMIN, REFUSALS, SCORE, Guard, KeyFileError, load_keys
 

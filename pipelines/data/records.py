@@ -5,7 +5,7 @@ Documents may use nested objects (`{"service": {"name": ...}}`) or dotted keys
 
 One parser for every timestamp nightshift reads (`parse_timestamp`: ISO-8601 strings, epoch numbers
 in s/ms/us/ns, native datetime/pandas/numpy values) and one writer (`format_timestamp`: ISO-8601
-with `Z`); one reading of the anomaly label (`AnomalyLabels`, spellings from `[inputs]`).
+with `Z`); one parser and writer of durations in Prometheus's spelling (`parse_duration`, `format_duration`); one reading of the anomaly label (`AnomalyLabels`, spellings from `[inputs]`).
 
 Errors are one line naming the record and field (`RecordError`); a value they quote is cut to `SHOW_CHARS`.
 """
@@ -182,6 +182,38 @@ def format_timestamp(ts: datetime) -> str:
     ts = ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
     spec = "seconds" if not ts.microsecond else "milliseconds" if ts.microsecond % 1000 == 0 else "microseconds"
     return ts.isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+# Prometheus duration units (https://prometheus.io/docs/prometheus/latest/querying/basics/#float-literals-and-time-durations)
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
+
+
+def parse_duration(value: str | float, setting: str = "step") -> float:
+    """Seconds from a Prometheus duration (`15m`, `1h30m`, `90s`) or a plain number of seconds."""
+    text = str(value).strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        parts = _DURATION.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise InputError(f"{setting}: {text!r} is not a duration like 15m, 1h or 90s") from None
+        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not seconds > 0:
+        raise InputError(f"{setting}: {text!r} must be a positive duration")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The Prometheus spelling of a duration: 900 -> 15m, 5400 -> 1h30m."""
+    if seconds != int(seconds):
+        return f"{int(seconds * 1000)}ms"
+    out, rest = "", int(seconds)
+    for unit in ("d", "h", "m", "s"):
+        size = int(_UNITS[unit])
+        if rest >= size:
+            out, rest = out + f"{rest // size}{unit}", rest % size
+    return out or "0s"
 
 
 def json_default(value: Any) -> Any:

@@ -49,9 +49,10 @@ import pyarrow.compute as pc
 from nightshift_models.label_space import load_label_space
 from pipelines import storage
 from pipelines.config import ConfigError, Settings, ValidationSettings
+from pipelines.data.records import parse_duration
 from pipelines.data.snapshots import Snapshot, load_snapshot, window_tag
-from pipelines.errors import NightshiftError
-from pipelines.pages import badge, esc, fmt, gauge, page, truncate
+from pipelines.errors import InputError, NightshiftError
+from pipelines.pages import badge, esc, fmt, gauge, number, page, truncate
 from pipelines.registry.store import use_store
 from pipelines.resources import project_dir
 from pipelines.storage import StoragePath
@@ -316,15 +317,13 @@ class LogProfile:
 
 
 def parse_step(value: Any) -> float | None:
-    """A Prometheus step (`300`, `"300s"`, `"15m"`, `"1h"`) in seconds, or None."""
+    """A Prometheus step (`300`, `"300s"`, `"15m"`, `"1h"`) in seconds, or None when missing or not a duration."""
     if value is None or value == "":
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", str(value))
-    if not m:
+    try:
+        return parse_duration(value)
+    except InputError:
         return None
-    return float(m[1]) * {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
 
 
 def metric_names(frame: pd.DataFrame) -> pd.Series:
@@ -670,11 +669,6 @@ def _write(snapshot: Snapshot, report: dict, results: list, runner: _Runner, gx_
 RATIO_PARTS = {"anomaly_ratio": ("anomalous_rows", "labelled_rows"), "duplicate_ratio": ("duplicate_rows", "rows")}
 
 
-def _number(value: Any) -> float | None:
-    """`value` as a float when it is a number (not a bool), else None."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 def _interval(kwargs: dict) -> str:
     """The bound of a `…_between` expectation: `[a, b]`, `>= a` or `<= b` (`)` for a strict maximum)."""
     low, high = kwargs.get("min_value"), kwargs.get("max_value")
@@ -747,19 +741,19 @@ def measurement(result: dict, report: dict) -> dict:
         return {**out, "measured": f"{fmt(bad)} of {fmt(n)} {unit} break it{share}",
                 "bound": f"{column} {_rule(kind, kwargs)}; {allowed}"}
     # An aggregate: the measured value(s) themselves against the bound.
-    low, high = _number(kwargs.get("min_value")), _number(kwargs.get("max_value"))
+    low, high = number(kwargs.get("min_value")), number(kwargs.get("max_value"))
     values = [row.get(column) for row in table]
     key = meta.get("index")
     bound = f"{column} {_interval(kwargs)}"
     if not key:  # one value for the whole snapshot (`summary`): the anomaly ratio, the duplicate ratio
-        value = _number(values[0]) if values else None
+        value = number(values[0]) if values else None
         row = table[0] if table else {}
         part, whole = RATIO_PARTS.get(column or "", ("", ""))  # "" is no row's key: no context
         context = (f"{fmt(row[part])} {part.replace('_', ' ')} of {fmt(row[whole])} {whole.replace('_', ' ')}"
                    if part in row and whole in row else "")
         return {**out, "measured": f"{column} {fmt(value)}" + (f" ({context})" if context else ""), "bound": bound,
                 "value": value, "low": low, "high": high}
-    numbers = [_number(v) for v in values]
+    numbers = [number(v) for v in values]
     keys = [row.get(key) for row in table]
     if len(table) <= 4:
         measured = ", ".join(f"{k}: {fmt(v)}" for k, v in zip(keys, values))

@@ -12,11 +12,11 @@ alone, for tests and for a store that cannot be written.
 
 from __future__ import annotations
 
-import math
 from pathlib import PurePath
 from typing import Any
 from urllib.parse import urlencode
 
+from pipelines.pages import number
 from pipelines.registry.store import ModelRef
 from pipelines.telemetry import get_logger
 
@@ -34,9 +34,7 @@ PICTURES = (("PR curves on the validation split", "training_report/pr_curve.png"
 
 
 def _number(value: Any) -> str:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return f"{value:.4f}"
-    return "–"
+    return "–" if (x := number(value)) is None else f"{x:.4f}"
 
 
 def _cell(text: str) -> str:
@@ -90,7 +88,7 @@ def holdout_table(record: dict) -> list[str]:
     rows = ["| metric | " + " | ".join(header(c) for c in order) + " |", "|---" * (len(order) + 1) + "|"]
     for metric in metrics:
         values = [contenders[c].get(metric) for c in order]
-        finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+        finite = [x for v in values if (x := number(v)) is not None]
         best = (min(finite) if metric in lower else max(finite)) if len(finite) > 1 else None
         cells = [f"**{_number(v)}**" if best is not None and v == best else _number(v) for v in values]
         role = " (primary)" if metric == primary else " (guard)" if metric in guards else ""

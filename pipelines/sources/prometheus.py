@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from pipelines.config import InputSettings, PrometheusSettings, Settings
 from pipelines.data.formats import iter_lines, metric_csv_samples, sniff_metric_format
-from pipelines.data.records import epoch_divisor, quoted
+from pipelines.data.records import epoch_divisor, format_duration, parse_duration, quoted
 from pipelines.data.snapshots import Snapshot, write_snapshot
 from pipelines.errors import InputError, MissingInput, NightshiftError
 from pipelines.sources.logs import file_path, public_uri
@@ -48,8 +48,6 @@ METRIC_SCHEMA = pa.schema([
 ])
 LOOKBACK_DELTA = 300.0  # Prometheus's default: a sample answers queries for 5 minutes after it
 POINTS_LIMIT = 11_000  # Prometheus refuses query_range requests with more points per series
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
 
 
 class PrometheusError(NightshiftError, RuntimeError):
@@ -58,33 +56,6 @@ class PrometheusError(NightshiftError, RuntimeError):
 
 class MetricDataError(NightshiftError, ValueError):
     """The metrics cannot be used: no series, too many gaps, a bad line in a file (names which)."""
-
-
-def parse_duration(value: str | float, setting: str = "step") -> float:
-    """Seconds from a Prometheus duration (`15m`, `1h30m`, `90s`) or a plain number of seconds."""
-    text = str(value).strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        parts = _DURATION.findall(text)
-        if not parts or "".join(n + u for n, u in parts) != text:
-            raise InputError(f"{setting}: {text!r} is not a duration like 15m, 1h or 90s") from None
-        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if not seconds > 0:
-        raise InputError(f"{setting}: {text!r} must be a positive duration")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """The Prometheus spelling of a duration: 900 -> 15m, 5400 -> 1h30m."""
-    if seconds != int(seconds):
-        return f"{int(seconds * 1000)}ms"
-    out, rest = "", int(seconds)
-    for unit in ("d", "h", "m", "s"):
-        size = int(_UNITS[unit])
-        if rest >= size:
-            out, rest = out + f"{rest // size}{unit}", rest % size
-    return out or "0s"
 
 
 def _escape(value: str) -> str:

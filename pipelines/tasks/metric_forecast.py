@@ -29,10 +29,11 @@ import pandas as pd
 from nightshift_models.forecast_baselines import predict_linear, residual_band, seasonal_naive
 from nightshift_models.forecast_contenders import available_contenders, build_committee, fit_statistical
 from pipelines.config import ForecastSettings, Settings
+from pipelines.data.records import format_duration, parse_duration
 from pipelines.data.snapshots import Snapshot, Split, load_snapshot, rows_digest, window_tag
 from pipelines.errors import TrainingDataError
 from pipelines.registry.store import ModelRef
-from pipelines.sources.prometheus import format_duration, parse_duration, step_grid
+from pipelines.sources.prometheus import step_grid
 from pipelines.tasks.spec import EvaluationReport, TaskSpec, TrainingOutcome
 from pipelines.telemetry import get_logger
 from pipelines.training.loop import OnEpoch, Validation, ignore_epoch, optimizer_step, run_epochs, seed_everything

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
-from pipelines.pages import CURRENT_COLOUR, REFERENCE_COLOUR, esc, figure, fmt, page, png, table
+from pipelines.pages import CURRENT_COLOUR, REFERENCE_COLOUR, esc, figure, fmt, number, page, png, table
 from pipelines.telemetry import get_logger
 from pipelines.training.loop import EPOCH_LOSSES
 
@@ -274,13 +274,8 @@ class Scored:
     probs: np.ndarray | None = None
 
 
-def _number(value: Any) -> float | None:
-    """A table cell: None (shown empty) for a missing or undefined (NaN) value."""
-    return float(value) if value is not None and np.isfinite(value) else None
-
-
 def _comparison_table(scores: Mapping[str, Mapping[str, float]], metrics: Sequence[str], served: str) -> str:
-    rows = [[f"{name} (served)" if name == served else name, *[_number(s.get(m)) for m in metrics]] for name, s in scores.items()]
+    rows = [[f"{name} (served)" if name == served else name, *[number(s.get(m)) for m in metrics]] for name, s in scores.items()]
     return table(["contender", *metrics], rows, numeric=range(1, len(metrics) + 1))
 
 
@@ -348,8 +343,8 @@ def classifier_report(task: str, y: np.ndarray, labels: Sequence[str], served: s
         precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), np.nan)
         recall = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), np.nan)
         f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), np.nan)
-        rows = [[label, int(tp[k] + fn[k]), int(tp[k]), int(fn[k]), int(fp[k]), _number(precision[k]), _number(recall[k]), _number(f1[k]),
-                 _number(thresholds[k])] for k, label in enumerate(labels)]
+        rows = [[label, int(tp[k] + fn[k]), int(tp[k]), int(fn[k]), int(fp[k]), number(precision[k]), number(recall[k]), number(f1[k]),
+                 number(thresholds[k])] for k, label in enumerate(labels)]
         report.add(table(["label", "support", "found (TP)", "missed (FN)", "false alarms (FP)", "precision", "recall", "F1", "threshold"],
                          rows, numeric=range(1, 9)))
 
@@ -382,7 +377,7 @@ def forecast_report(task: str, served: str, scores: Mapping[str, Mapping[str, fl
                         f"{task}: the {which} series on validation MAE, {s.series}: actual against the served forecast's "
                         "median and p10..p90 band, from forecast origins one horizon apart")
     ranked = sorted(per_series_mae.items(), key=lambda kv: -kv[1] if np.isfinite(kv[1]) else np.inf)
-    report.add(table(["series", "validation MAE (robust-scaled)"], [(sid, _number(v)) for sid, v in ranked[:MAX_SERIES_ROWS]], numeric=(1,)))
+    report.add(table(["series", "validation MAE (robust-scaled)"], [(sid, number(v)) for sid, v in ranked[:MAX_SERIES_ROWS]], numeric=(1,)))
     if len(ranked) > MAX_SERIES_ROWS:
         report.add(f"<p class='muted small'>The worst {MAX_SERIES_ROWS} of {len(ranked):,} series.</p>")
 

@@ -21,7 +21,8 @@ def om(path: Path, lines: list[str]) -> Path:
 
 
 def test_durations_and_series_ids():
-    from pipelines.sources.prometheus import format_duration, parse_duration, series_id
+    from pipelines.data.records import format_duration, parse_duration
+    from pipelines.sources.prometheus import series_id
 
     assert [parse_duration(x) for x in ("15m", "1h30m", "90s", "300", "1d")] == [900, 5400, 90, 300, 86400]
     assert [format_duration(x) for x in (900, 5400, 3600, 86400 + 60)] == ["15m", "1h30m", "1h", "1d1m"]
