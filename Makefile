@@ -4,7 +4,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 NS := $(VENV)/bin/nightshift
-export NIGHTSHIFT_HOME ?= $(CURDIR)/.nightshift
+# The state folder: the CLI's own default, so that `nightshift` after `make demo` finds the same store.
+export NIGHTSHIFT_HOME ?= $(HOME)/.nightshift
 # pip's site config lists local indexes that lack most packages; its notes about them are noise.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
@@ -29,11 +30,11 @@ lock:
 	test -x $(VENV)/bin/uv || { test -x $(PY) || python3.11 -m venv $(VENV); $(PY) -m pip install -q uv==$(UV_VERSION); }
 	$(UV) lock $(if $(UPGRADE),--upgrade)
 
-# Debian packages for the real servers the tests start (Prometheus, Pushgateway).
+# Debian packages for the real servers the tests start (Prometheus, Pushgateway, Alertmanager).
 system-deps:
-	@if ! command -v prometheus >/dev/null || ! command -v prometheus-pushgateway >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-pushgateway >/dev/null; \
-	  else echo "need root to apt-get install prometheus prometheus-pushgateway" >&2; fi; fi
+	@if ! command -v prometheus >/dev/null || ! command -v prometheus-pushgateway >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-pushgateway prometheus-alertmanager >/dev/null; \
+	  else echo "need root to apt-get install prometheus prometheus-pushgateway prometheus-alertmanager" >&2; fi; fi
 	@# PostgreSQL, the Airflow deployment's metadata database (make airflow, tests/e2e/test_airflow_e2e.py), and its drivers
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
@@ -51,6 +52,8 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; \
 	  else echo "need root to apt-get install systemd" >&2; fi; fi
 
+# A person reads what `make demo` prints, piped or not: log lines in the console form, not JSON.
+demo: export NIGHTSHIFT_LOG_FORMAT ?= console
 demo: setup
 	$(NS) demo-data --out $(NIGHTSHIFT_HOME)/demo
 	$(NS) retrain
@@ -137,9 +140,11 @@ serve: setup
 	fi
 	bash infra/scripts/start_server.sh --port $${PORT:-$(if $(MODEL),5001,8000)} $(if $(MODEL),--mlflow $(MODEL))
 
+# The MLflow UI on the store `make demo` wrote, behind MLflow's basic-auth app: log in as admin, whose password is
+# drawn on the first start into $(NIGHTSHIFT_HOME)/mlflow/auth/admin-password (mode 0600), or is
+# MLFLOW_AUTH_ADMIN_PASSWORD's; users and grants: docs/deployment.md. Clients send MLFLOW_TRACKING_USERNAME/PASSWORD.
 ui: setup
-	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///$(NIGHTSHIFT_HOME)/mlflow/mlflow.db \
-	  --artifacts-destination $(NIGHTSHIFT_HOME)/mlflow/artifacts --host 127.0.0.1 --port $${PORT:-5000}
+	bash infra/scripts/start_mlflow.sh --auth basic --data $(NIGHTSHIFT_HOME)/mlflow --port $${PORT:-5000}
 
 clean:
 	rm -rf $(NIGHTSHIFT_HOME) .pytest_cache

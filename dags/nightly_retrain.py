@@ -131,13 +131,15 @@ def nightly_retrain():
         return cast(dict, gate_candidate(model, candidate, holdout, _settings()))
 
     @task(outlets=[SCORED_LOGS], trigger_rule="all_done")  # with the champion in place, whatever training did
-    def score_fresh_window(night: dict, fresh_snapshot: str, candidate: dict, root_causes: dict | None = None) -> dict:
+    def score_fresh_window(night: dict) -> dict:
+        """Scores the night's fresh window with the champions the two gates leave (`pipelines.flow.score_fresh`)."""
         from pipelines.flow import score_fresh
 
         return score_fresh(night, _settings())
 
     @task(trigger_rule="all_done")  # with the champion the gate leaves, as scoring does
-    def publish_forecasts(night: dict, forecaster: dict | None) -> dict:
+    def publish_forecasts(night: dict) -> dict:
+        """Pushes the forecaster champion's forecasts (`pipelines.flow.publish_forecasts`)."""
         from pipelines.flow import publish_forecasts
 
         return publish_forecasts(night, _settings())
@@ -170,12 +172,15 @@ def nightly_retrain():
     root_causes = train.override(task_id="train_failure_rca", outlets=[FAILURE_RCA_MODEL], execution_timeout=timedelta(hours=1))(
         "failure-rca", night, training, validation)  # same snapshot: failed jobs grouped by job id
     root_causes = promote_candidate.override(task_id="promote_failure_rca")("failure-rca", root_causes, fresh)
-    scoring = score_fresh_window(night, fresh, candidate, root_causes)  # two models, one read of the fresh window
+    scoring = score_fresh_window(night)  # two models, one read of the fresh window, after both gates
+    [candidate, root_causes] >> scoring
     metrics = ingest_metric_window(night)
     forecaster = train.override(task_id="train_metric_forecast", outlets=[METRIC_FORECAST_MODEL], execution_timeout=timedelta(hours=1))(
         "metric-forecast", night, metrics, validate.override(task_id="validate_metric_window")(night, metrics, "metrics"))
     forecaster = promote_candidate.override(task_id="promote_metric_forecast")("metric-forecast", forecaster, ingest_metric_holdout(night))
-    summary = summarise(night, candidate, scoring, forecaster, root_causes, publish_forecasts(night, forecaster)).operator
+    forecasts = publish_forecasts(night)  # after the forecaster's gate
+    forecaster >> forecasts
+    summary = summarise(night, candidate, scoring, forecaster, root_causes, forecasts).operator
     # Last of all: a failed ingest marks its branch upstream_failed at once, while a task of another
     # branch may still be waiting for a retry; the summary must see how that one ended.
     summary.set_upstream([t for t in summary.dag.tasks if t is not summary and t not in summary.upstream_list])

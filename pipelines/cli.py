@@ -24,9 +24,10 @@ from pipelines.data.validation import FAILED, validate_snapshot, verdict
 from pipelines.errors import InputError, NightshiftError
 from pipelines.flow import embedded_metric_source, run_retrain, shadow_line
 from pipelines.night_report import latest_night, write_night_report
+from pipelines.platform_logs import ship_logs
 from pipelines.registry.gate import promote, rollback
-from pipelines.registry.store import CHALLENGER, CHAMPION, PREVIOUS, alias_version, use_store
-from pipelines.sources.elastic import install_templates
+from pipelines.registry.store import CHALLENGER, CHAMPION, PREVIOUS, access_error, alias_version, credentials_in_use, display_uri, use_store
+from pipelines.sources.elastic import install_roles, install_templates, load_roles, roles_yaml
 from pipelines.sources.prometheus import CsvMetricSource, ingest_metrics, open_metric_source, parse_queries
 from pipelines.tasks import TASKS, evaluate, task
 from pipelines.telemetry import configure_logging, get_logger, log_context
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=storage.path, required=True, help="the snapshot folder (or s3://… prefix) to create")
 
     p = sub.add_parser("reregister", parents=[common],
-                       help="re-register versions that ship their code as `models` (before nightshift_models); aliases follow")
+                       help="re-register versions that hold a pickled pyfunc as versions logged from code; aliases follow")
     p.add_argument("model", metavar="NAME", choices=list(TASKS))
     p.add_argument("--version", help="only this version (default: every such version of NAME)")
 
@@ -144,6 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="http(s)://host:port (default: setting elasticsearch.url / cloud_id / conn_id)")
     p.add_argument("--index-pattern", action="append", help="log indices the template applies to (repeatable; default logs-*)")
     p.add_argument("--update-existing", action="store_true", help="also add the ml.* mapping to indices that already exist")
+    p = es.add_parser("install-roles", parents=[common], help="create or update the roles nightshift-nightly and nightshift-analyst "
+                                                              "(infra/elasticsearch/roles/) through the security API")
+    p.add_argument("--url", help="http(s)://host:port (default: setting elasticsearch.url / cloud_id / conn_id)")
+    p.add_argument("--index-pattern", action="append", help="log indices the roles cover (repeatable; default logs-*)")
+    p.add_argument("--results-pattern", action="append", help="results indices the roles cover (repeatable; default nightshift-ml-results*)")
+    p.add_argument("--print-yaml", action="store_true", help="print the roles as roles.yml entries (file realm) instead of installing them")
+    p = es.add_parser("ship-logs", parents=[common], help="send a night's own log lines (ECS JSON) to the data stream of setting "
+                                                          "elasticsearch.platform_logs; a line already there is not sent again")
+    p.add_argument("target", nargs="?", metavar="NIGHT|FILE|DIR",
+                   help="a night's logical date YYYY-MM-DD (its runs/D/logs/*.ndjson), a log file or a folder of them "
+                        "(default: the latest night)")
+    p.add_argument("--url", help="http(s)://host:port (default: setting elasticsearch.url / cloud_id / conn_id)")
 
     p = sub.add_parser("retrain", parents=[common], help="run the nightly flow once, through Airflow")
     p.add_argument("--logical-date", help="the night to run (default: the day after the source's newest record)")
@@ -170,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve-key", parents=[common], help="make an API key for nightshift serve: its hash goes to the key file, "
                                                            "the key is printed once")
     p.add_argument("name", metavar="NAME", help="who uses the key (logged with each request; the rate limit's bucket)")
-    p.add_argument("--scope", default="score", help="score (the scoring routes), admin (reload), or score,admin (default: %(default)s)")
+    p.add_argument("--scope", default="score", help="score (the scoring routes), admin (reload), alerts (Alertmanager's webhook /v1/alerts), "
+                                                        "or several: score,admin (default: %(default)s)")
     p.add_argument("--file", type=Path, help="the key file (default: setting serve.api_keys_file, else $NIGHTSHIFT_HOME/api-keys); "
                                              "created with mode 0600")
     return parser
@@ -227,7 +241,7 @@ def _reregister(args, settings):
     moved = reregister(args.model, settings, args.version)
     lines = [f"{args.model} v{m['from']} -> v{m['to']}" + (f" (aliases {m['aliases']})" if m["aliases"] else "") for m in moved]
     return {"model": args.model, "reregistered": moved,
-            "summary": "\n".join(lines) or f"{args.model}: no version ships the old `models` package"}
+            "summary": "\n".join(lines) or f"{args.model}: every version is logged from code, none to move"}
 
 
 @command("promote")
@@ -297,7 +311,28 @@ def _es_install_template(args, settings):
     out = install_templates(args.url or "elasticsearch://", settings, args.index_pattern, args.update_existing)
     return {**out, "summary": f"installed {out['component_template']} and {', '.join(out['index_templates'])} on {out['cluster']} "
                               f"(log indices {', '.join(out['index_patterns'])})"
-                              + (f"; ml.* mapping added to {len(out['updated_indices'])} existing indices" if args.update_existing else "")}
+                              + (f"; ml.* mapping added to {len(out['updated_indices'])} existing indices" if args.update_existing else "")
+                              + f"\n  platform logs: data stream {out['platform_logs']['data_stream']}, template "
+                                f"{out['platform_logs']['index_template']}, lifecycle policy "
+                              + (out['platform_logs']['ilm_policy'] or "none (the cluster has no ILM)")}
+
+
+@command("es install-roles")
+def _es_install_roles(args, settings):
+    if args.print_yaml:
+        text = roles_yaml(load_roles(args.index_pattern, args.results_pattern, settings.elasticsearch.platform_logs))
+        return {"roles_yml": text, "summary": text.rstrip("\n")}
+    out = install_roles(args.url or "elasticsearch://", settings, args.index_pattern, args.results_pattern)
+    done = "; ".join(f"{verb} {', '.join(names)}" for verb, names in (("created", out["created"]), ("updated", out["updated"])) if names)
+    return {**out, "summary": f"roles on {out['cluster']}: {done} (log indices {', '.join(out['index_patterns'])}, "
+                              f"results {', '.join(out['results_patterns'])})"}
+
+
+@command("es ship-logs")
+def _es_ship_logs(args, settings):
+    out = ship_logs(args.target, settings, args.url)
+    return {**out, "summary": f"shipped {out['shipped']} of {out['lines']} log lines from {len(out['files'])} file(s) to "
+                              f"{out['data_stream']} on {out['cluster']} ({out['already_shipped']} were there already)"}
 
 
 @command("retrain")
@@ -318,8 +353,8 @@ def _report(args, settings):
 def _info(args, settings):
     client = use_store(settings, create=False)
     models = {name: {alias: alias_version(client, name, alias) for alias in (CHAMPION, CHALLENGER, PREVIOUS)} for name in TASKS}
-    return {"home": str(settings.home), "tracking_uri": settings.mlflow_uri, "models": models,
-            "summary": "\n".join([f"home {settings.home}", f"mlflow {settings.mlflow_uri}"] +
+    return {"home": str(settings.home), "tracking_uri": display_uri(settings.mlflow_uri), "models": models,
+            "summary": "\n".join([f"home {settings.home}", f"mlflow {display_uri(settings.mlflow_uri)} as {credentials_in_use()}"] +
                                  [f"  {n}: " + ", ".join(f"{a}=v{v}" for a, v in m.items() if v) for n, m in models.items()])}
 
 
@@ -354,9 +389,10 @@ def _config(args, settings):
     rows = [r for r in settings_in_effect(settings, sources) if not args.changed or r[2] != "default"]
     width = max((len(name) for name, _, _ in rows), default=0)
     lines = [f"settings file: {config_path(args.config)}{'' if config_path(args.config).is_file() else ' (none)'}",
-             f"mlflow tracking URI in effect: {settings.mlflow_uri}"]
+             f"mlflow tracking URI in effect: {display_uri(settings.mlflow_uri)}",
+             f"mlflow credentials: {credentials_in_use()}"]
     lines += [f"{name:<{width}}  {value if value else EMPTY}  ({source})" for name, value, source in rows]
-    return {"file": str(config_path(args.config)), "mlflow_uri": settings.mlflow_uri,
+    return {"file": str(config_path(args.config)), "mlflow_uri": display_uri(settings.mlflow_uri), "mlflow_credentials": credentials_in_use(),
             "settings": [{"name": n, "value": v, "source": s} for n, v, s in rows], "summary": "\n".join(lines)}
 
 
@@ -366,8 +402,15 @@ def main(argv: list[str] | None = None) -> int:
     name = f"{args.command} {args.kind}" if getattr(args, "kind", None) else args.command
     try:
         settings = load_settings(args.config)
+        configure_logging(settings.service, environment=settings.environment)
         with log_context(run_id=os.environ.get("AIRFLOW_CTX_DAG_RUN_ID") or uuid.uuid4().hex[:12], task=name):
-            out = COMMANDS[name](args, settings)
+            try:
+                out = COMMANDS[name](args, settings)
+            except Exception as exc:  # a tracking server's 401/403 met after the store was opened: one line, too
+                denied = access_error(exc, settings.mlflow_uri)
+                if denied is None:
+                    raise
+                raise denied from None
     except NightshiftError as exc:
         # nightshift's own errors name the record, field or setting at fault: one line, no traceback. Anything
         # else is a bug or the machine (CUDA out of memory) and keeps its traceback.

@@ -155,6 +155,7 @@ class ElasticsearchSettings:
     bulk_max_docs: int = 2000  # ... or this many documents read (fewer, larger requests cost the node less per update)
     bulk_concurrency: int = 2  # write-back bulk requests in flight at once (the node indexes one while the next arrives)
     retry_on_conflict: int = 3  # retries of a write-back update that met a concurrent change of the document
+    platform_logs: str = "nightshift-platform-logs"  # data stream of nightshift's own log lines (`nightshift es ship-logs`; its template and lifecycle policy take this name)
 
 
 @dataclass(frozen=True)
@@ -307,13 +308,32 @@ class ServeSettings:
     min_history: float = 0.5  # share of the forecaster's lookback that must be observed (prometheus.max_gap_fraction's complement)
     short_history: str = "refuse"  # a forecast from a shorter history: refuse (422 / per-series error) | flag (answer, marked)
     threads: int = 0  # torch threads for the forward passes (0: torch's default)
-    api_keys_file: str = ""  # file of API keys, one per line "NAME SHA256-HEX SCOPE[,SCOPE]" (scopes: score, admin; `nightshift serve-key` adds one); empty: $NIGHTSHIFT_HOME/api-keys
+    api_keys_file: str = ""  # file of API keys, one per line "NAME SHA256-HEX SCOPE[,SCOPE]" (scopes: score, admin, alerts; `nightshift serve-key` adds one); empty: $NIGHTSHIFT_HOME/api-keys
     metrics_public: bool = False  # /metrics answers without a key (true: for a Prometheus that scrapes without one)
     rate_limit: str = "600/minute"  # requests per API key (the `limits` library's notation); empty: no limit
     tls_certfile: str = ""  # PEM certificate chain: serve HTTPS (with tls_keyfile)
     tls_keyfile: str = ""  # its PEM private key
 
 # ---- end of serve ---------------------------------------------------------------------------------------
+
+
+# ---- alerts: nightshift serve's Alertmanager webhook, POST /v1/alerts ----------------------------------
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """`POST /v1/alerts` of `nightshift serve` (`serving/alerts.py`): Alertmanager posts a failed job's alert, the
+    failure-rca champion explains the job's log lines, `ml.rca.*` goes back onto them, the causes to `notify_url`."""
+
+    job_label: str = "job_name"  # the alert label holding the failed job's id (kube-state-metrics' kube_job_failed has job_name), matched against the documents' fields.job_id
+    log_source: str = ""  # Elasticsearch index pattern the job's lines are read from and ml.rca.* written back to (http(s)://host:port/INDEX-PATTERN or elasticsearch://INDEX-PATTERN); empty: retrain.log_source when that is Elasticsearch, else the alert's annotations alone
+    text_annotations: str = "description,message,summary"  # comma-separated annotations whose text explains the job when Elasticsearch holds none of its lines
+    max_job_docs: int = 10_000  # documents of one job read (oldest first) and written back at most
+    notify_url: Secret = field(default_factory=lambda: Secret(None))  # where each job's causes and actions are posted (JSON with a Slack-compatible `text`; a secret, as a Slack webhook URL is); empty: not posted
+    notify_timeout: float = 10.0  # seconds per notification request
+    remember_jobs: int = 10_000  # answered job ids kept in memory, so that a re-sent alert is answered once (the oldest forgotten first)
+
+# ---- end of alerts --------------------------------------------------------------------------------------
 
 
 # ---- candidates: model families chosen on validation, language, the baseline gate --------------------
@@ -375,6 +395,7 @@ class Settings:
     # local folder or an object store, `s3://bucket/prefix` (endpoint and keys from the AWS_* variables); empty: home
     storage: str = ""
     service: str = "nightshift"  # the service name on nightshift's own log lines
+    environment: str = ""  # `service.environment` on nightshift's own log lines (production, staging, ...); empty: left out
     tracking_uri: str = ""  # empty: SQLite under home; MLFLOW_TRACKING_URI overrides
     experiment: str = "nightshift"  # the MLflow experiment the training runs go to
     ui_url: str = "http://127.0.0.1:5000"  # the MLflow UI that reports link into (`make ui` serves it here)
@@ -391,6 +412,7 @@ class Settings:
     promotion: PromotionSettings = field(default_factory=PromotionSettings)
     inputs: InputSettings = field(default_factory=InputSettings)  # how local files are read
     serve: ServeSettings = field(default_factory=ServeSettings)  # nightshift serve
+    alerts: AlertSettings = field(default_factory=AlertSettings)  # nightshift serve's Alertmanager webhook
     candidates: CandidateSettings = field(default_factory=CandidateSettings)  # families, language, baseline gate
     airflow: AirflowSettings = field(default_factory=AirflowSettings)
 

@@ -46,8 +46,9 @@ Environment variables that are not settings:
 |---|---|
 | `NIGHTSHIFT_CONFIG` | the settings file (default `$NIGHTSHIFT_HOME/nightshift.toml`) |
 | `MLFLOW_TRACKING_URI` | the MLflow tracking server and registry; over the setting `tracking_uri` |
+| `MLFLOW_TRACKING_USERNAME`, `MLFLOW_TRACKING_PASSWORD` (or `MLFLOW_TRACKING_TOKEN`) | the user nightshift logs in as on a tracking server with authentication ([deployment.md](deployment.md#the-tracking-servers-users)); `nightshift config` and `info` name the user, never the password |
 | `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` | the object store of an `s3://` storage root |
-| `NIGHTSHIFT_LOG_FORMAT` | `json` or `console`: nightshift's logs on stderr (default: a readable line on a terminal, else JSON lines with the service, version, run id, task and host on each) |
+| `NIGHTSHIFT_LOG_FORMAT` | `json` or `console`: nightshift's logs on stderr (default: a readable line on a terminal, else Elastic Common Schema JSON lines with the service, version, host and job on each: [deployment.md](deployment.md#nightshifts-own-logs)) |
 | `NIGHTSHIFT_LOG_LEVEL` | the level of those logs (default `INFO`) |
 | `NIGHTSHIFT_PROGRESS` | `off`: no progress bar on a terminal (long steps, ingest, epochs and scoring, still log a line every 30 s elsewhere) |
 | `NIGHTSHIFT_USER` | who `nightshift rollback` records (default: the login) |

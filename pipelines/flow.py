@@ -9,14 +9,16 @@ never trained on, it is the holdout a candidate must do well on. The candidate t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, TypeVar
 
 from pipelines import storage
 from pipelines.config import PROJECT_ROOT, Settings
@@ -28,6 +30,7 @@ from pipelines.data.snapshots import SnapshotError, load_snapshot
 from pipelines.data.validation import FAILED, brief, record_stopped_run, validate_snapshot, verdict
 from pipelines.errors import NightFailed, NightshiftError, TrainingDataError
 from pipelines.night_report import summary_path, try_night_report
+from pipelines.platform_logs import night_logs_dir
 from pipelines.registry.gate import judge_first_version, promote
 from pipelines.registry.store import ABANDONED, CHALLENGER, CHAMPION, alias_version, prepare_store, use_store
 from pipelines.resources import project_dir
@@ -35,13 +38,42 @@ from pipelines.signals import publish_signals
 from pipelines.sources.prometheus import MetricDataError, ingest_metrics, named_queries
 from pipelines.storage import StoragePath
 from pipelines.tasks import TASKS, task
-from pipelines.telemetry import get_logger
+from pipelines.telemetry import get_logger, job_labels, log_context, night_log
 from serving.forecasts import forecast
 from serving.score_logs import score_logs
 from serving.shadow import OFF, shadow_candidate, shadow_mode
 
 log = get_logger("flow")
+T = TypeVar("T")
 DAG_ID = "nightly_retrain"
+
+
+@contextmanager
+def task_log(settings: Settings, night: str, task: str | None = None) -> Iterator[None]:
+    """The block's log lines also go to the night's `runs/D/logs/TASK.ndjson` (`telemetry.night_log`; a retry under
+    Airflow to `TASK.tryN.ndjson`), for `nightshift es ship-logs`. `task`: default the Airflow task id, else the
+    task of `log_context`."""
+    task = task or job_labels().get("task_id") or "night"
+    attempt = os.environ.get("AIRFLOW_CTX_TRY_NUMBER", "")
+    name = f"{task}.ndjson" if attempt in ("", "1") else f"{task}.try{attempt}.ndjson"
+    with night_log(night_logs_dir(settings, night) / name, night, settings.service, settings.environment):
+        yield
+
+
+def night_logged(fn: Callable[..., T]) -> Callable[..., T]:
+    """A step of the night whose log lines also go to the night's folder (`task_log`): the night is the `logical_date`
+    of the plan among its arguments, else Airflow's logical date; neither (a step called on its own): no file. The
+    file is named after the Airflow task, else the `log_context` task, else the step's function."""
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> T:
+        settings = next((a for a in (*args, *kwargs.values()) if isinstance(a, Settings)), None)
+        plan = next((a for a in (*args, *kwargs.values()) if isinstance(a, dict) and "summary_file" in a), None)
+        night = str(plan["logical_date"])[:10] if plan else os.environ.get("AIRFLOW_CTX_LOGICAL_DATE", "")[:10]
+        if settings is None or not night:
+            return fn(*args, **kwargs)
+        with task_log(settings, night, job_labels().get("task_id") or fn.__name__):
+            return fn(*args, **kwargs)
+    return run
 
 
 def embedded_source(settings: Settings) -> str:
@@ -144,6 +176,7 @@ def plan_night(settings: Settings, logical_date: str | datetime, source: str | N
     )
 
 
+@night_logged
 def setup_night(settings: Settings, logical_date: str | datetime, source: str | None = None, base_model: str | None = None) -> dict:
     """The night's plan (the XCom dict of a `NightPlan`), after the MLflow store and experiment are set up once, before the tasks fan
     out (three trainings creating them at once would race).
@@ -165,6 +198,7 @@ def permanent(exc: BaseException) -> bool:
     return isinstance(exc, (DataProblem, SnapshotError, MetricDataError, RecordError, ValueError, FileNotFoundError))
 
 
+@night_logged
 def ingest_window(plan: dict, which: str, settings: Settings) -> str:
     """Snapshot the night's `train` or `fresh` window; returns the snapshot's location (`storage.uri`).
 
@@ -177,6 +211,7 @@ def ingest_window(plan: dict, which: str, settings: Settings) -> str:
                                    dataset="logs" if which == "train" else "logs-fresh").path)
 
 
+@night_logged
 def ingest_metric_window(plan: dict, which: str, settings: Settings) -> str:
     """Snapshot the night's `train` or `fresh` metric window (the named queries at `forecast.step`); returns the snapshot folder."""
     night, key = NightPlan.from_dict(plan), "metric" if which == "train" else "metric_fresh"
@@ -185,6 +220,7 @@ def ingest_metric_window(plan: dict, which: str, settings: Settings) -> str:
                                       settings.forecast.step, getattr(night, f"{key}_snapshot"), settings).path)
 
 
+@night_logged
 def validate_window(plan: dict, snapshot: str, suite: str, settings: Settings) -> dict:
     """The gate between ingest and train: run the suite over a night's snapshot; the verdict is also kept
     under the night's folder of the storage root, for the summary (whichever worker writes it)."""
@@ -193,6 +229,7 @@ def validate_window(plan: dict, snapshot: str, suite: str, settings: Settings) -
     return out
 
 
+@night_logged
 def stop_if_invalid(validation: dict, model: str, settings: Settings) -> str | None:
     """Why `model` must not train on its snapshot (after recording a FAILED MLflow run that names the failed
     expectations), or None when the validation passed or only warned."""
@@ -245,19 +282,16 @@ def untrained_reason(plan: dict, model: str) -> str | None:
     return json.loads(why.read_text())["reason"] if why.exists() else None
 
 
+@night_logged
 def train_candidate(plan: dict, model: str, snapshot: str, settings: Settings) -> dict | None:
     """Train and register one model's candidate from the night's training snapshot; None when the
     window has nothing that model learns from (no labelled failed job for failure-rca, fewer anomalous rows than
     `candidates.min_positives`, ...): the reason goes to the log in one line and to `untrained_file` for the night's
     summary (`untrained_reason`), and the champion keeps serving.
 
-    A retry starts clean (`clean_stale_attempts`); torch uses `train.cpu_threads` threads when set.
+    A retry starts clean (`clean_stale_attempts`).
     """
     clean_stale_attempts(model, snapshot, settings)
-    if settings.train.cpu_threads > 0:
-        import torch
-
-        torch.set_num_threads(settings.train.cpu_threads)
     try:
         return task(model).train(storage.path(snapshot), settings, plan["base_model"] or None).to_dict()
     except TrainingDataError as exc:  # the same snapshot would fail the same way on a retry
@@ -266,6 +300,7 @@ def train_candidate(plan: dict, model: str, snapshot: str, settings: Settings) -
         return None
 
 
+@night_logged
 def gate_candidate(model: str, candidate: dict | None, holdout: str | None, settings: Settings) -> dict | None:
     """Drift checks and the promotion gate for the night's candidate, judged on the fresh holdout;
     the candidate's outcome with the gate's decision (None when the model was not trained). A first
@@ -281,6 +316,7 @@ def gate_candidate(model: str, candidate: dict | None, holdout: str | None, sett
                                                     "drift", "champion_decay", "rollback")}}
 
 
+@night_logged
 def score_fresh(plan: dict, settings: Settings) -> dict:
     """Score the fresh window with the current champion, back into the source or a file sink; in the same pass, the
     log-anomaly version that lost its gate or awaits it (`serving.shadow.shadow_candidate`), unless setting
@@ -299,6 +335,7 @@ def score_fresh(plan: dict, settings: Settings) -> dict:
     return score_logs("log-anomaly@champion", night.source or embedded_source(settings), night.scored_sink, settings, start=start, end=end, shadow_model=shadow)
 
 
+@night_logged
 def publish_forecasts(plan: dict, settings: Settings) -> dict:
     """Push the forecaster champion's forecasts to the Pushgateway, when one is configured. From a
     real Prometheus they start now; from the embedded history, at the night's logical date."""
@@ -311,6 +348,7 @@ def publish_forecasts(plan: dict, settings: Settings) -> dict:
     return forecast("metric-forecast@champion", night.metric_source or embedded_metric_source(settings), None, settings, at=at)
 
 
+@night_logged
 def write_summary(plan: dict, outcomes: dict, scoring: dict | None, forecasts: dict | None = None,
                   failed_tasks: list[str] | None = None, settings: Settings | None = None) -> dict:
     """The night's summary (`summary.json` under the night's folder): each model's outcome, scoring,
@@ -373,9 +411,13 @@ def run_in_process(settings: Settings, logical_date: str, source: str | None, ba
     """
     ran: list[str] = []
 
+    night = datetime.fromisoformat(str(logical_date)).date().isoformat()
+
     def step(task_id: str, fn, *args):
         ran.append(task_id)
-        return fn(*args)
+        logged = task_log(settings, night, task_id) if isinstance(settings, Settings) else nullcontext()
+        with log_context(task=task_id), logged:
+            return fn(*args)
 
     plan = step("plan", setup_night, settings, logical_date, source, base_model)
     snapshots = {"logs": step("ingest_training_window", ingest_window, plan, "train", settings)}

@@ -40,7 +40,7 @@ def latest_night(settings: Settings) -> str:
     nights = sorted(p.parent.name for p in (settings.storage_root / "runs").glob("*/summary.json"))
     if not nights:
         raise MissingInput(f"no night has run under {settings.storage_root}: run `make demo` or `nightshift retrain` "
-                                f"first (or set NIGHTSHIFT_HOME to the state folder it used; make uses ./.nightshift)")
+                                f"first (or set NIGHTSHIFT_HOME to the state folder it used)")
     return nights[-1]
 
 

@@ -1,39 +1,50 @@
 """Structured logs and hardware telemetry.
 
-Every log line carries service, version, run id, task and host, so that ELK can join a night's
-lines across the DAG's tasks. A terminal gets a readable one-line form; anything else gets JSON.
-Long steps report their progress (`progress`): a live bar on a terminal, a log line now and then elsewhere.
+Every log line carries service, version, host and the job it belongs to (`labels.job_id`: the Airflow run, or one
+`nightshift` command), so that ELK can join a night's lines across the DAG's tasks. A terminal gets a readable one-line
+form; anything else gets one line of Elastic Common Schema JSON (`EcsFormatter`). A night's steps also write their lines
+to the night's folder (`night_log`), for `nightshift es ship-logs`. Long steps report their progress (`progress`): a
+live bar on a terminal, a log line now and then elsewhere.
 """
 
 from __future__ import annotations
 
 import contextvars
-import json
+import functools
 import logging
+import math
 import os
+import re
 import socket
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, TypeVar
 
-from pipelines import __version__
+import ecs_logging
+
+from pipelines import __version__, storage
+from pipelines.storage import StoragePath
 
 T = TypeVar("T")
 _run_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("run_id", default=None)
 _task: contextvars.ContextVar[str | None] = contextvars.ContextVar("task", default=None)
+_night: contextvars.ContextVar[str | None] = contextvars.ContextVar("night", default=None)
 _HOST = socket.gethostname()
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+_TRAINING_TASK = re.compile(r"train(_|$)")  # `nightshift train`, the DAG's train_* tasks
+GPU_SAMPLE_EVERY_S = 1.0  # lines logged closer together share one NVML reading
 
 
 @contextmanager
-def log_context(*, run_id: str | None = None, task: str | None = None) -> Iterator[None]:
-    """Tag every log line inside the block with a run id and/or task name."""
+def log_context(*, run_id: str | None = None, task: str | None = None, night: str | None = None) -> Iterator[None]:
+    """Tag every log line inside the block with a run id, a task name and/or a night (logical date, YYYY-MM-DD)."""
     tokens = []
-    if run_id is not None:
-        tokens.append((_run_id, _run_id.set(run_id)))
-    if task is not None:
-        tokens.append((_task, _task.set(task)))
+    for var, value in ((_run_id, run_id), (_task, task), (_night, night)):
+        if value is not None:
+            tokens.append((var, var.set(value)))
     try:
         yield
     finally:
@@ -45,27 +56,81 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
 
 
-class JsonFormatter(logging.Formatter):
-    def __init__(self, service: str):
-        super().__init__()
-        self.service = service
+def _plain(value: Any) -> Any:
+    """`value` as JSON that Elasticsearch accepts: containers as objects and lists, a NaN or infinity as its text,
+    anything else JSON cannot hold (a path, a datetime) as `str`."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "@timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "log.level": record.levelname.lower(),
-            "log.logger": record.name,
-            "message": record.getMessage(),
-            "service.name": self.service,
-            "service.version": __version__,
-            "host.name": _HOST,
-            "run.id": _run_id.get() or os.environ.get("AIRFLOW_CTX_DAG_RUN_ID"),
-            "task": _task.get() or os.environ.get("AIRFLOW_CTX_TASK_ID"),
-        }
-        line.update(_extras(record))
-        if record.exc_info:
-            line["error.stack_trace"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+
+def job_labels() -> dict[str, str]:
+    """The ECS `labels` that tie a line to its job: `job_id` (the Airflow DAG run id, else the run id of `log_context`:
+    one `nightshift` command), `dag_id` and `try_number` (Airflow's), `task_id` (Airflow's, else the `log_context`
+    task) and `night` (the logical date of the night being run, `night_log`); absent ones are left out."""
+    env = os.environ
+    labels = {"job_id": env.get("AIRFLOW_CTX_DAG_RUN_ID") or _run_id.get(), "dag_id": env.get("AIRFLOW_CTX_DAG_ID"),
+              "task_id": env.get("AIRFLOW_CTX_TASK_ID") or _task.get(), "try_number": env.get("AIRFLOW_CTX_TRY_NUMBER"),
+              "night": _night.get()}
+    return {k: str(v) for k, v in labels.items() if v}
+
+
+@functools.lru_cache(maxsize=1)
+def host_addresses() -> tuple[str, ...]:
+    """This machine's IP addresses (ECS `host.ip`), loopback and link-local ones left out; read once per process."""
+    import ipaddress
+
+    import psutil
+
+    found: list[str] = []
+    for addrs in psutil.net_if_addrs().values():
+        for addr in addrs:
+            if addr.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            try:
+                ip = ipaddress.ip_address(addr.address.split("%")[0])
+            except ValueError:
+                continue
+            if not (ip.is_loopback or ip.is_link_local) and str(ip) not in found:
+                found.append(str(ip))
+    return tuple(found)
+
+
+class EcsFormatter(ecs_logging.StdlibFormatter):
+    """One line of ECS JSON per record (Elastic's `ecs-logging`): `@timestamp`, `log.level`, `message`, `log.logger`,
+    `log.origin`, `process`, `error.*` for an exception, plus `service.name` / `service.version` /
+    `service.environment`, `host.name` / `host.ip`, the job's `labels` (`job_labels`) and, on the lines of a training
+    task (task id `train` or `train_*`) on a machine with an NVIDIA GPU, `nightshift.gpu.*` (`gpu_sample`).
+    Whatever a caller passes with `extra={...}` goes under `nightshift.extra`, whole, so that a key of its own never
+    collides with an ECS field of another type (`error`, `source`, `file`)."""
+
+    def __init__(self, service: str = "nightshift", environment: str = ""):
+        super().__init__(exclude_fields=["log.original"])  # the same text as `message`
+        self.service, self.environment = service, environment
+
+    def format_to_ecs(self, record: logging.LogRecord) -> dict[str, Any]:
+        extras = _extras(record)
+        bare = logging.makeLogRecord({k: v for k, v in record.__dict__.items() if k not in extras})
+        doc = super().format_to_ecs(bare)
+        doc["service"] = {"name": self.service, "version": __version__, **({"environment": self.environment} if self.environment else {})}
+        doc["host"] = {"name": _HOST, **({"ip": list(host_addresses())} if host_addresses() else {})}
+        labels = job_labels()
+        if labels:
+            doc["labels"] = labels
+        ours: dict[str, Any] = {}
+        if _TRAINING_TASK.match(labels.get("task_id", "")) and (gpu := gpu_sample()):
+            ours["gpu"] = gpu
+        if extras:
+            ours["extra"] = _plain(extras)
+        if ours:
+            doc["nightshift"] = ours
+        return doc
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -76,19 +141,78 @@ class ConsoleFormatter(logging.Formatter):
         return f"{text} {extras}".rstrip()
 
 
-def configure_logging(service: str = "nightshift", level: str | None = None, json_lines: bool | None = None) -> None:
-    """Send nightshift's logs to stderr: JSON unless stderr is a terminal (or NIGHTSHIFT_LOG_FORMAT says)."""
+def configure_logging(service: str = "nightshift", level: str | None = None, json_lines: bool | None = None,
+                      environment: str = "") -> None:
+    """Send nightshift's logs to stderr: ECS JSON (`EcsFormatter`, with `service` and `environment`) unless stderr is a
+    terminal (or NIGHTSHIFT_LOG_FORMAT says)."""
     fmt = os.environ.get("NIGHTSHIFT_LOG_FORMAT", "")
     if json_lines is None:
         json_lines = fmt == "json" or (fmt != "console" and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(service) if json_lines else ConsoleFormatter())
+    handler.setFormatter(EcsFormatter(service, environment) if json_lines else ConsoleFormatter())
     root = logging.getLogger("nightshift")
-    root.handlers[:] = [handler]
-    root.setLevel(level or os.environ.get("NIGHTSHIFT_LOG_LEVEL", "INFO"))
+    level = level or os.environ.get("NIGHTSHIFT_LOG_LEVEL", "INFO")
+    handler.setLevel(level)  # on the handler too: a night's log file (`night_log`) keeps INFO lines all the same
+    root.handlers[:] = [h for h in root.handlers if isinstance(h, _NightFile)] + [handler]
+    root.setLevel(level)
     root.propagate = False
     for noisy in ("urllib3", "elastic_transport", "mlflow", "alembic", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class _NightFile(logging.FileHandler):
+    """The handler of `night_log`: ECS JSON lines appended to a local file, flushed line by line."""
+
+
+@contextmanager
+def night_log(path: StoragePath, night: str, service: str = "nightshift", environment: str = "") -> Iterator[Path]:
+    """Inside the block, nightshift's log lines (INFO and up, whatever the stderr level) are also appended to `path`
+    as ECS JSON, one line each, tagged with `labels.night = night`; yields the local file written.
+
+    Locally the lines go straight to `path`, so a killed task keeps what it logged; on an object store (where nothing
+    appends) they go to a local copy of the file, uploaded whole when the block ends, failed or not. A block inside another
+    writes to the outer one's file only. An exception leaving the block adds an error line (`step failed: ...`) to the
+    file. `nightshift es ship-logs` sends such files to Elasticsearch."""
+    root = logging.getLogger("nightshift")
+    if any(isinstance(h, _NightFile) for h in root.handlers):
+        with log_context(night=night):
+            yield Path(next(h for h in root.handlers if isinstance(h, _NightFile)).baseFilename)
+        return
+    remote = storage.is_remote(path)
+    if remote:
+        fd, name = tempfile.mkstemp(prefix="nightshift-log-", suffix=".ndjson")
+        os.close(fd)
+        local = Path(name)
+        if path.exists():  # an earlier block of the same task: keep its lines, the upload replaces the object
+            local.write_bytes(path.read_bytes())
+    else:
+        local = Path(path)
+        local.parent.mkdir(parents=True, exist_ok=True)
+    handler = _NightFile(local, mode="a", encoding="utf-8")
+    handler.setFormatter(EcsFormatter(service, environment))
+    handler.setLevel(logging.INFO)
+    before = root.level
+    root.addHandler(handler)
+    if root.getEffectiveLevel() > logging.INFO:
+        root.setLevel(logging.INFO)  # the file keeps INFO lines even where stderr is quieter (its handler filters)
+    try:
+        with log_context(night=night):
+            yield local
+    except Exception as exc:
+        # the failure in the file only (`log.level:error`, with its type and trace): on stderr the caller's own error
+        # line, or Airflow's, speaks for it
+        with log_context(night=night):
+            handler.handle(root.makeRecord(root.name, logging.ERROR, __file__, 0, "step failed: %s", (exc,), sys.exc_info()))
+        raise
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(before)
+        handler.close()
+        if remote:
+            try:
+                storage.upload(local, path)
+            finally:
+                local.unlink(missing_ok=True)
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -166,22 +290,56 @@ def progress(what: str, total: int | None = None, unit: str = "docs", *, stream:
             bar.close()
 
 
-def gpu_telemetry() -> dict[str, float]:
-    """GPU utilisation and memory through NVML; empty where there is no NVIDIA GPU."""
+def _nvml_devices(indices: list[int] | None = None) -> list[dict[str, Any]]:
+    """Index, name, memory used/total (bytes) and utilisation (0..1) of NVIDIA GPUs through NVML (`nvidia-ml-py`): every
+    GPU, or those of `indices`; an empty list where there is no NVIDIA driver or GPU."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
     except Exception:
-        return {}
+        return []
     try:
-        stats: dict[str, float] = {}
-        for i in range(pynvml.nvmlDeviceGetCount()):
+        devices = []
+        for i in indices if indices is not None else range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             util = pynvml.nvmlDeviceGetUtilizationRates(handle)
             mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            stats[f"gpu{i}_util_pct"] = float(util.gpu)
-            stats[f"gpu{i}_mem_used_mib"] = mem.used / 2**20
-        return stats
+            name = pynvml.nvmlDeviceGetName(handle)
+            devices.append({"index": i, "name": name.decode() if isinstance(name, bytes) else str(name),
+                            "memory": {"used": int(mem.used), "total": int(mem.total)}, "utilization": util.gpu / 100})
+        return devices
+    except Exception:  # a GPU that stopped answering must not stop the line being logged
+        return []
     finally:
         pynvml.nvmlShutdown()
+
+
+def gpu_telemetry() -> dict[str, float]:
+    """GPU utilisation (%) and memory used (MiB) of every GPU, as per-epoch metrics `gpu{i}_util_pct`,
+    `gpu{i}_mem_used_mib`; empty where there is no NVIDIA GPU."""
+    stats: dict[str, float] = {}
+    for gpu in _nvml_devices():
+        stats[f"gpu{gpu['index']}_util_pct"] = float(gpu["utilization"] * 100)
+        stats[f"gpu{gpu['index']}_mem_used_mib"] = gpu["memory"]["used"] / 2**20
+    return stats
+
+
+def _visible_gpu() -> int:
+    """NVML's index of the GPU that torch calls `cuda:0`: the first of CUDA_VISIBLE_DEVICES when it is a number."""
+    first = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    return int(first) if first.isdigit() else 0
+
+
+_gpu_cache: tuple[float, dict[str, Any]] = (-math.inf, {})
+
+
+def gpu_sample() -> dict[str, Any]:
+    """The training GPU right now (ECS-style, for `nightshift.gpu`): `{"index", "name", "memory": {"used", "total"}
+    (bytes), "utilization" (0..1)}`; empty without an NVIDIA GPU. Read at most every `GPU_SAMPLE_EVERY_S` seconds."""
+    global _gpu_cache
+    now = time.monotonic()
+    if now - _gpu_cache[0] >= GPU_SAMPLE_EVERY_S:
+        devices = _nvml_devices([_visible_gpu()])
+        _gpu_cache = (now, devices[0] if devices else {})
+    return _gpu_cache[1]

@@ -33,13 +33,15 @@ from pipelines.telemetry import get_logger
 
 log = get_logger("serve")
 
-SCORE, ADMIN = "score", "admin"
-SCOPES = (SCORE, ADMIN)  # score: every scoring and prediction route; admin: reload and anything that changes state
+SCORE, ADMIN, ALERTS = "score", "admin", "alerts"
+# score: every scoring and prediction route; admin: reload and anything that changes state; alerts: Alertmanager's
+# webhook (it writes root causes back to Elasticsearch and posts notifications, so a scoring key cannot)
+SCOPES = (SCORE, ADMIN, ALERTS)
 DEFAULT_KEY_FILE = "api-keys"  # under NIGHTSHIFT_HOME when setting serve.api_keys_file is empty
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 MAKE_ONE = "nightshift serve-key NAME --scope score,admin"
-HEADER = ("# nightshift serve API keys, one per line: NAME SHA256-HEX SCOPE[,SCOPE] (scopes: score, admin).\n"
+HEADER = ("# nightshift serve API keys, one per line: NAME SHA256-HEX SCOPE[,SCOPE] (scopes: score, admin, alerts).\n"
           "# Only each key's SHA-256 is here; add keys with: nightshift serve-key NAME --scope score [--file THIS_FILE]\n")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Collection
 
 import pandas as pd
 
@@ -53,8 +54,9 @@ class RootCauseAnnotator:
             self.jobs.popitem(last=False)
         return state
 
-    def annotate(self, window: list[tuple[str, dict]]) -> None:
-        """Explain the window's flagged documents and failed jobs (one prediction per distinct text)."""
+    def annotate(self, window: list[tuple[str, dict]], failed: Collection[str] = ()) -> None:
+        """Explain the window's flagged documents and failed jobs (one prediction per distinct text). `failed`: ids of
+        jobs known to have failed (an alert said so), explained whatever their lines' levels and scores."""
         fields = self.settings.fields
         todo: list[tuple[dict, str]] = []
         window_jobs: dict[str, list[dict]] = {}
@@ -63,7 +65,7 @@ class RootCauseAnnotator:
             flagged = get_field(doc, "ml.anomaly.is_anomaly") is True
             job = get_field(doc, fields.job_id)
             if job is not None:
-                self._remember(str(job), level, message, flagged or is_error_level(level))
+                self._remember(str(job), level, message, flagged or is_error_level(level) or str(job) in failed)
                 window_jobs.setdefault(str(job), []).append(doc)
             elif flagged:
                 todo.append((doc, job_text([(level, message)])))

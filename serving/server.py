@@ -10,12 +10,13 @@ Reading order:
    `serve.max_wait_ms` for more); every pass runs on one worker thread, so torch never competes
    with itself for the cores.
 3. `ServerMetrics`: Prometheus counters and histograms by route, model and version.
-4. `create_app`: the routes (`/v1/...`, the seed's `/predict` shapes, `/v1/admin/reload`, `/healthz`,
-   `/readyz`, `/metrics`), the request and answer schemas (OpenAPI at `/docs`), and the errors: 422
+4. `create_app`: the routes (`/v1/...`, the seed's `/predict` shapes, `/v1/admin/reload`, Alertmanager's
+   webhook `/v1/alerts` (`serving/alerts.py`), `/healthz`, `/readyz`, `/metrics`), the request and answer schemas (OpenAPI at `/docs`), and the errors: 422
    naming the field, per-row errors where a route takes many rows, 413 for oversized bodies, 503 with
    the reason when a model has no champion. Every route but the health checks (and `/metrics` with
    `serve.metrics_public`) needs an API key with its scope (`serving/auth.py`): the scoring routes sit
-   on one router that requires `score`, the admin routes on one that requires `admin`, and the app
+   on one router that requires `score`, the admin routes on one that requires `admin`, the webhook on one
+   that requires `alerts`, and the app
    refuses to start with a route that has no key check.
 5. `serve`: uvicorn on a bound socket, HTTPS with `serve.tls_certfile` and `serve.tls_keyfile`.
 """
@@ -47,7 +48,8 @@ from pipelines.errors import NightshiftError
 from pipelines.registry.store import alias_version, load_model, use_store
 from pipelines.sources.prometheus import series_id
 from pipelines.telemetry import get_logger
-from serving.auth import ADMIN, REFUSALS, SCORE, Guard, KeyFileError, load_keys
+from serving.alerts import AlertmanagerMessage, AlertResponder, AlertsResponse
+from serving.auth import ADMIN, ALERTS, REFUSALS, SCORE, Guard, KeyFileError, load_keys
 
 log = get_logger("serve")
 access_log = get_logger("serve.access")  # one line per request, with the API key's name
@@ -639,6 +641,7 @@ def create_app(settings: Settings, client=None, start_refresh: bool = True) -> F
     batchers = {name: Batcher(name, champions, executor, cfg.max_batch, cfg.max_wait_ms / 1000, metrics.batch)
                 for name in (LOG_ANOMALY, FAILURE_RCA)}
     server = Server(settings, champions, metrics, executor, batchers)
+    alerts = AlertResponder(server, settings)  # before the app: a bad [alerts] setting stops the server at startup
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -652,6 +655,7 @@ def create_app(settings: Settings, client=None, start_refresh: bool = True) -> F
         champions.stop()
         for batcher in batchers.values():
             await batcher.close()
+        alerts.close()
         executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPIOffline(title="nightshift serve", version="1", lifespan=lifespan, static_url=DOCS_ASSETS,
@@ -665,6 +669,9 @@ def create_app(settings: Settings, client=None, start_refresh: bool = True) -> F
     scoring = APIRouter(dependencies=[Depends(guard.require(SCORE))],
                         responses={**REFUSALS, 503: {"description": "the model has no champion to answer with (the reason is given)"}})
     admin = APIRouter(dependencies=[Depends(guard.require(ADMIN))], responses=REFUSALS)
+    alerting = APIRouter(dependencies=[Depends(guard.require(ALERTS))],
+                         responses={**REFUSALS, 503: {"description": "no failure-rca version to answer with, or a job could not be "
+                                                                     "answered (Alertmanager delivers the message again)"}})
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
@@ -741,6 +748,15 @@ def create_app(settings: Settings, client=None, start_refresh: bool = True) -> F
             seen["version"] = out.version
             return out
 
+    @alerting.post("/v1/alerts", tags=["alerts"], response_model=AlertsResponse,
+                   summary="Alertmanager's webhook: root causes of each failed job, written back to its logs and posted "
+                           "to setting alerts.notify_url (serving/alerts.py)")
+    async def alertmanager_webhook(body: AlertmanagerMessage) -> JSONResponse:
+        async with server.observe("/v1/alerts", FAILURE_RCA) as seen:
+            status, answer = await alerts.answer(body)
+            seen["version"], seen["status"] = answer.version or "none", str(status)
+            return JSONResponse(answer.model_dump(mode="json"), status_code=status)
+
     # -- the seed's shapes: each of its three apps answered POST /predict --------------------------------------
 
     async def seed_log_anomaly(body: SeedTextRequest, route: str) -> dict:
@@ -813,6 +829,7 @@ def create_app(settings: Settings, client=None, start_refresh: bool = True) -> F
 
     app.include_router(scoring)
     app.include_router(admin)
+    app.include_router(alerting)
     # Fail closed: a route added beside the routers, without a key check, stops the server from starting.
     guarded = {r.path for r in app.routes if isinstance(r, APIRoute) and any(d.call in guard.checks for d in r.dependant.dependencies)}
     unguarded = {getattr(r, "path", repr(r)) for r in app.routes} - guarded - PUBLIC_PATHS - SCHEMA_PATHS - (
@@ -823,7 +840,7 @@ def create_app(settings: Settings, client=None, start_refresh: bool = True) -> F
     return app
 
 
-ROUTE_MODELS = {"/v1/log-anomaly": LOG_ANOMALY, "/v1/failure-rca": FAILURE_RCA, "/v1/metric-forecast": METRIC_FORECAST,
+ROUTE_MODELS = {"/v1/log-anomaly": LOG_ANOMALY, "/v1/failure-rca": FAILURE_RCA, "/v1/metric-forecast": METRIC_FORECAST, "/v1/alerts": FAILURE_RCA,
                 "/log-anomaly/predict": LOG_ANOMALY, "/failure-rca/predict": FAILURE_RCA, "/metric-forecast/predict": METRIC_FORECAST}
 
 

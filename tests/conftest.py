@@ -18,15 +18,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("NIGHTSHIFT_LOG_FORMAT", "console")
-# The suite trains the tiny BERT wherever it needs a log model (fast, and what the serving, drift and promotion
-# tests assert on); the competition between model families has its own tests (tests/unit/test_families.py).
-os.environ.setdefault("NIGHTSHIFT_CANDIDATES_FAMILIES", "bert")
-# ...fine-tuned from its random head, as the promotion tests' challengers were built; LP-FT (the nightly default) has
-# its own tests in tests/unit/test_families.py.
-os.environ.setdefault("NIGHTSHIFT_CANDIDATES_LINEAR_PROBE", "false")
-# A two-epoch tiny random BERT trails TF-IDF, so the gate's baseline test would refuse every challenger these tests
-# promote; it is tested with its real tolerance in tests/unit/test_families.py.
-os.environ.setdefault("NIGHTSHIFT_CANDIDATES_BASELINE_TOLERANCE", "1.0")
+# Three defaults the suite changes, undone by the `production_defaults` fixture (the end-to-end nights use it):
+SUITE_OVERRIDES = {
+    # The tiny BERT wherever a test needs a log model (fast, and what the serving, drift and promotion tests assert on);
+    # the competition between model families has its own tests (tests/unit/test_families.py).
+    "NIGHTSHIFT_CANDIDATES_FAMILIES": "bert",
+    # ...fine-tuned from its random head, as the promotion tests' challengers were built; LP-FT (the nightly default)
+    # has its own tests in tests/unit/test_families.py.
+    "NIGHTSHIFT_CANDIDATES_LINEAR_PROBE": "false",
+    # A two-epoch tiny random BERT trails TF-IDF, so the gate's baseline test would refuse every challenger these
+    # tests promote; it is tested with its real tolerance in tests/unit/test_families.py.
+    "NIGHTSHIFT_CANDIDATES_BASELINE_TOLERANCE": "1.0",
+}
+for _name, _value in SUITE_OVERRIDES.items():
+    os.environ.setdefault(_name, _value)
+
+
+@pytest.fixture
+def production_defaults(monkeypatch):
+    """The model families, LP-FT and the baseline gate as a deployment gets them (the suite's overrides undone)."""
+    for name in SUITE_OVERRIDES:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 PY="${PY:-$ROOT/.venv/bin/python}"
 NS="$ROOT/.venv/bin/nightshift"
-export NIGHTSHIFT_HOME="${NIGHTSHIFT_HOME:-$ROOT/.nightshift}/demo-es"
+export NIGHTSHIFT_HOME="${NIGHTSHIFT_HOME:-$HOME/.nightshift}/demo-es"
 DEMO="$NIGHTSHIFT_HOME/demo"
 
 echo "starting Elasticsearch (security on)…"

@@ -7,7 +7,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 PY="${PY:-$ROOT/.venv/bin/python}"
 NS="$ROOT/.venv/bin/nightshift"
-STATE="${NIGHTSHIFT_HOME:-$ROOT/.nightshift}"
+STATE="${NIGHTSHIFT_HOME:-$HOME/.nightshift}"
 HISTORY="$STATE/demo/metrics.om"
 [ -f "$HISTORY" ] || "$NS" demo-data --out "$STATE/demo"
 WORK="$(mktemp -d)"

@@ -93,12 +93,20 @@ set -a
 set +a
 export NIGHTSHIFT_STORAGE="s3://$BUCKET/nightshift"
 
-# MLflow: PostgreSQL store, artifacts on the object store, proxied (clients need no S3 credentials for them)
+# MLflow: PostgreSQL store, artifacts on the object store, proxied (clients need no S3 credentials for them), behind
+# MLflow's basic-auth app (the admin's password is drawn into DIR/mlflow/auth/admin-password). The tasks log in as the
+# user nightshift-job, made once the server answers; its password is drawn now, so that the workers start with it.
 ML_PORT="$(free_port)"
-start mlflow bash "$ROOT/infra/scripts/start_mlflow.sh" --port "$ML_PORT" --data "$DIR/mlflow" \
+start mlflow bash "$ROOT/infra/scripts/start_mlflow.sh" --port "$ML_PORT" --data "$DIR/mlflow" --auth basic \
   --backend-store-uri "postgresql+psycopg2://$PG/mlflow" --artifacts-destination "s3://$BUCKET/mlflow"
 ML_PID=$STARTED  # it comes up while Airflow does
 export MLFLOW_TRACKING_URI="http://127.0.0.1:$ML_PORT"
+JOB_PASSWORD_FILE="$DIR/mlflow/auth/job-password"
+mkdir -p "$DIR/mlflow/auth"
+[ -s "$JOB_PASSWORD_FILE" ] || (umask 077 && "$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(24))' >"$JOB_PASSWORD_FILE")
+export MLFLOW_TRACKING_USERNAME=nightshift-job
+MLFLOW_TRACKING_PASSWORD="$(cat "$JOB_PASSWORD_FILE")"
+export MLFLOW_TRACKING_PASSWORD
 
 # Airflow's control plane (start_airflow.sh: migrate, the training pool, api-server, scheduler, dag-processor)
 # with the CeleryExecutor; its own NIGHTSHIFT_HOME holds only what the DAG file reads when it is parsed
@@ -141,6 +149,19 @@ for i in $(seq 1 "$WORKERS"); do
     "$BIN/airflow" celery worker --celery-hostname "$name@%h" --concurrency "$CONCURRENCY" --without-mingle --without-gossip
 done
 wait_for "MLflow server" "$ML_PID" "$LOGS/mlflow.log" curl -sf "$MLFLOW_TRACKING_URI/health"
+# the job's user, as the admin (passwords through the environment, never the command line); it then manages the
+# experiment and the models it creates
+JOB_PASSWORD="$MLFLOW_TRACKING_PASSWORD" MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD="$(cat "$DIR/mlflow/auth/admin-password")" \
+  "$BIN/python" -c '
+import os
+import mlflow.server
+from mlflow.exceptions import MlflowException
+auth = mlflow.server.get_app_client("basic-auth", tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+try:
+    auth.get_user("nightshift-job")
+except MlflowException:
+    auth.create_user("nightshift-job", os.environ["JOB_PASSWORD"])
+' >>"$LOGS/mlflow-users.log" 2>&1 || { echo "could not make the MLflow user nightshift-job; see $LOGS/mlflow-users.log" >&2; exit 1; }
 wait_for "Airflow (start_airflow.sh)" "$AIRFLOW_PID" "$LOGS/airflow.log" grep -q "Airflow UI" "$LOGS/airflow.log"
 for name in "${NAMES[@]}"; do
   pid="$(awk -v n="$name" '$1 == n {print $2}' "$DIR/pids")"
@@ -158,7 +179,7 @@ done
   echo "PG_URL=\"postgresql://$PG\""
   echo "REDIS_URL=\"$AIRFLOW__CELERY__BROKER_URL\""
   echo "S3_BUCKET=\"$BUCKET\""
-  for var in NIGHTSHIFT_STORAGE MLFLOW_TRACKING_URI AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_DEFAULT_REGION \
+  for var in NIGHTSHIFT_STORAGE MLFLOW_TRACKING_URI MLFLOW_TRACKING_USERNAME MLFLOW_TRACKING_PASSWORD AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_DEFAULT_REGION \
       MLFLOW_S3_ENDPOINT_URL AIRFLOW__CORE__EXECUTOR AIRFLOW__CELERY__BROKER_URL AIRFLOW__CELERY__RESULT_BACKEND \
       AIRFLOW__DATABASE__SQL_ALCHEMY_CONN AIRFLOW__CORE__DAGS_FOLDER AIRFLOW__CORE__LOAD_EXAMPLES; do
     echo "export $var=\"${!var}\""
@@ -169,7 +190,8 @@ done
 chmod 600 "$DIR/cluster.env"
 READY=1
 echo "Airflow UI:    $AIRFLOW_URL   login: $AIRFLOW_LOGIN / $AIRFLOW_PASSWORD"
-echo "MLflow:        $MLFLOW_TRACKING_URI (store postgresql://$PG/mlflow, artifacts s3://$BUCKET/mlflow)"
+echo "MLflow:        $MLFLOW_TRACKING_URI (store postgresql://$PG/mlflow, artifacts s3://$BUCKET/mlflow)   login: admin," \
+  "password in $DIR/mlflow/auth/admin-password; the tasks log in as nightshift-job (cluster.env)"
 echo "Storage root:  $NIGHTSHIFT_STORAGE at $AWS_ENDPOINT_URL"
 echo "Broker:        $AIRFLOW__CELERY__BROKER_URL   workers: ${NAMES[*]} (homes under $DIR/worker-*)"
 echo "Cluster ready in $DIR (environment: $DIR/cluster.env, logs: $LOGS); stop it with $0 --stop $DIR"

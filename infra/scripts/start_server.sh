@@ -8,8 +8,8 @@
 #       `mlflow models serve -m models:/NAME@ALIAS --env-manager local`: one model, MLflow's own
 #       scoring server (POST /invocations), the same pyfunc. It starts uvicorn by name, so the venv's
 #       bin goes first on PATH here (without it: `uvicorn: not found`, exit 127).
-# The registry is NIGHTSHIFT_HOME's SQLite store (default ~/.nightshift; `make serve` uses the
-# repository's .nightshift from `make demo`), or MLFLOW_TRACKING_URI when set.
+# The registry is NIGHTSHIFT_HOME's SQLite store (default ~/.nightshift, where `make demo` wrote it), or
+# MLFLOW_TRACKING_URI when set.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"

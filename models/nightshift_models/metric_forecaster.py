@@ -118,6 +118,9 @@ class MetricForecaster(PythonModel):
     """The forecaster chosen on validation (the committee of contenders, or one of them), with the
     scaling of the series it was trained on."""
 
+    # What MLflow runs to build this pyfunc when it loads a version (models-from-code; `log_version` logs it).
+    FROM_CODE = Path(__file__).parent / "from_code" / "metric_forecaster.py"
+
     def load_context(self, context) -> None:
         import torch
 

@@ -122,6 +122,8 @@ class TextClassifier(PythonModel):
     """K probabilities per text from the family the version won with (fine-tuned BERT, TF-IDF + LR,
     frozen-encoder embedding + LR), thresholds per output, and the log-text normaliser inside."""
 
+    # What MLflow runs to build this pyfunc when it loads a version (models-from-code; `log_version` logs it).
+    FROM_CODE = Path(__file__).parent / "from_code" / "text_classifier.py"
     sklearn: Any = None  # the tfidf / embedding family's fitted head; None for a BERT
     rca: Any = None  # the root-cause head (labels, actions, knowledge base) of a failure-rca version
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 from pipelines.config import ConfigError, PromotionSettings
 from pipelines.errors import PromotionError
-from pipelines.registry.store import CHALLENGER, CHAMPION, PREVIOUS, ModelRef, alias_version, set_version_tags
+from pipelines.registry.store import CHALLENGER, CHAMPION, PREVIOUS, ModelRef, alias_version, hidden_model, set_version_tags
 from pipelines.registry.version_page import write_version_page
 from pipelines.telemetry import get_logger
 
@@ -80,7 +80,7 @@ def _owner_of(client, model: str) -> str | None:
     try:
         return client.get_registered_model(model).tags.get("owner", "")
     except MlflowException as exc:
-        if _mlflow_code(exc) == "RESOURCE_DOES_NOT_EXIST":
+        if _mlflow_code(exc) == "RESOURCE_DOES_NOT_EXIST" or hidden_model(client, model, exc):
             return None
         raise
 

@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import re
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,62 @@ class StoreUnreachable(NightshiftError, RuntimeError):
     """Nothing answers at the tracking URI; the message names it (the CLI prints it and exits 2)."""
 
 
+class StoreAccessDenied(NightshiftError, PermissionError):
+    """The tracking server refused the request: no or wrong credentials (401), or a user without the permission (403).
+    The message names the variables to set; never their values."""
+
+
+# MLflow's client sends these to a tracking server itself (basic auth, or a bearer token); nothing here prints them.
+CREDENTIAL_VARIABLES = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+
+
+def display_uri(uri: str) -> str:
+    """`uri` without a `user:password@` part, for messages and summaries."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
+def credentials_in_use() -> str:
+    """Which credentials MLflow's client sends, without their values: `user 'NAME' (MLFLOW_TRACKING_USERNAME/PASSWORD)`,
+    `a token (MLFLOW_TRACKING_TOKEN)` or `none`."""
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        return f"user {user!r} (MLFLOW_TRACKING_USERNAME/PASSWORD)"
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        return "a token (MLFLOW_TRACKING_TOKEN)"
+    if user or password:
+        return f"none ({'MLFLOW_TRACKING_PASSWORD' if user else 'MLFLOW_TRACKING_USERNAME'} is not set)"
+    return "none"
+
+
+def access_error(exc: BaseException, uri: str) -> StoreAccessDenied | None:
+    """The one-line error for an MLflow exception that is the server's 401 or 403 (None for any other exception).
+
+    401: no credentials, or credentials the server does not know; 403: the user lacks a permission (the message names
+    the refused endpoint, which says what: `registered-models/alias` is moving an alias).
+    """
+    status = getattr(exc, "get_http_status_code", None)
+    code = status() if callable(status) else None
+    if code not in (401, 403):
+        return None
+    where = f"MLflow tracking server {display_uri(uri)}"
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if code == 401:
+        if credentials_in_use().startswith("none"):
+            return StoreAccessDenied(f"{where} needs a login (401): set {CREDENTIAL_VARIABLES} to a user of its basic-auth app")
+        who = f"user {user!r}" if user and os.environ.get("MLFLOW_TRACKING_PASSWORD") else "the token in MLFLOW_TRACKING_TOKEN"
+        return StoreAccessDenied(f"{where} refused {who} (401: unknown user or wrong password): check {CREDENTIAL_VARIABLES}")
+    endpoint = re.search(r"endpoint (\S+) failed", str(exc))
+    what = f" on {endpoint[1]}" if endpoint else ""
+    who = f"user {user!r}" if user else "this client"
+    return StoreAccessDenied(f"{where} denied {who} permission{what} (403): an MLflow admin grants it "
+                             "(docs/deployment.md, the tracking server's users)")
+
+
 @dataclass(frozen=True)
 class ModelRef:
     name: str
@@ -71,7 +128,7 @@ def check_reachable(uri: str, timeout: float = REACH_TIMEOUT) -> None:
     try:  # any HTTP answer (even 401 behind an auth proxy) means a server listens
         requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
     except requests.RequestException as exc:
-        raise StoreUnreachable(f"MLflow tracking server {uri} is unreachable ({exc.__class__.__name__}); "
+        raise StoreUnreachable(f"MLflow tracking server {display_uri(uri)} is unreachable ({exc.__class__.__name__}); "
                                "check MLFLOW_TRACKING_URI or setting tracking_uri") from None
 
 
@@ -100,6 +157,7 @@ def use_store(settings: Settings, create: bool = True):
     Raises:
         StoreUnreachable: the tracking URI is a server that does not answer, or (`create` False) the local SQLite
             store does not exist.
+        StoreAccessDenied: the server wants credentials it was not sent, or refuses the user (`access_error`).
     """
     import mlflow
     from mlflow import MlflowClient
@@ -108,7 +166,7 @@ def use_store(settings: Settings, create: bool = True):
     uri = settings.mlflow_uri
     if not create and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise StoreUnreachable(f"no MLflow store at {uri.removeprefix('sqlite:///')}: run `make demo` or `nightshift retrain` first "
-                               f"(or set NIGHTSHIFT_HOME to the state folder it used; make uses ./.nightshift)")
+                               f"(or set NIGHTSHIFT_HOME to the state folder it used)")
     check_reachable(uri)
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -116,7 +174,13 @@ def use_store(settings: Settings, create: bool = True):
     mlflow.set_registry_uri(uri)
     with _store_init_lock(uri):
         client = MlflowClient(uri, registry_uri=uri)  # opening a SQLite store creates and migrates its tables
-        client.search_registered_models(max_results=1)  # the registry's tables too, under the same lock
+        try:
+            client.search_registered_models(max_results=1)  # the registry's tables too, under the same lock
+        except MlflowException as exc:  # a server with auth: no or wrong credentials say so here, before any work
+            denied = access_error(exc, uri)
+            if denied is None:
+                raise
+            raise denied from None
         experiment = client.get_experiment_by_name(settings.experiment)
         if experiment is None:
             location = settings.artifact_root.as_uri() if not uri.startswith("http") else None
@@ -159,12 +223,18 @@ def resolve(client, ref: str) -> ModelRef:
     return ModelRef(name, str(mv.version))
 
 
+# MLflow builds a pyfunc logged from code through one module global (`mlflow.models.set_model`): two loads at once in
+# one process could hand both callers the same instance, so loads take turns.
+_LOADING = threading.Lock()
+
+
 def load_model(client, ref: str):
-    """Load a registered version as a pyfunc, once; returns (ModelRef, PyFuncModel)."""
+    """Load a registered version as a pyfunc, once; returns (ModelRef, PyFuncModel). One load at a time per process."""
     import mlflow.pyfunc
 
     model_ref = resolve(client, ref)
-    return model_ref, mlflow.pyfunc.load_model(model_ref.uri)
+    with _LOADING:
+        return model_ref, mlflow.pyfunc.load_model(model_ref.uri)
 
 
 # What the registry answers for an alias that is not set (INVALID_PARAMETER_VALUE, "alias ... not found") and for a
@@ -172,18 +242,31 @@ def load_model(client, ref: str):
 _NO_ALIAS = ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST")
 
 
+def hidden_model(client, name: str, exc: BaseException) -> bool:
+    """Whether `exc` is a tracking server with auth refusing (403) a read of a registered model it does not show this
+    user: one that does not exist (the server answers 403, not 404, to anyone but an admin), or one the user may not
+    read, whose versions and aliases the user then may not write either."""
+    if getattr(exc, "error_code", None) != "PERMISSION_DENIED":
+        return False
+    return not client.search_registered_models(filter_string=f"name = '{name}'", max_results=1)
+
+
 def alias_version(client, name: str, alias: str) -> str | None:
     """The version `name@alias` points at; None when the model or the alias does not exist.
 
     Raises:
+        StoreAccessDenied: the server refused the credentials (401) or the user's permission (403).
         StoreUnreachable: the registry did not answer (or answered anything else): an unreachable registry
             must not read as "no champion", which would let a new version become champion without the gate.
     """
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
     except Exception as exc:
-        if getattr(exc, "error_code", None) in _NO_ALIAS:
+        if getattr(exc, "error_code", None) in _NO_ALIAS or hidden_model(client, name, exc):
             return None
+        denied = access_error(exc, client.tracking_uri)
+        if denied is not None:
+            raise denied from None
         raise StoreUnreachable(f"registry at {client.tracking_uri}: cannot read {name}@{alias} "
                                f"({getattr(exc, 'error_code', None) or exc.__class__.__name__}: {str(exc)[:200]})") from exc
 

@@ -1,4 +1,4 @@
-"""Elasticsearch: pull a window of labelled logs, write scores back, install the index template.
+"""Elasticsearch: pull a window of labelled logs, write scores back, install the index template and the roles.
 
 - `ElasticsearchLogSource` reads `http(s)://host:port/INDEX-PATTERN` (or `elasticsearch://INDEX-PATTERN` with the
   endpoint from settings) through one point-in-time, page by page with `search_after`, sorted by the timestamp and a
@@ -15,7 +15,10 @@
   there, and with the filter nothing is written twice.
 - `Connection` wraps the client: authentication (API key, basic, bearer, Cloud ID, or an Airflow connection), TLS
   (CA or fingerprint, verification on by default), timeouts, retries with exponential backoff on 429/502/503/504 and
-  connection errors, and errors that name the endpoint, index or setting at fault but never a secret.
+  connection errors, and errors that name the endpoint, index or setting at fault but never a secret; a refusal (403)
+  names the action, the index and the privileges that would grant it.
+- `install_roles` puts the least-privilege roles of infra/elasticsearch/roles/ (`nightshift-nightly`,
+  `nightshift-analyst`) through the security API; `roles_yaml` gives them as a file realm's roles.yml entries.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ TEMPLATE_DIR = project_dir("infra/elasticsearch")  # the source tree's, or the i
 COMPONENT_TEMPLATE = "nightshift-ml-fields"
 LOGS_TEMPLATE = "nightshift-logs"
 RESULTS_TEMPLATE = "nightshift-ml-results"
+PLATFORM_TEMPLATE = "nightshift-platform-logs-template"  # nightshift's own log lines: their data stream's template ...
+PLATFORM_ILM_POLICY = "nightshift-platform-logs-ilm"  # ... and its lifecycle policy
+LIFECYCLE_SETTING = "index.lifecycle.name"
 MAX_BACKOFF_S = 30.0
 
 
@@ -206,6 +212,24 @@ def _reason(exc: Exception) -> str:
     return m.group(1).strip(" .") if m else exc.__class__.__name__
 
 
+# Elasticsearch's wording of a refusal, e.g. "action [indices:data/write/bulk[s]] is unauthorized for user [u] with effective
+# roles [r] on indices [logs-1], this action is granted by the index privileges [create_doc,create,index,write,all]"
+_UNAUTHORIZED = re.compile(r"action \[(?P<action>.+?)\] is unauthorized for .*?(?: on (?:restricted )?indices \[(?P<indices>[^\]]*)\])?, "
+                           r"this action is granted by the (?P<scope>index|cluster) privileges \[(?P<privileges>[^\]]*)\]")
+
+
+def _forbidden(what: str, auth_source: str, where: str, reason: str, index: str) -> ElasticsearchError:
+    """One line for a 403: the action refused, on which index (`index` when the node does not say), the privileges that
+    would grant it, and the setting the credential came from."""
+    m = _UNAUTHORIZED.search(reason)
+    if not m:
+        return ElasticsearchError(f"{what}: the credential from {auth_source} is not allowed to do this on {where} (403): {reason}")
+    on = f" on '{m['indices'] or index}'" if m["scope"] == "index" else ""
+    privileges = ", ".join(p.strip() for p in m["privileges"].split(","))
+    return ElasticsearchError(f"{what}: the credential from {auth_source} is not allowed to run {m['action']}{on} at {where} (403); "
+                              f"its role needs one of the {m['scope']} privileges {privileges}")
+
+
 def _error_info(body: Any) -> tuple[str, str]:
     """(type, reason) of an Elasticsearch error body."""
     error = body.get("error") if isinstance(body, dict) else None
@@ -271,7 +295,7 @@ class Connection:
                                    f"{_env('username')} / {_env('password')}, {_env('bearer_token')} or {_env('conn_id')}")
             return ConfigError(f"{what}: Elasticsearch at {self.where} rejected the credential from {self.auth_source} (401 {kind}); check that setting")
         if status == 403:
-            return ElasticsearchError(f"{what}: the credential from {self.auth_source} is not allowed to do this on {self.where} (403): {reason}")
+            return _forbidden(what, self.auth_source, self.where, reason, self.index)
         if status == 404 and "search_context_missing_exception" in text:
             return PitExpired(f"{what}: the point-in-time expired on {self.where}; raise {_env('keep_alive')}")
         if status == 404 and kind == "index_not_found_exception":
@@ -440,6 +464,11 @@ class ElasticsearchLogSource:
             if written:
                 skipped[reason] = skipped.get(reason, 0) + len(written)
             yield from ((ref, doc) for ref, doc in page if ref not in written)
+
+    def iter_matching(self, must: Iterable[dict]) -> Iterator[tuple[DocRef, dict]]:
+        """Every document of the index pattern matching all the filters `must`, at any time, in time order (the
+        contract's fields only); the point-in-time is closed when the iterator is exhausted or closed."""
+        return self._docs(self.pull(self.query(None, None, must=must), self.source_fields()))
 
     def _docs(self, hits: Iterator[dict]) -> Iterator[tuple[DocRef, dict]]:
         for hit in hits:
@@ -643,12 +672,17 @@ class ElasticsearchLogSink:
             log.info("resuming scoring from checkpoint", extra={"sink": self.uri, "from": _iso_millis(resumed_from)})
 
     def already_written(self, refs: list[DocRef], marker: dict[str, str]) -> set[str]:
-        """Of `refs`, those the results index already holds for this model version."""
+        """Of `refs`, those the results index already holds for this model version (none while it does not exist).
+
+        Raises:
+            ElasticsearchError: the credential may not read the results index (403; `ignore_unavailable` would hide
+                that as an empty index, and every run would write everything again).
+        """
         ids = {self._result_id(ref): ref for ref in refs}
         query = {"bool": {"filter": [{"ids": {"values": list(ids)}}, _scored_by(marker)]}}
-        resp = self.conn.call(f"look up '{self.results_index}'", lambda c: c.search(
-            index=self.results_index, query=query, source=False, size=len(ids), ignore_unavailable=True))
-        return {ids[hit["_id"]] for hit in resp["hits"]["hits"] if hit["_id"] in ids}
+        resp = self.conn.call(f"look up '{self.results_index}'", lambda c: c.options(ignore_status=404).search(
+            index=self.results_index, query=query, source=False, size=len(ids)))
+        return {ids[hit["_id"]] for hit in resp.body.get("hits", {}).get("hits", []) if hit["_id"] in ids}
 
     @staticmethod
     def _result_id(ref: DocRef) -> str:
@@ -723,6 +757,9 @@ class ElasticsearchLogSink:
                 status = int(result.get("status", 0))
                 if 200 <= status < 300:
                     written += 1
+                elif status == 403:  # the same for every item of that index: stop, rather than count each one failed
+                    raise _forbidden(f"bulk write to {self.uri}", self.conn.auth_source, self.conn.where,
+                                     str((result.get("error") or {}).get("reason", "")), str(result.get("_index") or self.endpoint.index))
                 elif status in RETRY_STATUSES:
                     retry.append((where, line))
                     last_status = f"{status} {(result.get('error') or {}).get('type', '')}".strip()
@@ -830,12 +867,66 @@ def load_template(name: str) -> dict:
     return json.loads((TEMPLATE_DIR / f"{name}.json").read_text())
 
 
+def platform_stream(settings: Settings) -> str:
+    """The data stream of nightshift's own log lines: setting `elasticsearch.platform_logs`.
+
+    Raises:
+        ConfigError: the name is not one Elasticsearch accepts.
+    """
+    name = settings.elasticsearch.platform_logs.strip()
+    if not name or name != name.lower() or any(c in name for c in ' "*\\/,|<>?#:'):
+        raise ConfigError(f"setting elasticsearch.platform_logs (NIGHTSHIFT_ELASTICSEARCH_PLATFORM_LOGS): {name!r} is not a data "
+                          "stream name (lowercase, no spaces or any of \" * \\ / , | < > ? # :)")
+    return name
+
+
+def _no_ilm(exc: ElasticsearchError) -> bool:
+    """Whether the cluster answered that it has no ILM API (a distribution without the ILM module)."""
+    return "no handler found for uri [/_ilm/" in str(exc)
+
+
+def install_platform_logs(conn: Connection, settings: Settings) -> dict[str, Any]:
+    """What nightshift's own log lines need (`pipelines.platform_logs`): the ILM policy
+    (`infra/elasticsearch/nightshift-platform-logs-ilm.json`), then the data stream's index template that names it
+    (`nightshift-platform-logs-template.json`), both named after setting `elasticsearch.platform_logs`; both PUTs
+    replace what is there, so running it again changes nothing. A cluster without ILM (Elastic's minimal distribution)
+    gets the template without a lifecycle.
+
+    Returns `{"data_stream", "index_template", "ilm_policy"}`, `ilm_policy` None where the cluster has no ILM.
+
+    Raises:
+        ElasticsearchError: the cluster refused either request (the message names which).
+    """
+    name = platform_stream(settings)
+    template = load_template(PLATFORM_TEMPLATE)
+    policy: str | None = name
+    try:
+        body = load_template(PLATFORM_ILM_POLICY)
+        conn.call(f"install lifecycle policy {name}", lambda c: c.ilm.put_lifecycle(name=name, policy=body))
+    except ElasticsearchError as exc:
+        if not _no_ilm(exc):
+            raise
+        policy = None
+        log.warning("the cluster has no index lifecycle management: the platform log stream is kept until deleted by hand",
+                    extra={"cluster": conn.where, "data_stream": name})
+    template["index_patterns"] = [f"{name}*"]
+    settings_block = template["template"].setdefault("settings", {})
+    if policy:
+        settings_block[LIFECYCLE_SETTING] = policy
+    else:
+        settings_block.pop(LIFECYCLE_SETTING, None)
+    conn.call(f"install index template {name}", lambda c: c.indices.put_index_template(name=name, body=template))
+    return {"data_stream": name, "index_template": name, "ilm_policy": policy}
+
+
 def install_templates(url: str, settings: Settings, index_patterns: list[str] | None = None, update_existing: bool = False) -> dict:
     """Install the `ml.*` component template, the log index template composed of it (for `index_patterns`, default
     the file's) and the results-index template; with `update_existing`, also add the `ml.*` mapping to the indices
-    that already match the patterns (a template only shapes indices created after it)."""
+    that already match the patterns (a template only shapes indices created after it). First, the lifecycle policy
+    and template of nightshift's own log lines (`install_platform_logs`; `platform_logs`)."""
     conn = Connection(parse_uri(url, need_index=False), settings.elasticsearch)
     try:
+        platform_logs = install_platform_logs(conn, settings)  # nightshift's own log lines: lifecycle policy, then template
         component = load_template(COMPONENT_TEMPLATE)
         conn.call(f"install component template {COMPONENT_TEMPLATE}", lambda c: c.cluster.put_component_template(name=COMPONENT_TEMPLATE, body=component))
         logs = load_template(LOGS_TEMPLATE)
@@ -853,6 +944,58 @@ def install_templates(url: str, settings: Settings, index_patterns: list[str] | 
             updated = sorted(conn.call(f"list '{expression}'", lambda c: c.indices.get_mapping(
                 index=expression, allow_no_indices=True, ignore_unavailable=True)).body)
         return {"cluster": conn.where, "component_template": COMPONENT_TEMPLATE, "index_templates": [LOGS_TEMPLATE, RESULTS_TEMPLATE],
-                "index_patterns": logs["index_patterns"], "results_patterns": results["index_patterns"], "updated_indices": updated}
+                "index_patterns": logs["index_patterns"], "results_patterns": results["index_patterns"], "updated_indices": updated,
+                "platform_logs": platform_logs}
+    finally:
+        conn.close()
+
+
+# ---- roles -----------------------------------------------------------------------------------------------
+
+def load_roles(index_patterns: list[str] | None = None, results_patterns: list[str] | None = None,
+               platform_logs: str | None = None) -> dict[str, dict]:
+    """The roles under infra/elasticsearch/roles/ (bodies of `PUT _security/role/NAME`), by name. The templates' index
+    patterns in them (`logs-*`, `nightshift-ml-results*`) are replaced by `index_patterns` / `results_patterns` where
+    given, so that a role covers the same indices as the templates installed with those patterns, and the default data
+    stream of nightshift's own log lines by `platform_logs` (setting `elasticsearch.platform_logs`)."""
+    swap: dict[str, list[str]] = {}
+    if platform_logs:
+        swap[ElasticsearchSettings.platform_logs] = [platform_logs]
+    for template, patterns in ((LOGS_TEMPLATE, index_patterns), (RESULTS_TEMPLATE, results_patterns)):
+        if patterns:
+            swap.update((default, patterns) for default in load_template(template)["index_patterns"])
+    roles = {}
+    for path in sorted((TEMPLATE_DIR / "roles").glob("*.json")):
+        body = json.loads(path.read_text())
+        for entry in body.get("indices", []):
+            entry["names"] = list(dict.fromkeys(new for name in entry["names"] for new in swap.get(name, [name])))
+        roles[path.stem] = body
+    return roles
+
+
+def roles_yaml(roles: dict[str, dict]) -> str:
+    """`roles` as entries of a file realm's roles.yml (each body as one JSON line, which YAML reads as it is)."""
+    return "".join(f"{name}: {json.dumps(body)}\n" for name, body in roles.items())
+
+
+def install_roles(url: str, settings: Settings, index_patterns: list[str] | None = None, results_patterns: list[str] | None = None) -> dict:
+    """Create or update the roles of `load_roles` (with the data stream of setting `elasticsearch.platform_logs`)
+    through the security API (an administrator's credential: the cluster privilege `manage_security`). Idempotent: a
+    role that exists is overwritten with the same body.
+
+    Raises:
+        ElasticsearchError: the cluster refused a role (the message names it; a 403 names the missing privilege).
+    """
+    conn = Connection(parse_uri(url, need_index=False), settings.elasticsearch)
+    try:
+        created: dict[str, bool] = {}
+        for name, body in load_roles(index_patterns, results_patterns, settings.elasticsearch.platform_logs).items():
+            def put(c: Any, name: str = name, body: dict = body) -> Any:
+                return c.security.put_role(name=name, body=body)
+
+            created[name] = bool(conn.call(f"install role {name}", put)["role"]["created"])
+        return {"cluster": conn.where, "created": [n for n, new in created.items() if new], "updated": [n for n, new in created.items() if not new],
+                "index_patterns": index_patterns or load_template(LOGS_TEMPLATE)["index_patterns"],
+                "results_patterns": results_patterns or load_template(RESULTS_TEMPLATE)["index_patterns"]}
     finally:
         conn.close()

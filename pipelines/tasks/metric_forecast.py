@@ -36,7 +36,7 @@ from pipelines.registry.store import ModelRef
 from pipelines.sources.prometheus import step_grid
 from pipelines.tasks.spec import EvaluationReport, TaskSpec, TrainingOutcome
 from pipelines.telemetry import get_logger
-from pipelines.training.loop import OnEpoch, Validation, ignore_epoch, optimizer_step, run_epochs, seed_everything
+from pipelines.training.loop import OnEpoch, Validation, cpu_threads, ignore_epoch, optimizer_step, run_epochs, seed_everything
 from pipelines.training.plots import SeriesForecast, TrainingReport, forecast_report, log_report
 from pipelines.training.register import Candidate, register_candidate, requirements
 
@@ -177,20 +177,13 @@ class ForecastFit:
 def fit_forecaster(grid, cfg, params: ForecastSettings, train: Windows, val: Windows,
                    on_epoch: OnEpoch = ignore_epoch) -> ForecastFit:
     """Train the LSTM with pinball loss (AdamW, cosine decay, gradient clipping); keep the epoch with the best validation loss."""
-    import torch
-
     from nightshift_models.forecaster import pick_device
 
     started = time.perf_counter()
     seed_everything(params.seed)
     device = pick_device(params.device)
-    threads = torch.get_num_threads()
-    if device == "cpu" and params.cpu_threads > 0:
-        torch.set_num_threads(params.cpu_threads)
-    try:
+    with cpu_threads(params.cpu_threads if device == "cpu" else 0):  # forecast.cpu_threads over train.cpu_threads
         return _fit(grid, cfg, params, train, val, on_epoch, device, started)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _fit(grid, cfg, params: ForecastSettings, train: Windows, val: Windows, on_epoch: OnEpoch, device: str, started: float) -> ForecastFit:

@@ -3,7 +3,8 @@ with patience, and the best epoch's weights restored at the end (`run_epochs`).
 
 What an epoch trains on and how it is validated stay with each model, handed in as callables:
 `pipelines.training.fine_tune.fine_tune` (the BERT classifiers of log-anomaly and failure-rca) and
-`pipelines.tasks.metric_forecast.fit_forecaster` (the LSTM). Also here: the seeding both start from.
+`pipelines.tasks.metric_forecast.fit_forecaster` (the LSTM). Also here: the seeding both start from, and torch's CPU
+threads for one training (`cpu_threads`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import copy
 import logging
 import random
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -67,6 +69,23 @@ def log_epoch_metrics(epoch: int, metrics: dict[str, float]) -> None:
     import mlflow
 
     mlflow.log_metrics(epoch_metric_names(metrics), step=epoch)
+
+
+@contextmanager
+def cpu_threads(threads: int) -> Iterator[None]:
+    """Torch uses `threads` CPU threads inside the block (0: leave torch's own, one per core), and its former count
+    after: one training shares the machine's cores with the others that run at once (setting `train.cpu_threads`)."""
+    if threads <= 0:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def seed_everything(seed: int) -> None:

@@ -39,14 +39,15 @@ from pipelines.registry.store import (
 )
 from pipelines.registry.version_page import DESCRIPTION_CHARS
 from pipelines.telemetry import get_logger
-from pipelines.training.loop import OnEpoch, log_epoch_metrics
+from pipelines.training.loop import OnEpoch, cpu_threads, log_epoch_metrics
 from pipelines.training.outcome import TrainingOutcome
 
 log = get_logger("train")
 MODELS_DIR = Path(nightshift_models.__file__).resolve().parent  # what ships inside each version, as `nightshift_models`
 
-# package(an empty folder) -> (the pyfunc, before `load_context`; its artifacts {name: path under the folder};
-# an input example frame). The files must stay in the folder until the version is logged.
+# package(an empty folder) -> (the pyfunc, before `load_context`; its artifacts {name: path under the folder}, which
+# hold all of its state: the version is logged from code, not pickled; an input example frame). The files must stay
+# in the folder until the version is logged.
 Package = Callable[[Path], tuple[Any, dict[str, str], pd.DataFrame]]
 
 
@@ -79,16 +80,21 @@ def requirements(pinned: Sequence[str], unpinned: Sequence[str] = ()) -> list[st
 
 def log_version(task: str, python_model: Any, artifacts: dict[str, str], example: pd.DataFrame,
                 pip_requirements: Sequence[str]) -> ModelRef:
-    """Log `python_model` (a `nightshift_models` pyfunc, before `load_context`) into the active MLflow run with its
-    `artifacts` ({name: local path}), the signature it declares for `example` (inferred from its prediction, with
-    its params), `example` as the input example, the `nightshift_models` package as code and `pip_requirements`;
-    register it as a new version of `task`. The one place a version is logged (`register_candidate`, `reregister`).
+    """Log a `nightshift_models` pyfunc into the active MLflow run from code, and register it as a new version of
+    `task`. The one place a version is logged (`register_candidate`, `reregister`).
+
+    `python_model` (an instance before `load_context`) only names the pyfunc and declares the signature: it is
+    loaded here from `artifacts` ({name: local path}) to infer input and output from its prediction on `example`,
+    with its params. What is logged is its class's `FROM_CODE` file (MLflow's models-from-code: the file builds an
+    empty pyfunc with `mlflow.models.set_model`), `artifacts`, which hold every piece of the version's state that
+    `load_context` reads, `example` as the input example, the `nightshift_models` package as code and
+    `pip_requirements`. So a version holds data files and source, and no pickled Python object.
     """
     import mlflow
 
     python_model.load_context(type("Ctx", (), {"artifacts": artifacts})())
     info = mlflow.pyfunc.log_model(
-        name="model", python_model=python_model, artifacts=artifacts, code_paths=[str(MODELS_DIR)],
+        name="model", python_model=str(type(python_model).FROM_CODE), artifacts=artifacts, code_paths=[str(MODELS_DIR)],
         signature=python_model.signature(example), input_example=example, registered_model_name=task,
         pip_requirements=list(pip_requirements),
     )
@@ -172,7 +178,8 @@ def register_candidate(task: str, snapshot: Snapshot, settings: Settings, *, par
         mlflow.log_params({**params, "snapshot": str(snapshot.path), "snapshot_hash": snapshot.content_hash})
         mlflow.log_dict(snapshot.manifest, "data/manifest.json")
         validation_status = log_to_active_run(snapshot)  # DIR/validation/* as artifacts, when present
-        candidate = fit(log_epoch_metrics)
+        with cpu_threads(settings.train.cpu_threads):  # `nightshift train` and the nightly task alike
+            candidate = fit(log_epoch_metrics)
         mlflow.log_metrics({k: v for k, v in {**candidate.run_metrics, "best_epoch": candidate.best_epoch,
                                               "train_seconds": candidate.seconds}.items() if np.isfinite(v)})
         mlflow.log_params({"device": candidate.device, "family": candidate.family, **candidate.run_params})
@@ -197,12 +204,13 @@ _WRAPPERS = {"checkpoint": ("nightshift_models.text_classifier", "TextClassifier
 
 
 def reregister(name: str, settings: Settings, version: str | None = None) -> list[dict[str, str]]:
-    """Re-register the versions of `name` (or only `version`) that ship their code as a top-level `models` package
-    (registered before nightshift named it `nightshift_models`), so that they load beside an application's own
-    `models`: the same artifacts and input example with today's package, logged into the version's own training
-    run (its lineage stays), registered as a new version that carries the old one's tags plus `reregistered_from`.
-    The aliases that pointed at the old version move to the new one (`champion` by compare-and-set); the old
-    version gets `reregistered_as`. Versions already on `nightshift_models` are left alone, so a second run does
+    """Re-register the versions of `name` (or only `version`) that hold their pyfunc as a pickled Python object
+    (every version logged before versions were logged from code, those that ship their code as a top-level
+    `models` package among them) as versions logged from code (`log_version`): the same artifacts and input
+    example with today's `nightshift_models`, logged into the version's own training run (its lineage stays),
+    registered as a new version that carries the old one's tags plus `reregistered_from`. The aliases that pointed
+    at the old version move to the new one (`champion` by compare-and-set); the old version gets
+    `reregistered_as` and still loads. Versions already logged from code are left alone, so a second run does
     nothing. Returns [{"from": old, "to": new, "aliases": "..."}].
 
     Raises:
@@ -210,7 +218,6 @@ def reregister(name: str, settings: Settings, version: str | None = None) -> lis
     """
     import mlflow
     from mlflow.models import Model
-
 
     client = use_store(settings)
     versions = ([client.get_model_version(name, resolve(client, f"{name}/{version}").version)] if version
@@ -222,14 +229,13 @@ def reregister(name: str, settings: Settings, version: str | None = None) -> lis
         number = str(old.version)
         if "reregistered_as" in old.tags:
             continue
+        pyfunc = Model.load(old.source).flavors.get("python_function", {})  # reads MLmodel alone
+        kind = next(iter(pyfunc.get("artifacts", {})), None)
+        if "model_code_path" in pyfunc or kind not in _WRAPPERS:  # from code already, or not a nightshift pyfunc
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=old.source, dst_path=tmp))
-            if not (local / "code" / "models").is_dir() or (local / "code" / "nightshift_models").is_dir():
-                continue
             model = Model.load(str(local))
-            kind = next(iter(model.flavors["python_function"].get("artifacts", {})), None)
-            if kind not in _WRAPPERS:
-                continue
             module, cls = _WRAPPERS[kind]
             python_model = getattr(importlib.import_module(module), cls)()
             artifacts = {kind: str(local / "artifacts" / Path(model.flavors["python_function"]["artifacts"][kind]["path"]).name)}

@@ -37,8 +37,9 @@ def test_retrain_runs_the_dag_with_airflow_dags_test(home, corpus, tiny_bert, ca
     assert all(json.loads(line)["@timestamp"].startswith("2026-11-21") for line in scored)
 
 
-def test_retrain_in_process_runs_the_same_tasks_twice_and_gates_the_second_night(home, corpus, tiny_bert, capsys):
-    """Without Airflow: the first night registers v1 of each model; the second retrains and runs every gate."""
+def test_retrain_in_process_runs_the_same_tasks_twice_and_gates_the_second_night(home, corpus, tiny_bert, capsys, production_defaults):
+    """Without Airflow, as a deployment gets it (every model family, LP-FT, the baseline gate's real tolerance): the
+    first night registers v1 of each model; the second retrains and runs every gate."""
     from pipelines.cli import main
 
     args = ["retrain", "--in-process", "--source", f"file://{corpus}", "--base-model", str(tiny_bert), "--logical-date", "2026-11-22", "--json"]

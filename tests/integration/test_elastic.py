@@ -708,7 +708,7 @@ def test_install_template_maps_ml_fields(cluster, home, capsys):
     assert main(["es", "install-template", "--url", cluster.url, "--index-pattern", pattern, "--update-existing", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["index_patterns"] == [pattern] and cluster.name("logs-existing") in out["updated_indices"]
-    cluster.templates += ["nightshift-logs", "nightshift-ml-results"]
+    cluster.templates += ["nightshift-logs", "nightshift-ml-results", "nightshift-platform-logs"]
     cluster.load([{"@timestamp": "2026-11-18T01:00:00Z", "message": "new", "ml": {"anomaly": {"score": 1, "is_anomaly": True},
                    "rca": {"labels": ["OOM"], "scores": {"OOM": 1}}, "model": {"name": "log-anomaly", "version": "7"}}}], "logs-new")
     for index in ("logs-new", "logs-existing"):

@@ -1,6 +1,7 @@
 """The Prometheus config and alert rules in infra/prometheus/: promtool checks them and runs their
 unit tests (residual alerts, the double confirmation with predict_linear, stale forecasts; the platform's
-own alerts on decay, rollback, failed nights and stale champions)."""
+own alerts on decay, rollback, failed nights and stale champions; failed Kubernetes Jobs), and amtool checks
+the Alertmanager example that sends those to `nightshift serve`."""
 
 import re
 import shutil
@@ -19,12 +20,13 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["promtool", *args], cwd=PROM, capture_output=True, text=True)
 
 
-def test_config_is_valid_and_scrapes_the_pushgateway_with_honor_labels():
+def test_config_is_valid_scrapes_the_pushgateway_with_honor_labels_and_sends_alerts_to_alertmanager():
     done = promtool("check", "config", "prometheus.yml")
     assert done.returncode == 0, done.stdout + done.stderr
     config = yaml.safe_load((PROM / "prometheus.yml").read_text())
     pushgateway = next(j for j in config["scrape_configs"] if j["job_name"] == "pushgateway")
     assert pushgateway["honor_labels"] is True
+    assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["127.0.0.1:9093"]
 
 
 def test_rules_pass_promtool_check():
@@ -34,7 +36,7 @@ def test_rules_pass_promtool_check():
     exprs = " ".join(r["expr"] for r in rules)
     assert "predict_linear(" in exprs and "ai_forecast_" in exprs and 'quantile="0.9"' in exprs
     alerts = {r.get("alert") for r in rules}
-    assert {"ChampionDecayed", "ChampionRolledBack", "ChampionStale", "NightFailed", "NightNeverSucceeded"} <= alerts
+    assert {"ChampionDecayed", "ChampionRolledBack", "ChampionStale", "NightFailed", "NightNeverSucceeded", "KubernetesJobFailed"} <= alerts
 
 
 def test_platform_rules_read_only_metrics_that_the_nights_push():
@@ -58,6 +60,8 @@ def test_rule_unit_tests_pass():
     ("forecast_alerts", 'quantile="0.1"', 'quantile="0.01"', "GPUUtilisationOutsideForecastBand"),
     # a failed-night alert that waits 36 hours instead of 26
     ("platform_alerts", "> 26 * 3600", "> 36 * 3600", "NightFailed"),
+    # a failed-Job alert per kube-state-metrics replica instead of one per Job
+    ("job_alerts", "max by (namespace, job_name) (kube_job_failed > 0)", "kube_job_failed > 0", "KubernetesJobFailed"),
 ])
 def test_rule_unit_tests_catch_a_broken_rule(tmp_path, rules, broken_from, broken_to, alert):
     """The unit tests are not vacuous: each rule file, broken on purpose, fails its tests naming the alert."""
@@ -68,3 +72,24 @@ def test_rule_unit_tests_catch_a_broken_rule(tmp_path, rules, broken_from, broke
     shutil.copy(PROM / "tests" / f"{rules}_test.yml", tmp_path / "tests")
     done = subprocess.run(["promtool", "test", "rules", f"tests/{rules}_test.yml"], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode != 0 and alert in done.stdout + done.stderr
+
+
+def test_failed_job_alerts_reach_the_webhook_with_the_job_label_serve_reads():
+    """The Job rule's alerts carry the label setting alerts.job_label names, and the Alertmanager example routes them
+    to /v1/alerts with a bearer credential from a file (what `nightshift serve` accepts); amtool accepts the file."""
+    from pipelines.config import AlertSettings
+
+    (rule,) = [r for g in yaml.safe_load((PROM / "rules" / "job_alerts.yml").read_text())["groups"] for r in g["rules"]]
+    kept = re.search(r"max by \(([^)]*)\)", rule["expr"])[1].split(", ")  # the labels the alert keeps
+    assert AlertSettings.job_label in kept and rule["labels"]["nightshift_rca"] == "true"
+    config = yaml.safe_load((PROM / "alertmanager.yml").read_text())
+    (route,) = [r for r in config["route"]["routes"] if r["receiver"] == "nightshift-rca"]
+    assert route["matchers"] == ['nightshift_rca="true"'] and AlertSettings.job_label in route["group_by"]
+    (receiver,) = [r for r in config["receivers"] if r["name"] == "nightshift-rca"]
+    (hook,) = receiver["webhook_configs"]
+    assert hook["url"].endswith("/v1/alerts") and hook["http_config"]["authorization"]["type"] == "Bearer"
+    assert "credentials_file" in hook["http_config"]["authorization"]
+    if shutil.which("amtool") is None:
+        pytest.skip("needs amtool (Debian package prometheus-alertmanager: make system-deps)")
+    done = subprocess.run(["amtool", "check-config", "alertmanager.yml"], cwd=PROM, capture_output=True, text=True)
+    assert done.returncode == 0 and "SUCCESS" in done.stdout, done.stdout + done.stderr

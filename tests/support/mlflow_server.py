@@ -1,6 +1,7 @@
 """A real `mlflow server` on a free loopback port, started through infra/scripts/start_mlflow.sh
 with its store and artifacts in the caller's folder (or a PostgreSQL store and artifacts on an object
-store, as a multi-machine deployment runs it); stopped (its whole process group) on exit."""
+store, as a multi-machine deployment runs it), optionally with MLflow's basic-auth app; stopped (its whole process
+group) on exit."""
 
 from __future__ import annotations
 
@@ -23,11 +24,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def admin_credentials(workdir: Path) -> tuple[str, str]:
+    """The admin's (user, password) of a server started with `auth` in `workdir` (the password start_mlflow.sh drew)."""
+    return "admin", (workdir / "auth" / "admin-password").read_text().strip()
+
+
 @contextmanager
 def mlflow_server(workdir: Path, backend_store_uri: str | None = None, timeout: float = 240.0,
-                  artifacts_destination: str | None = None, env: dict[str, str] | None = None) -> Iterator[str]:
+                  artifacts_destination: str | None = None, env: dict[str, str] | None = None,
+                  auth: bool = False) -> Iterator[str]:
     """Yields the server's URL once /health answers. `artifacts_destination` (e.g. `object_store.uri("mlflow")`) puts the
-    artifacts it proxies on an object store, reached with `env` (`object_store.env()`: the AWS_* variables)."""
+    artifacts it proxies on an object store, reached with `env` (`object_store.env()`: the AWS_* variables). `auth`
+    starts it with `--auth basic`: the admin's login is then `admin_credentials(workdir)`."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -36,9 +44,13 @@ def mlflow_server(workdir: Path, backend_store_uri: str | None = None, timeout: 
         args += ["--backend-store-uri", backend_store_uri]
     if artifacts_destination:
         args += ["--artifacts-destination", artifacts_destination]
+    if auth:
+        args += ["--auth", "basic"]
     log = workdir / "server.log"
+    # the server's own admin bootstrap and secret key come from its folder, never from the caller's environment
+    server_env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_AUTH_", "MLFLOW_FLASK_SERVER_SECRET_KEY"))}
     with log.open("w") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**server_env, **(env or {})})
     try:
         deadline = time.monotonic() + timeout
         while True:

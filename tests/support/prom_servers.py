@@ -77,3 +77,16 @@ def prometheus(workdir: Path, pushgateway_url: str = "127.0.0.1:9", backfill: Pa
     workdir.mkdir(parents=True, exist_ok=True)
     with _running(args, workdir / "prometheus.log", f"{scheme}://127.0.0.1:{port}/-/ready", **ready_kwargs):
         yield f"{scheme}://127.0.0.1:{port}"
+
+
+@contextmanager
+def alertmanager(workdir: Path, config: str) -> Iterator[str]:
+    """An Alertmanager (Debian package prometheus-alertmanager) with the YAML `config`, alone (no cluster peers),
+    its state under `workdir`; yields its URL."""
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "alertmanager.yml").write_text(config)
+    args = ["prometheus-alertmanager", f"--config.file={workdir / 'alertmanager.yml'}", f"--storage.path={workdir / 'alertmanager'}",
+            f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="]
+    with _running(args, workdir / "alertmanager.log", f"http://127.0.0.1:{port}/-/ready"):
+        yield f"http://127.0.0.1:{port}"

@@ -176,7 +176,8 @@ def test_the_airflow_values_give_every_task_the_storage_root_and_the_tracking_se
     port = service["spec"]["ports"][0]["port"]
     assert env["MLFLOW_TRACKING_URI"].startswith(f"http://{service['metadata']['name']}.") and env["MLFLOW_TRACKING_URI"].endswith(f":{port}")
     secrets = {s["envName"]: (s["secretName"], s["secretKey"]) for s in values["secret"]}
-    assert set(secrets) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}  # credentials from a Secret, not the values
+    # credentials from Secrets, not the values: the object store's, and the nightly job's user on the tracking server
+    assert set(secrets) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
 
 
 def test_the_airflow_values_create_the_training_pool_that_their_settings_name(values, monkeypatch):

@@ -85,7 +85,7 @@ def test_reregister_moves_old_layout_versions_to_the_shipped_package_and_the_cha
 
     assert main(["reregister", "log-anomaly", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert len(out["reregistered"]) == 1  # the version already on nightshift_models is left alone
+    assert len(out["reregistered"]) == 1  # the version logged from code is left alone
     moved = out["reregistered"][0]
     assert moved["from"] == old and moved["aliases"] == "champion"
     client = use_store(settings)

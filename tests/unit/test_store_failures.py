@@ -21,6 +21,14 @@ def run_cli(args: list[str], env: dict, cwd: Path) -> tuple[subprocess.Completed
     return done, time.monotonic() - started
 
 
+def startup_seconds(env: dict, cwd: Path) -> float:
+    """How long a `nightshift` command that reaches no server takes on this machine now: the yardstick for "at once"
+    (a retry storm's backoff adds tens of seconds, whatever the machine's load)."""
+    done, seconds = run_cli(["config"], env, cwd)
+    assert done.returncode == 0, done.stderr
+    return seconds
+
+
 @pytest.mark.slow  # a `nightshift` process of its own: `make test-fast` leaves it out
 def test_unreachable_tracking_server_is_one_line_and_exit_2(tmp_path):
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
@@ -28,7 +36,7 @@ def test_unreachable_tracking_server_is_one_line_and_exit_2(tmp_path):
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and uri in lines[0] and "unreachable" in lines[0], done.stderr
-    assert seconds < 15
+    assert seconds < 2 * startup_seconds({"NIGHTSHIFT_HOME": str(tmp_path)}, tmp_path) + 5  # no retries with backoff
 
 
 @pytest.mark.slow  # a `nightshift` process of its own: `make test-fast` leaves it out
@@ -39,7 +47,7 @@ def test_unreachable_prometheus_is_one_line_and_exit_2(tmp_path):
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and url in lines[0], done.stderr
-    assert seconds < 15
+    assert seconds < 2 * startup_seconds({"NIGHTSHIFT_HOME": str(tmp_path)}, tmp_path) + 5  # no retries with backoff
 
 
 def test_a_retry_starts_clean_after_a_try_killed_between_registration_and_decision(settings, train_snapshot):

@@ -144,3 +144,26 @@ def test_a_night_with_too_few_anomalies_trains_nothing_and_its_summary_says_why(
     assert summary["models"]["log-anomaly"]["decision"] == "skipped"
     assert "2 positive row(s) of 24" in reason and "candidates.min_positives=3" in reason and "\n" not in reason
     assert reason in describe(summary)
+
+
+def test_a_training_runs_on_train_cpu_threads_whichever_command_starts_it(settings, train_snapshot, monkeypatch):
+    """`nightshift train` and the nightly task both go through `register_candidate`, which fits with torch on
+    `train.cpu_threads` threads and gives torch its own count back afterwards."""
+    import dataclasses
+
+    import torch
+
+    from pipelines.training import register
+
+    seen: list[int] = []
+
+    def fit(on_epoch):
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("stop after the fit started")
+
+    before = torch.get_num_threads()
+    threads = 1 if before > 1 else 2
+    narrowed = dataclasses.replace(settings, train=dataclasses.replace(settings.train, cpu_threads=threads))
+    with pytest.raises(RuntimeError, match="stop after the fit started"):
+        register.register_candidate("log-anomaly", train_snapshot, narrowed, params={}, fit=fit, pip_requirements=[])
+    assert seen == [threads] and torch.get_num_threads() == before
