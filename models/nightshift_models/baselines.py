@@ -7,8 +7,8 @@
   checkpoints such as the packaged MiniLM were trained for) with a balanced logistic regression.
 
 Both give probabilities of shape (N, K) like the BERT models (K=1: the anomaly probability), so one
-scorer, one threshold rule and one pyfunc serve every family. The fitted sklearn parts are saved
-with joblib inside the version's artifacts (`FAMILY_FILE`), next to `nightshift.json`.
+scorer, one threshold rule and one pyfunc serve every family. The fitted sklearn parts, and only they (no class of
+this package), are saved with joblib inside the version's artifacts (`FAMILY_FILE`), next to `nightshift.json`.
 """
 
 from __future__ import annotations
@@ -135,14 +135,22 @@ def family_proba(family: str, model, texts: Sequence[str], batch_size: int = 64)
 
 
 def save_family(model, out_dir: Path) -> Path:
+    """Save a fitted `tfidf` pipeline, or an `EmbeddingLogReg`'s logistic-regression head (its encoder is the checkpoint
+    beside it, its `max_length` in `nightshift.json`): sklearn objects only, so loading runs no code of this package's
+    from the file."""
     import joblib
 
     path = Path(out_dir) / FAMILY_FILE
-    joblib.dump(model, path)
+    joblib.dump(model.head if isinstance(model, EmbeddingLogReg) else model, path)
     return path
 
 
-def load_family(path: Path):
+def load_family(path: Path, family: str = "tfidf", max_length: int = 128):
+    """The fitted family saved by `save_family` in the folder `path`: the tfidf pipeline, or for `embedding` an
+    `EmbeddingLogReg` around the saved head, to `attach` to its encoder (a version saved whole before loads as it is)."""
     import joblib
 
-    return joblib.load(Path(path) / FAMILY_FILE)
+    saved = joblib.load(Path(path) / FAMILY_FILE)
+    if family == "embedding" and not isinstance(saved, EmbeddingLogReg):
+        return EmbeddingLogReg(saved, max_length)
+    return saved

@@ -142,7 +142,7 @@ class TextClassifier(PythonModel):
             self.tokenizer, self.model = load_classifier(str(path))
             self.model.to(self.device).eval()
         else:
-            self.sklearn = load_family(path)
+            self.sklearn = load_family(path, kind, int(self.meta.get("max_length", 128)))
             self.tokenizer = self.model = None  # tfidf: no encoder (drift skips the embedding check)
             if kind == "embedding":
                 self.tokenizer, self.model = load_encoder(str(path))

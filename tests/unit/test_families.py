@@ -170,6 +170,10 @@ def test_a_sklearn_family_round_trips_through_mlflow(settings, train_snapshot, t
     assert inner.family == family and (inner.model is None) == (family == "tfidf")
     frame = pd.DataFrame({"message": ["Out of memory: Killed process 4242 (python)", "GET /healthz 200"]})
     np.testing.assert_allclose(model.predict(frame)["anomaly_score"].to_numpy(), inner.probabilities(frame["message"].tolist())[:, 0], rtol=1e-5)
+    # the saved sklearn part names no class of the shipped package: loading it runs none of its code
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/log-anomaly/{out['version']}"))
+    saved = list(local.rglob("family.joblib"))
+    assert len(saved) == 1 and b"nightshift_models" not in saved[0].read_bytes()
 
 
 def test_a_chinese_snapshot_warns_about_unk_and_char_ngrams_tell_its_anomalies(home, tmp_path, tiny_bert, monkeypatch):
