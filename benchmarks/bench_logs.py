@@ -109,7 +109,8 @@ def _trainer_speed(work: Path, quick: bool) -> list[dict]:
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from nightshift_models.bert import load_classifier, pick_device, resolve_checkpoint
+    from nightshift_models.bert import load_classifier, resolve_checkpoint
+    from nightshift_models.devices import pick_device
     from pipelines.tasks.log_anomaly import prepare_anomaly_data, tune_anomaly_threshold
     from pipelines.training.fine_tune import compact_training_set, fine_tune
 

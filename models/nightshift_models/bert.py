@@ -112,15 +112,6 @@ def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
     return out_dir
 
 
-def pick_device(preference: str = "auto") -> str:
-    """'cuda' when asked for or available, else 'cpu' (setting train.device)."""
-    if preference == "cpu":
-        return "cpu"
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise InputError("setting train.device=cuda, but no CUDA device is available")
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def autocast(device: str):
     """bf16 autocast on CUDA; plain fp32 on the CPU, where bf16 matmuls are slower on most hosts."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()

@@ -14,3 +14,11 @@ class InputError(NightshiftError, ValueError):
 
 class MissingInput(NightshiftError, FileNotFoundError):
     """A file or folder named by an argument or a setting is not there."""
+
+
+def invalid(message: str) -> Exception:
+    """MLflow's invalid-parameter error, for a pyfunc's bad input: a scoring server answers it with 400 and the message."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)

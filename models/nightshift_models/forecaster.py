@@ -170,13 +170,6 @@ def pinball_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -
     return (loss * mask).sum() / mask.sum().clamp(min=1)
 
 
-def pick_device(preference: str = "auto") -> str:
-    """'cuda' when asked for or available, else 'cpu' (kept here so the forecaster never imports transformers)."""
-    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
-        return "cuda"
-    return "cpu"
-
-
 @torch.no_grad()
 def predict_scaled(model: LSTMForecaster, grid: SeriesGrid, rows: np.ndarray, ends: np.ndarray,
                    batch_size: int = 1024, device: str = "cpu") -> np.ndarray:

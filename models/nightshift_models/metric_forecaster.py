@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel  # not `mlflow.pyfunc.PythonModel`: mlflow's __init__ makes `pyfunc` a LazyLoader for type checkers
 
-from nightshift_models.errors import InputError
+from nightshift_models.errors import InputError, invalid
 from nightshift_models.forecast_contenders import Committee
 
 META_FILE = "nightshift.json"
@@ -65,14 +65,6 @@ def latest_grid(frame: pd.DataFrame, step: float, lookback: int) -> tuple[list[s
 # Not higher here: training infers the signature by predicting on its newest lookback, gaps and all.
 DEFAULT_MIN_HISTORY = 0.25
 SHORT_HISTORY = ("refuse", "flag")
-
-
-def invalid(message: str):
-    """MLflow's invalid-parameter error: the scoring server answers it with 400 and the message."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def check_points(model_input: pd.DataFrame, step: float) -> pd.DataFrame:
@@ -124,7 +116,8 @@ class MetricForecaster(PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        from nightshift_models.forecaster import ForecasterConfig, LSTMForecaster, pick_device
+        from nightshift_models.devices import pick_device
+        from nightshift_models.forecaster import ForecasterConfig, LSTMForecaster
 
         path = Path(context.artifacts["forecaster"])
         self.meta = json.loads((path / META_FILE).read_text())

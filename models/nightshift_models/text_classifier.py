@@ -30,7 +30,7 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel  # not `mlflow.pyfunc.PythonModel`: mlflow's __init__ makes `pyfunc` a LazyLoader for type checkers
 
 from nightshift_models.baselines import family_proba, load_family
-from nightshift_models.errors import InputError
+from nightshift_models.errors import InputError, invalid
 from nightshift_models.normalize import normalize
 from nightshift_models.root_cause_head import RootCauseHead
 
@@ -61,14 +61,6 @@ def context_fields(model) -> tuple[str, ...]:
     """The context columns a version reads beside `message` (`model_texts`), e.g. ("level",): its `nightshift.json`
     `context_fields`; none for a model without that file's `meta` (any other classifier)."""
     return tuple((getattr(model, "meta", None) or {}).get("context_fields", ()))
-
-
-def invalid(message: str):
-    """MLflow's invalid-parameter error: the scoring server answers it with 400 and the message."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def text_problem(value: object, max_chars: int | None = None) -> str | None:
@@ -131,7 +123,8 @@ class TextClassifier(PythonModel):
         """Load the family the version serves (`nightshift.json` `family`; a version without one is a BERT):
         bert: the fine-tuned checkpoint; tfidf: the sklearn pipeline (joblib); embedding: the frozen
         encoder saved in the checkpoint folder plus its logistic-regression head (joblib)."""
-        from nightshift_models.bert import load_classifier, load_encoder, pick_device
+        from nightshift_models.bert import load_classifier, load_encoder
+        from nightshift_models.devices import pick_device
 
         path = Path(context.artifacts["checkpoint"])
         self.meta = json.loads((path / META_FILE).read_text())

@@ -177,11 +177,11 @@ class ForecastFit:
 def fit_forecaster(grid, cfg, params: ForecastSettings, train: Windows, val: Windows,
                    on_epoch: OnEpoch = ignore_epoch) -> ForecastFit:
     """Train the LSTM with pinball loss (AdamW, cosine decay, gradient clipping); keep the epoch with the best validation loss."""
-    from nightshift_models.forecaster import pick_device
+    from nightshift_models.devices import pick_device
 
     started = time.perf_counter()
     seed_everything(params.seed)
-    device = pick_device(params.device)
+    device = pick_device(params.device, "forecast.device")
     with cpu_threads(params.cpu_threads if device == "cpu" else 0):  # forecast.cpu_threads over train.cpu_threads
         return _fit(grid, cfg, params, train, val, on_epoch, device, started)
 

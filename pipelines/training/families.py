@@ -251,7 +251,8 @@ def fit_sklearn_family(family: str, texts: Sequence[str], targets: np.ndarray, w
         warnings.filterwarnings("ignore", message="Label not .* is present in all training examples")
         if family == "tfidf":
             return tfidf_logreg(texts, targets, params.seed, sample_weight=weights), None, "cpu"
-        from nightshift_models.bert import load_encoder, pick_device
+        from nightshift_models.bert import load_encoder
+        from nightshift_models.devices import pick_device
 
         device = pick_device(params.device)
         tokenizer, encoder = load_encoder(checkpoint)

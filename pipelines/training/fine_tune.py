@@ -95,7 +95,8 @@ def fine_tune(
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    from nightshift_models.bert import autocast, load_classifier, pick_device, predict_proba
+    from nightshift_models.bert import autocast, load_classifier, predict_proba
+    from nightshift_models.devices import pick_device
 
     started = time.perf_counter()
     seed_everything(params.seed)
@@ -165,7 +166,8 @@ def probe_head(checkpoint: str, texts: Sequence[str], y: np.ndarray, params: Tra
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from nightshift_models.bert import MeanPooledBertClassifier, length_sorted_batches, load_classifier, pick_device
+    from nightshift_models.bert import MeanPooledBertClassifier, length_sorted_batches, load_classifier
+    from nightshift_models.devices import pick_device
 
     device = pick_device(params.device)
     tokenizer, model = load_classifier(checkpoint, y.shape[1], params.pooling)

@@ -340,3 +340,15 @@ def test_a_window_that_reaches_past_the_data_is_a_clear_error_not_a_key_error():
         split_windows(observed, 24, 8, 0.15, "snap/x")
     train, val, cut = split_windows(np.ones((2, 400), dtype=bool), 24, 8, 0.15, "snap/x")
     assert cut == 340 and len(train.rows) and len(val.rows)
+
+
+def test_asking_for_cuda_without_one_names_the_setting_for_either_model(monkeypatch):
+    import torch
+
+    from nightshift_models.devices import pick_device
+    from nightshift_models.errors import InputError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == pick_device("cpu") == "cpu"
+    with pytest.raises(InputError, match=r"^setting forecast.device=cuda, but no CUDA device is available$"):
+        pick_device("cuda", "forecast.device")
