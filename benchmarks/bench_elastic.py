@@ -74,7 +74,7 @@ elif mode == "forward":
     started = time.perf_counter()
     count = len(clf.probabilities(texts, settings.score.batch_size))
 elif mode == "score":
-    import serving.score_logs as scoring
+    import pipelines.scoring.score_logs as scoring
     from pipelines.registry.store import ModelRef
     clf = classifier(sys.argv[5])
     class Model:

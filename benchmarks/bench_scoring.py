@@ -61,7 +61,7 @@ def _forward_docs_per_s(model_ref: str, settings, corpus: Path) -> float:
 
 
 def _score_docs_per_s(model_ref: str, settings, corpus: Path, work: Path) -> float:
-    from serving.score_logs import score_logs
+    from pipelines.scoring.score_logs import score_logs
 
     started = time.perf_counter()
     out = score_logs(model_ref, f"file://{corpus}", f"file://{work / 'scored.ndjson'}", settings)
@@ -71,7 +71,7 @@ def _score_docs_per_s(model_ref: str, settings, corpus: Path, work: Path) -> flo
 PEAK_RSS = """
 import resource, sys
 from pipelines.config import load_settings
-from serving.score_logs import score_logs
+from pipelines.scoring.score_logs import score_logs
 score_logs(sys.argv[1], "file://" + sys.argv[2], "file://" + sys.argv[3], load_settings())
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """

@@ -27,14 +27,14 @@ from pipelines.night_report import latest_night, write_night_report
 from pipelines.platform_logs import ship_logs
 from pipelines.registry.gate import promote, rollback
 from pipelines.registry.store import CHALLENGER, CHAMPION, PREVIOUS, access_error, alias_version, credentials_in_use, display_uri, use_store
+from pipelines.scoring.forecasts import forecast
+from pipelines.scoring.score_logs import score_logs
 from pipelines.sources.elastic import install_roles, install_templates, load_roles, roles_yaml
 from pipelines.sources.prometheus import CsvMetricSource, ingest_metrics, open_metric_source, parse_queries
 from pipelines.tasks import TASKS, evaluate, task
 from pipelines.telemetry import configure_logging, get_logger, log_context
 from pipelines.training.register import reregister
 from serving.auth import key_file_path, make_key
-from serving.forecasts import forecast
-from serving.score_logs import score_logs
 from serving.server import serve
 
 log = get_logger("cli")

@@ -94,7 +94,7 @@ class ScoreSettings:
     max_pending: int = 16_384  # documents held at most while a model call's texts gather (memory)
     max_length: int = 128  # tokens per text when scoring; longer texts are cut
     cache_texts: int = 100_000  # probabilities of this many recent distinct texts are reused across windows (0: off)
-    # the log-anomaly version that lost its gate or awaits it, scored beside the champion (serving/shadow.py)
+    # the log-anomaly version that lost its gate or awaits it, scored beside the champion (pipelines/scoring/shadow.py)
     shadow: str = "fields"  # fields (ml.shadow.* on each document) | index (a sink of its own, shadow_sink) | off
     shadow_sink: str = ""  # index mode: a URI, an index on the sink's cluster, or a file path; empty: nightshift-ml-results-shadow / NAME.shadow.ndjson
 

@@ -34,14 +34,14 @@ from pipelines.platform_logs import night_logs_dir
 from pipelines.registry.gate import judge_first_version, promote
 from pipelines.registry.store import ABANDONED, CHALLENGER, CHAMPION, alias_version, prepare_store, use_store
 from pipelines.resources import project_dir
+from pipelines.scoring.forecasts import forecast
+from pipelines.scoring.score_logs import score_logs
+from pipelines.scoring.shadow import OFF, shadow_candidate, shadow_mode
 from pipelines.signals import publish_signals
 from pipelines.sources.prometheus import MetricDataError, ingest_metrics, named_queries
 from pipelines.storage import StoragePath
 from pipelines.tasks import TASKS, task
 from pipelines.telemetry import get_logger, job_labels, log_context, night_log
-from serving.forecasts import forecast
-from serving.score_logs import score_logs
-from serving.shadow import OFF, shadow_candidate, shadow_mode
 
 log = get_logger("flow")
 T = TypeVar("T")
@@ -319,7 +319,7 @@ def gate_candidate(model: str, candidate: dict | None, holdout: str | None, sett
 @night_logged
 def score_fresh(plan: dict, settings: Settings) -> dict:
     """Score the fresh window with the current champion, back into the source or a file sink; in the same pass, the
-    log-anomaly version that lost its gate or awaits it (`serving.shadow.shadow_candidate`), unless setting
+    log-anomaly version that lost its gate or awaits it (`pipelines.scoring.shadow.shadow_candidate`), unless setting
     `score.shadow` is off. The result's `shadow` (absent without one) holds its agreement with the champion.
 
     Raises:

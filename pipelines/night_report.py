@@ -247,7 +247,7 @@ def _operations_section(summary: dict) -> str:
 
 
 def _shadow_block(shadow: dict | None) -> str:
-    """The shadow-scored version's agreement with the champion on the fresh window (`serving.shadow`), as a table."""
+    """The shadow-scored version's agreement with the champion on the fresh window (`pipelines.scoring.shadow`), as a table."""
     if not shadow:
         return ""
     where = (shadow.get("sink") or {}).get("uri") or "ml.shadow.* fields"

@@ -21,7 +21,7 @@ last success in place:
     nightshift_night_failed_tasks                 how many of its tasks failed
     nightshift_night_success_timestamp_seconds    when the last night without a failed task finished
 
-The forecasts (`serving.forecasts`) go to their own job, `prometheus.forecast_job`: neither push touches the other's
+The forecasts (`pipelines.scoring.forecasts`) go to their own job, `prometheus.forecast_job`: neither push touches the other's
 groups. Labels follow the forecasts': `nightshift_deployment` is `Settings.deployment_id`.
 """
 
@@ -34,10 +34,10 @@ from typing import Any
 from pipelines.config import Settings
 from pipelines.registry.gate import DECAYED_METRIC
 from pipelines.registry.store import CHAMPION, alias_version, use_store
+from pipelines.scoring.forecasts import DEPLOYMENT_LABEL
 from pipelines.sources.prometheus import PrometheusError
 from pipelines.tasks import task
 from pipelines.telemetry import get_logger
-from serving.forecasts import DEPLOYMENT_LABEL
 
 log = get_logger("signals")
 

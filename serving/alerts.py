@@ -7,7 +7,7 @@ Reading order:
    documents (`fields.job_id` equal to the label's value) are read from Elasticsearch (`alerts.log_source`, else
    `retrain.log_source` when that is Elasticsearch); with none there, the alert's annotations
    (`alerts.text_annotations`) are the job's text. The failure-rca version `nightshift serve` is serving explains it
-   (`serving.root_causes.RootCauseAnnotator`, the batch scoring's own), `ml.rca.*` is written back onto the job's
+   (`pipelines.scoring.root_causes.RootCauseAnnotator`, the batch scoring's own), `ml.rca.*` is written back onto the job's
    documents through the scoring sink (`pipelines.sources.elastic.ElasticsearchLogSink`), and the causes and
    actions are posted to `alerts.notify_url`.
 3. `AnsweredJobs`: the job ids answered, so that a re-sent alert (Alertmanager repeats a firing group every
@@ -37,9 +37,9 @@ from pipelines.config import ConfigError, Settings
 from pipelines.data.failed_jobs import job_text
 from pipelines.data.records import format_timestamp, get_field, set_field
 from pipelines.errors import NightshiftError
+from pipelines.scoring.root_causes import RootCauseAnnotator
 from pipelines.sources.elastic import ElasticsearchLogSink, ElasticsearchLogSource
 from pipelines.telemetry import get_logger
-from serving.root_causes import RootCauseAnnotator
 
 log = get_logger("serve.alerts")
 

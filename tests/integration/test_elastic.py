@@ -429,7 +429,7 @@ def test_point_in_time_is_closed_when_the_pull_fails(faults_cluster, home, tmp_p
 # ---- write-back ------------------------------------------------------------------------------------------
 
 def score(cluster, version="1", sink=None, pattern="logs-*", start=T0, end=T1, url=None):
-    from serving.score_logs import score_logs
+    from pipelines.scoring.score_logs import score_logs
 
     return score_logs(f"log-anomaly/{version}", source_uri(cluster, pattern, url), sink, load_settings(), start=start, end=end)
 
@@ -615,7 +615,7 @@ def test_killed_node_is_a_clear_error_then_scoring_resumes_after_restart(faults_
 
 
 def test_scoring_a_file_source_into_an_index(cluster, stand_in, home, tmp_path, demo_docs):
-    from serving.score_logs import score_logs
+    from pipelines.scoring.score_logs import score_logs
 
     corpus = tmp_path / "logs.ndjson"
     corpus.write_text("".join(json.dumps(d) + "\n" for d in demo_docs[:50]))
@@ -635,7 +635,7 @@ def test_scoring_an_index_into_a_file(loaded, demo_docs, stand_in, home, tmp_pat
 # ---- shadow scoring --------------------------------------------------------------------------------------
 
 def shadow_score(cluster, shadow: str, version="1"):
-    from serving.score_logs import score_logs
+    from pipelines.scoring.score_logs import score_logs
 
     return score_logs(f"log-anomaly/{version}", source_uri(cluster), None, load_settings(), start=T0, end=T1, shadow_model=f"log-anomaly/{shadow}")
 

@@ -41,8 +41,8 @@ def test_rules_pass_promtool_check():
 
 def test_platform_rules_read_only_metrics_that_the_nights_push():
     """A renamed signal would leave its alert silent for ever: every nightshift_* name in the rules is pushed."""
+    from pipelines.scoring.forecasts import DEPLOYMENT_LABEL
     from pipelines.signals import MODEL_METRICS, NIGHT_METRICS, SIGNALS_JOB
-    from serving.forecasts import DEPLOYMENT_LABEL
 
     rules = yaml.safe_load((PROM / "rules" / "platform_alerts.yml").read_text())
     names = {name for g in rules["groups"] for r in g["rules"] for name in re.findall(r"\bnightshift_[a-z_]+", r["expr"])}

@@ -50,7 +50,7 @@ def test_stale_forecast_cleanup_spares_another_deployments_groups(pushgateway_pr
     import requests
     from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
-    from serving.forecasts import DEPLOYMENT_LABEL, delete_stale_groups
+    from pipelines.scoring.forecasts import DEPLOYMENT_LABEL, delete_stale_groups
 
     url, _ = pushgateway_process()
     for deployment in ("a", "b"):
@@ -79,8 +79,8 @@ def exposition(url: str) -> list[tuple[str, dict, float]]:
 def test_signals_replace_their_model_group_keep_the_last_success_and_leave_forecasts_alone(pushgateway_process):
     from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
+    from pipelines.scoring.forecasts import DEPLOYMENT_LABEL
     from pipelines.signals import SIGNALS_JOB, push_model_signals, push_night_signals
-    from serving.forecasts import DEPLOYMENT_LABEL
 
     url, _ = pushgateway_process()
     registry = CollectorRegistry()

@@ -106,8 +106,8 @@ def stand_in(monkeypatch) -> dict:
     import pipelines.cli  # noqa: F401  (loaded before the patch, so that their own references are patched too)
     import pipelines.flow  # noqa: F401
     import pipelines.registry.store as registry
-    import serving.score_logs  # noqa: F401
-    import serving.shadow  # noqa: F401
+    import pipelines.scoring.score_logs  # noqa: F401
+    import pipelines.scoring.shadow  # noqa: F401
 
     state: dict = {"classifier": StandInClassifier(), "versions": {}, "registry": FakeRegistry()}
 

@@ -52,7 +52,7 @@ def test_every_document_read_is_written_and_the_unscored_unchanged_and_counted(h
 
 def test_native_timestamps_are_written_back_as_iso_8601_z(home, stand_in, tmp_path):
     from pipelines.config import load_settings
-    from serving.score_logs import score_logs
+    from pipelines.scoring.score_logs import score_logs
 
     pq.write_table(pa.table({"@timestamp": pa.array([1794787486357000000, 1794787487000000000], pa.timestamp("ns")),
                              "when": pa.array([1794787486357, 1794787487000], pa.timestamp("ms", tz="UTC")),
@@ -67,7 +67,7 @@ def test_native_timestamps_are_written_back_as_iso_8601_z(home, stand_in, tmp_pa
 
 def test_an_interrupted_run_resumes_and_writes_every_document_once(home, stand_in, tmp_path, monkeypatch):
     from pipelines.config import load_settings
-    from serving.score_logs import score_logs
+    from pipelines.scoring.score_logs import score_logs
 
     monkeypatch.setenv("NIGHTSHIFT_SCORE_SORT_WINDOW", "20")  # windows and checkpoints of 20 documents
     monkeypatch.setenv("NIGHTSHIFT_SCORE_MAX_PENDING", "20")  # a model call per window
@@ -99,7 +99,7 @@ def test_an_interrupted_run_resumes_and_writes_every_document_once(home, stand_i
 def test_a_bad_sink_setting_fails_before_any_model_is_looked_up(home, monkeypatch):
     """Settings and URIs are checked first: the error names the setting, not the (unregistered) model."""
     from pipelines.config import ConfigError, load_settings
-    from serving.score_logs import score_logs
+    from pipelines.scoring.score_logs import score_logs
 
     monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_BULK_MAX_DOCS", "0")
     with pytest.raises(ConfigError, match=r"setting elasticsearch.bulk_max_docs \(NIGHTSHIFT_ELASTICSEARCH_BULK_MAX_DOCS\)"):
@@ -114,7 +114,7 @@ def test_the_heap_loaded_before_a_pass_is_frozen_only_while_it_runs(home, stand_
     import gc
 
     from pipelines.config import load_settings
-    from serving.score_logs import score_logs
+    from pipelines.scoring.score_logs import score_logs
 
     frozen: list[int] = []
 
@@ -147,7 +147,7 @@ KILLED_RUN = textwrap.dedent('''
     import numpy as np
     import pipelines.registry.store as registry
     from pipelines.config import load_settings
-    from serving.score_logs import score_logs
+    from pipelines.scoring.score_logs import score_logs
 
     class Killed:
         thresholds = np.array([0.5], dtype=np.float32)
@@ -162,8 +162,8 @@ KILLED_RUN = textwrap.dedent('''
         def unwrap_python_model(self):
             return Killed()
 
-    import serving.root_causes as root_causes
-    import serving.score_logs as scoring
+    import pipelines.scoring.root_causes as root_causes
+    import pipelines.scoring.score_logs as scoring
 
     # the modules bind the registry's functions when imported: replace them where they are called
     scoring.use_store = lambda settings: None
@@ -176,7 +176,7 @@ KILLED_RUN = textwrap.dedent('''
 @pytest.mark.slow  # a scoring process of its own, killed: `make test-fast` leaves it out
 def test_a_killed_run_leaves_a_checkpoint_that_the_next_run_resumes_from(home, stand_in, tmp_path, monkeypatch):
     from pipelines.config import load_settings
-    from serving.score_logs import score_logs
+    from pipelines.scoring.score_logs import score_logs
 
     monkeypatch.setenv("NIGHTSHIFT_SCORE_SORT_WINDOW", "20")
     monkeypatch.setenv("NIGHTSHIFT_SCORE_MAX_PENDING", "20")  # a model call per window
@@ -198,7 +198,7 @@ def test_a_killed_run_leaves_a_checkpoint_that_the_next_run_resumes_from(home, s
 
 def test_leftovers_of_killed_runs_are_removed_when_the_next_run_starts(home, stand_in, tmp_path):
     from pipelines.config import load_settings
-    from serving.score_logs import score_logs
+    from pipelines.scoring.score_logs import score_logs
 
     src = write_ndjson(tmp_path / "logs.ndjson", docs(10))
     out = tmp_path / "out"
@@ -216,7 +216,7 @@ def test_leftovers_of_killed_runs_are_removed_when_the_next_run_starts(home, sta
 
 def test_a_changed_source_is_not_resumed(home, stand_in, tmp_path, monkeypatch):
     from pipelines.config import load_settings
-    from serving.score_logs import score_logs
+    from pipelines.scoring.score_logs import score_logs
 
     monkeypatch.setenv("NIGHTSHIFT_SCORE_SORT_WINDOW", "20")
     monkeypatch.setenv("NIGHTSHIFT_SCORE_MAX_PENDING", "20")  # a model call per window
@@ -233,7 +233,7 @@ def test_a_changed_source_is_not_resumed(home, stand_in, tmp_path, monkeypatch):
 
 def test_two_runs_cannot_write_one_sink(home, stand_in, tmp_path):
     from pipelines.config import load_settings
-    from serving.score_logs import score_logs
+    from pipelines.scoring.score_logs import score_logs
 
     src = write_ndjson(tmp_path / "logs.ndjson", docs(5))
     with open(tmp_path / ".scored.ndjson.partial", "a+b") as other:
@@ -244,7 +244,7 @@ def test_two_runs_cannot_write_one_sink(home, stand_in, tmp_path):
 
 
 def test_default_sink_names():
-    from serving.score_logs import default_sink
+    from pipelines.scoring.score_logs import default_sink
 
     assert default_sink("file:///data/logs.ndjson.gz") == "file:///data/logs.scored.ndjson"
     assert default_sink("file:///data/logs-2026.11.16.ndjson") == "file:///data/logs-2026.11.16.scored.ndjson"

@@ -51,7 +51,7 @@ def test_texts_repeated_across_windows_are_scored_once_with_the_same_answer(home
     probabilities are exactly what the model gives; an LRU of 2 forgets the oldest."""
     import numpy as np
 
-    from serving.score_logs import TextCache
+    from pipelines.scoring.score_logs import TextCache
     from tests.support.fakes import StandInClassifier
 
     model = StandInClassifier()
@@ -75,7 +75,7 @@ def test_messages_the_model_reads_as_one_text_are_scored_once(home):
     import numpy as np
 
     from nightshift_models.text_classifier import TextClassifier, model_texts
-    from serving.score_logs import TextCache
+    from pipelines.scoring.score_logs import TextCache
 
     class Recording(TextClassifier):
         def __init__(self):
@@ -103,7 +103,7 @@ def test_each_documents_level_reaches_a_version_that_reads_it(home):
     from nightshift_models.text_classifier import TextClassifier, model_texts
     from pipelines.config import load_settings
     from pipelines.data.records import doc_context
-    from serving.score_logs import TextCache
+    from pipelines.scoring.score_logs import TextCache
 
     class Recording(TextClassifier):
         def __init__(self):
@@ -130,7 +130,7 @@ def test_windows_gather_until_a_model_call_has_enough_new_texts(home, monkeypatc
     last call takes what is left); `score.max_pending` caps the documents held meanwhile; documents come out in
     the order read, each with the model's own answer."""
     from pipelines.config import load_settings
-    from serving.score_logs import annotate
+    from pipelines.scoring.score_logs import annotate
     from tests.support.fakes import StandInClassifier
 
     class Recording(StandInClassifier):

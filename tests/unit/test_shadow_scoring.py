@@ -65,7 +65,7 @@ def agreement_of(out: dict) -> dict:
 # ---- which version shadows ---------------------------------------------------------------------------------
 
 def test_the_shadow_is_the_newest_pending_version_or_rejected_one_newer_than_the_champion():
-    from serving.shadow import shadow_candidate
+    from pipelines.scoring.shadow import shadow_candidate
 
     def registry(*versions, champion=None):
         r = FakeRegistry()
@@ -96,7 +96,7 @@ def test_the_shadow_is_the_newest_pending_version_or_rejected_one_newer_than_the
 def test_agreement_matches_the_hand_count_and_sklearn():
     from sklearn.metrics import cohen_kappa_score
 
-    from serving.shadow import Agreement
+    from pipelines.scoring.shadow import Agreement
 
     champion = [("fail" in m or "error" in m) for m in PATTERN]  # T T T F F T F T F F
     shadow = [("fail" in m or "timeout" in m) for m in PATTERN]  # T F T T F T F F F F
@@ -162,7 +162,7 @@ def test_fields_mode_writes_ml_shadow_beside_the_champion_and_reports_the_agreem
 
 def test_index_mode_writes_the_shadow_to_a_sink_of_its_own(home, night, monkeypatch, tmp_path):
     from pipelines.config import ConfigError, load_settings
-    from serving.score_logs import score_logs
+    from pipelines.scoring.score_logs import score_logs
 
     monkeypatch.setenv("NIGHTSHIFT_SCORE_SHADOW", "index")
     items = docs(30)
@@ -192,7 +192,7 @@ def test_index_mode_writes_the_shadow_to_a_sink_of_its_own(home, night, monkeypa
 
 
 def test_shadow_sink_names():
-    from serving.shadow import shadow_sink_uri
+    from pipelines.scoring.shadow import shadow_sink_uri
 
     assert shadow_sink_uri("file:///data/logs.scored.ndjson", "") == "file:///data/logs.scored.shadow.ndjson"
     assert shadow_sink_uri("https://u:p@es:9200/logs-*", "") == "https://u:p@es:9200/nightshift-ml-results-shadow"
@@ -204,7 +204,7 @@ def test_shadow_sink_names():
 def test_off_no_challenger_and_the_champion_itself_mean_no_shadow(home, night, monkeypatch, tmp_path):
     from pipelines.config import ConfigError, load_settings
     from pipelines.flow import describe, plan_night, score_fresh
-    from serving.score_logs import score_logs
+    from pipelines.scoring.score_logs import score_logs
 
     src = write_ndjson(tmp_path / "logs.ndjson", docs(10))
     plan = plan_night(load_settings(), NIGHT, source=src).to_dict()
@@ -234,7 +234,7 @@ def test_off_no_challenger_and_the_champion_itself_mean_no_shadow(home, night, m
 @pytest.mark.parametrize("crash", ["champion", "shadow"])
 def test_a_resumed_run_keeps_the_shadow_fields_and_counts_the_whole_window(home, night, monkeypatch, tmp_path, crash):
     from pipelines.config import load_settings
-    from serving.score_logs import score_logs
+    from pipelines.scoring.score_logs import score_logs
 
     monkeypatch.setenv("NIGHTSHIFT_SCORE_SORT_WINDOW", "20")  # windows and checkpoints of 20 documents
     monkeypatch.setenv("NIGHTSHIFT_SCORE_MAX_PENDING", "20")  # a model call per window
@@ -278,7 +278,7 @@ def test_index_mode_resumes_each_sink_from_its_own_checkpoint(home, night, monke
     """A kill can land between the two sinks' checkpoints: the rerun skips what both hold, and the sink that is ahead
     skips the rest on its own."""
     from pipelines.config import load_settings
-    from serving.score_logs import score_logs
+    from pipelines.scoring.score_logs import score_logs
 
     monkeypatch.setenv("NIGHTSHIFT_SCORE_SORT_WINDOW", "20")
     monkeypatch.setenv("NIGHTSHIFT_SCORE_MAX_PENDING", "20")  # a model call per window
@@ -330,9 +330,9 @@ KILLED_RUN = textwrap.dedent('''
         def unwrap_python_model(self):
             return self.classifier
 
-    import serving.root_causes as root_causes
-    import serving.score_logs as scoring
-    import serving.shadow as shadow
+    import pipelines.scoring.root_causes as root_causes
+    import pipelines.scoring.score_logs as scoring
+    import pipelines.scoring.shadow as shadow
 
     fake = FakeRegistry()
     fake.register("log-anomaly", 2, "pending")
@@ -349,7 +349,7 @@ KILLED_RUN = textwrap.dedent('''
 @pytest.mark.parametrize("mode", ["fields", "index"])
 def test_a_killed_run_is_resumed_with_the_shadow_complete(home, night, monkeypatch, tmp_path, mode):
     from pipelines.config import load_settings
-    from serving.score_logs import score_logs
+    from pipelines.scoring.score_logs import score_logs
 
     monkeypatch.setenv("NIGHTSHIFT_SCORE_SORT_WINDOW", "20")
     monkeypatch.setenv("NIGHTSHIFT_SCORE_MAX_PENDING", "20")  # a model call per window

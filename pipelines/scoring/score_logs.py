@@ -6,7 +6,7 @@ stays flat however large the input.
 Every document read is written, in the order read: one without text to score is written unchanged
 and counted (`unscored`, by reason). A file sink resumes an interrupted run of the same model
 version over unchanged source files (`resume_key`, `pipelines.sources.FileLogSink`). A shadow version
-(`serving.shadow`) can be scored beside the model in the same pass, into `ml.shadow.*` or a sink of its own.
+(`pipelines.scoring.shadow`) can be scored beside the model in the same pass, into `ml.shadow.*` or a sink of its own.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ import numpy as np
 from pipelines.config import Settings
 from pipelines.data.records import batched, doc_context, format_timestamp, get_field, message_text, set_field
 from pipelines.registry.store import load_model, use_store
+from pipelines.scoring.root_causes import load_annotator
+from pipelines.scoring.shadow import ShadowScorer, load_shadow, log_agreement
 from pipelines.sources.logs import FileLogSink, file_path, open_log_sink, open_log_source
 from pipelines.telemetry import get_logger, progress
-from serving.root_causes import load_annotator
-from serving.shadow import ShadowScorer, load_shadow, log_agreement
 
 log = get_logger("score")
 
@@ -121,8 +121,8 @@ def read_as(classifier, texts: list[str], context: dict[str, list] | None = None
 def annotate(docs: Iterable[tuple[str, dict]], classifier, model_name: str, version: str, settings: Settings,
              counts: dict[str, int], unscored: dict[str, int], rca=None, shadow: ShadowScorer | None = None) -> Iterator[tuple[str, dict]]:
     """Score documents group by group and set DESIGN.md's `ml.anomaly.*` and `ml.model.*` fields
-    (and `ml.rca.*` through `rca`, a `serving.root_causes.RootCauseAnnotator`, in the same pass; and
-    `ml.shadow.*` through `shadow`, a `serving.shadow.ShadowScorer`, which in index mode sends them to its own
+    (and `ml.rca.*` through `rca`, a `pipelines.scoring.root_causes.RootCauseAnnotator`, in the same pass; and
+    `ml.shadow.*` through `shadow`, a `pipelines.scoring.shadow.ShadowScorer`, which in index mode sends them to its own
     sink and takes them off the documents yielded).
 
     Documents are read in windows of `score.sort_window`, and windows join a group until the group holds
@@ -220,7 +220,7 @@ def score_logs(model_ref: str, source_uri: str, sink_uri: str | None, settings: 
     """Score every document of the source (optionally only [start, end)) and write it to the sink.
 
     `rca_model`: the root-cause model for `ml.rca.*` (default: the failure-rca champion when there is one; "none": off).
-    `shadow_model`: a second log-anomaly version scored beside the model in the same pass (`serving.shadow`: into
+    `shadow_model`: a second log-anomaly version scored beside the model in the same pass (`pipelines.scoring.shadow`: into
     `ml.shadow.*`, or a sink of its own, as setting `score.shadow` says); None or "none": no shadow. The result's
     `shadow` holds its agreement with the model, also logged as `shadow.*` metrics on the shadow version's run.
 

@@ -301,13 +301,13 @@ def _flag_and_score(doc: dict, prefix: str) -> tuple[bool, float] | None:
 
 class ShadowScorer:
     """Scores each window's texts with the shadow version, counts the agreement, and routes its answers to the
-    document (`fields`) or to its own sink (`index`). Built by `load_shadow`; driven by `serving.score_logs`."""
+    document (`fields`) or to its own sink (`index`). Built by `load_shadow`; driven by `pipelines.scoring.score_logs`."""
 
     def __init__(self, classifier, ref: ModelRef, champion: ModelRef, mode: str, settings: Settings, cache,
                  decision: str | None = None, run_id: str | None = None):
         self.classifier, self.ref, self.champion, self.mode = classifier, ref, champion, mode
         self.settings, self.decision, self.run_id = settings, decision, run_id
-        self.cache = cache  # its own `serving.score_logs.TextCache`: answers by text, as the champion's
+        self.cache = cache  # its own `pipelines.scoring.score_logs.TextCache`: answers by text, as the champion's
         self.agreement = Agreement()
         self.sink: _FileShadowSink | _IndexShadowSink | None = None
         self.sink_result: dict[str, Any] = {}
