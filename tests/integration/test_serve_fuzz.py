@@ -1,5 +1,5 @@
 """`nightshift serve` fuzzed against its own OpenAPI document with schemathesis, in-process (ASGI): every operation gets
-generated requests, valid and invalid, sent with a key that has both scopes; no answer may be a 5xx, and every answer
+generated requests, valid and invalid, sent with a key that has every scope; no answer may be a 5xx, and every answer
 must match the schema the document declares for its status. The three models are real registered versions, trained
 once for the module on the small demo corpus (the TF-IDF family for the logs models, a tiny forecaster), so that the
 requests reach the models and the answers' shapes are the ones clients get."""
@@ -23,7 +23,7 @@ EXAMPLES = 25  # generated requests per operation and mode
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, corpus, demo_history, tiny_bert):
-    """(app, headers): the app serving a champion of each model, and the header of a key with both scopes."""
+    """(app, headers): the app serving a champion of each model, and the header of a key with every scope."""
     from pipelines.cli import parse_time
     from pipelines.config import load_settings
     from pipelines.data.ingest import ingest_logs
@@ -31,7 +31,7 @@ def served(tmp_path_factory, corpus, demo_history, tiny_bert):
     from pipelines.tasks.failure_rca import train_failure_rca
     from pipelines.tasks.log_anomaly import train_log_anomaly
     from pipelines.tasks.metric_forecast import train_metric_forecast
-    from serving.auth import make_key
+    from serving.auth import SCOPES, make_key
     from serving.server import create_app
 
     work = tmp_path_factory.mktemp("fuzz")
@@ -52,7 +52,7 @@ def served(tmp_path_factory, corpus, demo_history, tiny_bert):
         metrics = ingest_metrics(f"file://{demo_history}", {"quota": "quota_group_use_ratio"}, T0 + timedelta(days=7),
                                  T0 + timedelta(days=14), "15m", work / "metrics", config)
         train_metric_forecast(metrics.path, config)
-        key = make_key(config.home / "api-keys", "fuzzer", {"score", "admin"})
+        key = make_key(config.home / "api-keys", "fuzzer", set(SCOPES))
         app = create_app(config, start_refresh=False)
         app.state.server.champions.refresh()
         assert all(state["version"] == "1" for state in app.state.server.champions.states().values())
