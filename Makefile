@@ -68,10 +68,10 @@ es-deps:
 	@command -v mvn >/dev/null && command -v unzip >/dev/null && command -v curl >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq maven unzip curl >/dev/null; \
 	  else echo "need root to apt-get install maven unzip curl" >&2; exit 1; fi; }
-	@ls /usr/lib/jvm/*/bin/java 2>/dev/null | while read -r j; do "$$j" -XshowSettings:properties -version 2>&1 | \
+	@ls /usr/lib/jvm/*/bin/javac 2>/dev/null | while read -r j; do "$${j%c}" -XshowSettings:properties -version 2>&1 | \
 	  sed -n 's/.*java.specification.version = \([0-9]*\).*/\1/p'; done | awk '$$1 >= 21 {ok=1} END {exit !ok}' || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-21-jre-headless >/dev/null; \
-	  else echo "need a JDK >= 21 under /usr/lib/jvm" >&2; exit 1; fi; }
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-21-jdk-headless >/dev/null; \
+	  else echo "need a JDK >= 21 (with javac: the test node's security-index plugin is compiled) under /usr/lib/jvm" >&2; exit 1; fi; }
 
 # A real Elasticsearch node for a person, security on, on a free loopback port: prints its URL and credentials.
 # It keeps running; stop it with: infra/scripts/start_elasticsearch.sh --stop DIR (DIR is printed as ES_DIR).
@@ -114,8 +114,9 @@ bench: setup system-deps
 docs: setup
 	$(PY) -m pipelines.config_docs
 
-# A local Airflow deployment of the nightly DAG on loopback: PostgreSQL, an MLflow server, the
-# api-server, scheduler (LocalExecutor) and dag-processor; prints the UI's URL and login. Ctrl-C stops it.
+# A local Airflow deployment of the nightly DAG on loopback: PostgreSQL, an MLflow server behind its basic-auth app
+# (the tasks log in as nightshift-job), the api-server, scheduler (LocalExecutor) and dag-processor; prints the UI's
+# URL and login, never MLflow's passwords (files under $(NIGHTSHIFT_HOME)/deployment/mlflow/auth/). Ctrl-C stops it.
 airflow: setup system-deps
 	bash infra/scripts/start_airflow.sh --port $${PORT:-8080}
 

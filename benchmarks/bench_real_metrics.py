@@ -94,7 +94,8 @@ def run(quick: bool = False, step: str | None = None) -> list[dict]:
         work = Path(tmp)
         settings = Settings(home=work / "home")
         settings = replace(settings, prometheus=replace(settings.prometheus, max_gap_fraction=MAX_GAP),
-                           forecast=replace(settings.forecast, cpu_threads=1, **({"epochs": 3} if quick else {}), **({"step": step} if step else {})))
+                           train=replace(settings.train, cpu_threads=1),
+                           forecast=replace(settings.forecast, **({"epochs": 3} if quick else {}), **({"step": step} if step else {})))
         step = parse_duration(settings.forecast.step)
         history, kept, dropped = aligned_history(DATA, work, step, settings)
         query = {"nab": 'nab_value{file=~"' + "|".join(kept) + '"}'}

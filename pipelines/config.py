@@ -82,7 +82,7 @@ class TrainSettings:
     seed: int = 13  # seed of splits, sampling and initialisation
     device: str = "auto"  # auto | cpu | cuda
     pooling: str = "cls"  # what the new head reads: cls ([CLS] pooler) | mean (mean of token vectors)
-    cpu_threads: int = 0  # torch threads of one training task on CPU, any model (0: torch's default, one per core); with N trainings at once, cores / N
+    cpu_threads: int = 0  # torch threads of one training task on CPU, any model, the forecaster included (0: torch's default, one per core); with N trainings at once, cores / N; 1 where the cores are shared with other jobs
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,8 @@ class ScoreSettings:
     max_pending: int = 16_384  # documents held at most while a model call's texts gather (memory)
     max_length: int = 128  # tokens per text when scoring; longer texts are cut
     cache_texts: int = 100_000  # probabilities of this many recent distinct texts are reused across windows (0: off)
+    runtime: str = "int8"  # BERT forward pass: int8 (the version's int8 ONNX graph on the CPU, where its registration check passed; else fp32) | fp32 (PyTorch); batch scoring and nightshift serve
+    int8_min_agreement: float = 0.995  # at registration, the least share of is_anomaly decisions (each label's) on held-out texts that int8 must share with fp32, or the version serves fp32
     # the log-anomaly version that lost its gate or awaits it, scored beside the champion (pipelines/scoring/shadow.py)
     shadow: str = "fields"  # fields (ml.shadow.* on each document) | index (a sink of its own, shadow_sink) | off
     shadow_sink: str = ""  # index mode: a URI, an index on the sink's cluster, or a file path; empty: nightshift-ml-results-shadow / NAME.shadow.ndjson
@@ -104,7 +106,7 @@ class RetrainSettings:
     """The nightly flow: which source, and which windows it trains and scores on."""
 
     log_source: str = ""  # empty: the embedded demo corpus under NIGHTSHIFT_HOME
-    train_days: int = 4  # days of history before the fresh day that the candidate trains on
+    log_days: int = 4  # days of logs before the fresh window that the log models train on: the training window (the forecaster's is forecast.train_days)
     logical_date: str = ""  # empty: the day after the newest record in the source
 
 
@@ -122,6 +124,8 @@ class RcaSettings:
     patience: int = 4  # epochs without a better validation micro-F1 before early stopping
     pooling: str = "mean"  # MiniLM is a sentence-embedding model: its mean generalises from few jobs, its [CLS] does not
     no_failure_examples: int = 200  # distinct ordinary log lines of the snapshot (no job, not anomalous, no error level) trained on as texts with no root cause
+    description_examples: bool = True  # every family also trains on each label's descriptions as labelled texts (its name, its actions, the title and symptoms of knowledge-base entries naming it), so a cause worded in new words still meets its meaning
+    selection: str = "templates"  # how the family and threshold are chosen: templates (candidates.cv_folds folds that each hold out whole first-error-line templates: every job scored in words its fold never trained on) | time (as log-anomaly: forward-chaining time folds below candidates.cv_below_positives, else one split)
     # below this TF-IDF cosine the knowledge-base fallback gives no entry and no actions (a benign
     # "INFO Nginx request 200 OK" is 0.15 from "disk full"; the demo's real unknown causes match at 0.29 and up).
     # Saved into each trained version; `nightshift serve` and the pyfunc param `kb_min_similarity` can override it.
@@ -196,7 +200,7 @@ class ForecastSettings:
     """The LSTM metric forecaster: sampling, horizon and training."""
 
     step: str = "15m"  # resolution the series are ingested and forecast at
-    lookback: int = 96  # steps of history the model reads (24h at 15m)
+    lookback: int = 96  # steps of history the model reads (24h at 15m); data validation also requires this many samples of each series
     horizon: int = 8  # steps ahead it forecasts (2h at 15m)
     hidden_size: int = 32  # LSTM hidden units
     layers: int = 1  # stacked LSTM layers
@@ -206,11 +210,10 @@ class ForecastSettings:
     windows_per_epoch: int = 4096  # training windows sampled per epoch
     patience: int = 4  # epochs without a better validation MAE before early stopping
     validation_fraction: float = 0.15  # newest part of each series, by time
-    train_days: int = 28  # days of metric history the nightly candidate trains on
+    train_days: int = 28  # days of metric history before the holdout that the nightly forecaster trains on (the log models' is retrain.log_days)
     holdout_days: int = 2  # the newest days of metric history: never trained on, the promotion gate's holdout
     seed: int = 13  # seed of window sampling and initialisation
     device: str = "auto"  # auto | cpu | cuda
-    cpu_threads: int = 0  # torch threads on CPU (0: torch's default, one per core); 1 when the cores are shared with other jobs
 
 
 @dataclass(frozen=True)
@@ -230,7 +233,6 @@ class ValidationSettings:
     # metrics
     max_gap_ratio: float = 0.2  # share of a series' expected samples (first..last, at the step) missing
     max_nan_ratio: float = 0.1  # share of a series' samples that are NaN
-    min_history_points: int = 96  # samples per series (the forecaster's lookback)
     # metric=min:max, comma-separated; either bound may be empty
     value_ranges: str = ("DCGM_FI_DEV_GPU_UTIL=0:100,DCGM_FI_DEV_FB_USED=0:1000000,"
                          "request_latency_p99_seconds=0:3600,quota_group_use_ratio=0:1.5")
@@ -336,12 +338,12 @@ class AlertSettings:
 # ---- end of alerts --------------------------------------------------------------------------------------
 
 
-# ---- candidates: model families chosen on validation, language, the baseline gate --------------------
+# ---- candidates: model families chosen on validation, language ------------------------------------------
 
 
 @dataclass(frozen=True)
 class CandidateSettings:
-    """Which model families compete for `log-anomaly` and `failure-rca` each night, how they are validated, and the baseline gate.
+    """Which model families compete for `log-anomaly` and `failure-rca` each night, and how they are validated.
 
     Every family trains on the same snapshot and split; the one best on the task's primary metric (F1, micro-F1)
     on validation is registered (a tie goes to the cheaper: tfidf, then embedding, then bert).
@@ -356,7 +358,6 @@ class CandidateSettings:
     linear_probe: bool = True  # log-anomaly's BERT: fit the head on the frozen encoder first, then fine-tune (LP-FT; failure-rca always does)
     early_stopping_metric: str = "pr_auc"  # the BERT epoch kept: best validation PR-AUC (threshold-free; F1 jumps with few positives)
     max_unk_rate: float = 0.05  # [UNK] share of word pieces under the BERT tokenizer above which the run warns (language mismatch)
-    baseline_tolerance: float = 0.02  # the gate, both logs models: the challenger may trail the TF-IDF baseline trained on its snapshot by at most this (primary metric: F1, micro-F1)
 
 # ---- end of candidates ----------------------------------------------------------------------------------
 
@@ -368,6 +369,7 @@ class PromotionSettings:
     margin: float = 0.005  # the challenger must beat the champion's primary metric by at least this
     guard_tolerance: float = 0.05  # a guard metric may regress by at most this
     guard_tolerances: str = "smape=2.0"  # per-metric overrides in the metric's own units (sMAPE is in percent)
+    baseline_tolerance: float = 0.02  # both logs models: on the holdout the challenger may trail each of its gate baselines (the TF-IDF family trained on its snapshot) by at most this on the primary metric (F1, micro-F1)
     allow_not_run: bool = True  # promote when `validation.status` is not_run
     allow_warn: bool = True  # promote when `validation.status` is warn
     decay_tolerance: float = 0.1  # champion primary drop on the fresh window vs its own validation score
@@ -413,7 +415,7 @@ class Settings:
     inputs: InputSettings = field(default_factory=InputSettings)  # how local files are read
     serve: ServeSettings = field(default_factory=ServeSettings)  # nightshift serve
     alerts: AlertSettings = field(default_factory=AlertSettings)  # nightshift serve's Alertmanager webhook
-    candidates: CandidateSettings = field(default_factory=CandidateSettings)  # families, language, baseline gate
+    candidates: CandidateSettings = field(default_factory=CandidateSettings)  # families, language
     airflow: AirflowSettings = field(default_factory=AirflowSettings)
 
     @property
@@ -521,7 +523,9 @@ def _build(cls: type, toml: dict, env_prefix: str, path: str, sources: dict[str,
 # the allowed words, rather than whichever task reads it first.
 CHOICES: dict[str, tuple[str, ...]] = {
     "train.device": ("auto", "cpu", "cuda"), "train.pooling": ("cls", "mean"), "score.shadow": ("fields", "index", "off"),
+    "score.runtime": ("fp32", "int8"),
     "rca.pooling": ("cls", "mean"), "elasticsearch.unlabelled": ("keep", "drop"), "forecast.device": ("auto", "cpu", "cuda"),
+    "rca.selection": ("templates", "time"),
     "inputs.format": INPUT_FORMATS, "inputs.epoch_unit": EPOCH_UNITS, "serve.short_history": ("refuse", "flag"),
 }
 
@@ -533,6 +537,35 @@ def check_choices(settings: Settings) -> None:
         value = getattr(getattr(settings, section), field_name)
         if value not in allowed:
             raise ConfigError(f"setting {name}: {value!r} is not one of {', '.join(allowed)}")
+
+
+# Settings that are gone, and the one that does their work now: an old name in the file or the environment stops every
+# command with one line naming its replacement (a silently ignored old variable would run with the default instead).
+REPLACED: dict[str, str] = {
+    "retrain.train_days": "retrain.log_days",
+    "forecast.cpu_threads": "train.cpu_threads",
+    "candidates.baseline_tolerance": "promotion.baseline_tolerance",
+    "validation.min_history_points": "forecast.lookback",
+}
+
+
+def env_name(key: str) -> str:
+    """The environment variable of a dotted setting: `train.epochs` -> `NIGHTSHIFT_TRAIN_EPOCHS`."""
+    return "NIGHTSHIFT_" + key.replace(".", "_").upper()
+
+
+def check_replaced(toml: dict, path: Path) -> None:
+    """Raises ConfigError naming the replacement when the file `toml` (read from `path`) or the environment sets a
+    setting of `REPLACED`."""
+    for old, new in REPLACED.items():
+        *sections, name = old.split(".")
+        table: typing.Any = toml
+        for section in sections:
+            table = table.get(section) if isinstance(table, dict) else None
+        if isinstance(table, dict) and name in table:
+            raise ConfigError(f"{path}: setting {old} is replaced by {new}")
+        if env_name(old) in os.environ:
+            raise ConfigError(f"environment variable {env_name(old)}: setting {old} is replaced by {new} ({env_name(new)})")
 
 
 def settings_in_effect(settings: Settings, sources: dict[str, str]) -> list[tuple[str, str, str]]:
@@ -579,6 +612,7 @@ def load_settings(config_file: str | Path | None = None, sources: dict[str, str]
             raise ConfigError(f"{path}: {exc}") from None
     elif config_file or os.environ.get("NIGHTSHIFT_CONFIG"):
         raise ConfigError(f"NIGHTSHIFT_CONFIG: no such file {path}")
+    check_replaced(toml, path)
     settings = _build(Settings, toml, "NIGHTSHIFT_", "", sources)
     if sources is not None:
         sources.update({k: f"file {path}" for k, v in sources.items() if v == "file"})

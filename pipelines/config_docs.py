@@ -201,6 +201,12 @@ def render(sections: list[SectionDoc] | None = None) -> str:
         for s in section.settings:
             out.append(f"| `{s.key}` | `{s.env}` | {s.type} | {_cell(s.default)} | {_cell(s.help)} |")
         out.append("")
+    out += ["## Replaced settings", "",
+            "These names are no longer read: one of them in the file or the environment stops the command with one line "
+            "naming the setting that does its work now.", "",
+            "| setting | environment | replaced by |", "|---|---|---|"]
+    out += [f"| `{old}` | `{config.env_name(old)}` | `{new}` |" for old, new in config.REPLACED.items()]
+    out.append("")
     return "\n".join(out)
 
 

@@ -3,7 +3,7 @@ runs the DAG once through `airflow dags test`, and `--in-process` calls them dir
 
 For the night of logical date D, the *fresh* window is the previous day [D-1, D): it is scored and,
 never trained on, it is the holdout a candidate must do well on. The candidate trains on the
-`retrain.train_days` days before it.
+`retrain.log_days` days before it.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def plan_night(settings: Settings, logical_date: str | datetime, source: str | N
     day = (logical_date if isinstance(logical_date, datetime) else datetime.fromisoformat(str(logical_date)))
     day = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
     fresh_start = day - timedelta(days=1)
-    train_start = fresh_start - timedelta(days=settings.retrain.train_days)
+    train_start = fresh_start - timedelta(days=settings.retrain.log_days)
     metric_fresh = day - timedelta(days=settings.forecast.holdout_days)
     source = source or settings.retrain.log_source or None
     night = day.date().isoformat()

@@ -18,14 +18,14 @@ The data stream's ILM policy and index template are installed by `nightshift es 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 from pipelines import storage
 from pipelines.config import Settings
-from pipelines.data.records import RecordError, batched, quoted
+from pipelines.data.formats import ndjson_lines
+from pipelines.data.records import RecordError, batched
 from pipelines.errors import InputError
 from pipelines.night_report import latest_night, summary_path
 from pipelines.sources.elastic import Connection, ElasticsearchError, parse_uri, platform_stream
@@ -81,24 +81,18 @@ def log_files(target: str | None, settings: Settings) -> list[StoragePath]:
 
 
 def read_lines(files: list[StoragePath]) -> list[LogLine]:
-    """Every non-blank line of `files`, parsed and checked, before anything is sent.
+    """Every non-blank line of `files` (`pipelines.data.formats.ndjson_lines`, as a `file://` source reads them),
+    parsed and checked, before anything is sent.
 
     Raises:
-        InputError: a line is not a JSON object; RecordError: one lacks `@timestamp` (a data stream needs it). The
-            message names the file and line.
+        RecordError: a line is not JSON, not a JSON object, or lacks `@timestamp` (a data stream needs it); the
+            message names the file (its URI) and line. InputError: a gzip file is damaged.
     """
     lines: list[LogLine] = []
     for path in files:
-        for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not raw.strip():
-                continue
-            where = f"{storage.uri(path)}:{number}"
-            try:
-                doc = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{where}: not a JSON log line ({exc.msg}): {quoted(raw)}") from None
+        for where, raw, doc in ndjson_lines(path, storage.uri(path)):
             if not isinstance(doc, dict):
-                raise InputError(f"{where}: not a JSON object: {quoted(raw)}")
+                raise RecordError(where, "(document)", f"must be a JSON object, got {type(doc).__name__}")
             if not doc.get("@timestamp"):
                 raise RecordError(where, "@timestamp", "is missing (every line of a data stream needs its time)")
             lines.append(LogLine(where, doc, hashlib.sha256(raw.strip().encode()).hexdigest()[:40]))

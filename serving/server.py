@@ -94,8 +94,9 @@ class Slot:
 class Champions:
     """The served version of each model, re-resolved by alias on a background thread."""
 
-    def __init__(self, client, names: list[str], alias: str, where: str, on_swap=None):
+    def __init__(self, client, names: list[str], alias: str, where: str, on_swap=None, runtime: str = "int8"):
         self.client, self.names, self.alias, self.where = client, names, alias, where
+        self.runtime = runtime  # setting score.runtime: the forward pass of each log model loaded (int8 where the version allows it)
         self.slots: dict[str, Slot | None] = {name: None for name in names}
         self.reasons: dict[str, str] = {name: "loading" for name in names}
         self.refreshed = threading.Event()  # set after the first pass: /readyz knows each model's state
@@ -127,7 +128,8 @@ class Champions:
 
     def states(self) -> dict[str, dict[str, Any]]:
         """Each model's served version, or why none is served."""
-        return {name: ({"version": slot.version, "family": slot.family, "load_seconds": round(slot.load_seconds, 3)}
+        return {name: ({"version": slot.version, "family": slot.family, "load_seconds": round(slot.load_seconds, 3),
+                        **({"runtime": slot.model.runtime} if hasattr(slot.model, "runtime") else {})}
                        if (slot := self.slots[name]) else {"version": None, "reason": self.reasons[name]}) for name in self.names}
 
     def _refresh(self) -> None:
@@ -149,6 +151,8 @@ class Champions:
             try:
                 ref, pyfunc = load_model(self.client, f"{name}/{version}")
                 model = pyfunc.unwrap_python_model()
+                if hasattr(model, "use_runtime"):
+                    model.use_runtime(self.runtime)
             except Exception as exc:  # a broken version must not take the served one down
                 self.reasons[name] = f"version {version} (alias '{self.alias}') failed to load: {exc}"
                 log.error("model load failed", extra={"model": name, "version": version, "error": str(exc)})
@@ -636,7 +640,7 @@ def create_app(settings: Settings, client=None, start_refresh: bool = True) -> F
     guard = Guard(load_keys(settings), cfg.rate_limit, on_refused=refused)  # before the store: a missing key file fails fast
     client = client or use_store(settings)
     names = [n.strip() for n in cfg.models.split(",") if n.strip()]
-    champions = Champions(client, names, cfg.alias, settings.mlflow_uri, on_swap=metrics.swapped)
+    champions = Champions(client, names, cfg.alias, settings.mlflow_uri, on_swap=metrics.swapped, runtime=settings.score.runtime)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nightshift-serve-model")
     batchers = {name: Batcher(name, champions, executor, cfg.max_batch, cfg.max_wait_ms / 1000, metrics.batch)
                 for name in (LOG_ANOMALY, FAILURE_RCA)}

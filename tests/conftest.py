@@ -28,7 +28,7 @@ SUITE_OVERRIDES = {
     "NIGHTSHIFT_CANDIDATES_LINEAR_PROBE": "false",
     # A two-epoch tiny random BERT trails TF-IDF, so the gate's baseline test would refuse every challenger these
     # tests promote; it is tested with its real tolerance in tests/unit/test_families.py.
-    "NIGHTSHIFT_CANDIDATES_BASELINE_TOLERANCE": "1.0",
+    "NIGHTSHIFT_PROMOTION_BASELINE_TOLERANCE": "1.0",
 }
 for _name, _value in SUITE_OVERRIDES.items():
     os.environ.setdefault(_name, _value)
@@ -41,9 +41,8 @@ def production_defaults(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """A fresh NIGHTSHIFT_HOME (MLflow store, snapshots, Airflow) and quick training settings."""
+def use_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """What the `home` fixture gives a test, for a fixture of a wider scope with a monkeypatch of its own."""
     path = tmp_path / "home"
     monkeypatch.setenv("NIGHTSHIFT_HOME", str(path))
     # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; set-then-delete records it, so it is undone after the test
@@ -57,6 +56,12 @@ def home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("NIGHTSHIFT_FORECAST_WINDOWS_PER_EPOCH", "1024")
     monkeypatch.chdir(tmp_path)
     return path
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A fresh NIGHTSHIFT_HOME (MLflow store, snapshots, Airflow) and quick training settings."""
+    return use_home(monkeypatch, tmp_path)
 
 
 @pytest.fixture
@@ -89,17 +94,24 @@ def train_snapshot(settings, corpus, tmp_path):
     return ingest_logs(f"file://{corpus}", parse_time("2026-11-16"), parse_time("2026-11-21"), tmp_path / "snap-train", settings)
 
 
+# A small forecaster, and RCA hyper-parameters for tiny BERTs (few epochs, a high learning rate)
+QUICK_FORECASTER = {f"NIGHTSHIFT_FORECAST_{key}": value for key, value in
+                    {"EPOCHS": "2", "WINDOWS_PER_EPOCH": "512", "HIDDEN_SIZE": "8", "LOOKBACK": "32", "HORIZON": "4"}.items()}
+QUICK_RCA = {f"NIGHTSHIFT_RCA_{key}": value for key, value in
+             {"EPOCHS": "6", "BATCH_SIZE": "16", "LEARNING_RATE": "0.002", "MAX_LENGTH": "64", "PATIENCE": "6"}.items()}
+
+
 @pytest.fixture
 def quick_forecaster(home, monkeypatch):
-    for key, value in {"EPOCHS": "2", "WINDOWS_PER_EPOCH": "512", "HIDDEN_SIZE": "8", "LOOKBACK": "32", "HORIZON": "4"}.items():
-        monkeypatch.setenv(f"NIGHTSHIFT_FORECAST_{key}", value)
+    for name, value in QUICK_FORECASTER.items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture
 def quick_rca(monkeypatch):
     """RCA hyper-parameters for tiny BERTs: few epochs, a high learning rate."""
-    for key, value in {"EPOCHS": "6", "BATCH_SIZE": "16", "LEARNING_RATE": "0.002", "MAX_LENGTH": "64", "PATIENCE": "6"}.items():
-        monkeypatch.setenv(f"NIGHTSHIFT_RCA_{key}", value)
+    for name, value in QUICK_RCA.items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture(scope="module")

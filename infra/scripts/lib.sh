@@ -13,3 +13,20 @@ wait_for() {
   done
   echo "$what not ready after 300s; see $log" >&2; exit 1
 }
+
+# mlflow_job_user ADMIN_PASSWORD_FILE LOG: the MLflow user `nightshift-job` with password $MLFLOW_TRACKING_PASSWORD, made
+# by the admin on $MLFLOW_TRACKING_URI if missing (passwords through the environment, never the command line); the
+# user then manages the experiment and the models its tasks create. Output to LOG; exits on failure.
+mlflow_job_user() {
+  JOB_PASSWORD="$MLFLOW_TRACKING_PASSWORD" MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD="$(cat "$1")" \
+    "$BIN/python" -c '
+import os
+import mlflow.server
+from mlflow.exceptions import MlflowException
+auth = mlflow.server.get_app_client("basic-auth", tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+try:
+    auth.get_user("nightshift-job")
+except MlflowException:
+    auth.create_user("nightshift-job", os.environ["JOB_PASSWORD"])
+' >>"$2" 2>&1 || { echo "could not make the MLflow user nightshift-job; see $2" >&2; exit 1; }
+}

@@ -4,7 +4,11 @@
 # $NIGHTSHIFT_HOME/deployment/postgres), an MLflow tracking server (unless MLFLOW_TRACKING_URI is
 # set), then `airflow api-server`, `airflow scheduler` (LocalExecutor) and `airflow dag-processor`
 # with the project's dags/. Prints the UI's URL and login, and writes them to
-# $NIGHTSHIFT_HOME/deployment/deployment.env (source it to point the CLI at this deployment).
+# $NIGHTSHIFT_HOME/deployment/deployment.env (mode 0600; source it to point the CLI at this deployment).
+# The MLflow server it starts runs MLflow's basic-auth app (start_mlflow.sh --auth basic; the admin's password
+# is drawn into $NIGHTSHIFT_HOME/deployment/mlflow/auth/admin-password): the tasks log in as the user
+# nightshift-job, made here, whose password is drawn once into .../auth/job-password and reaches them as
+# MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in the scheduler's environment. No password is printed.
 #   infra/scripts/start_airflow.sh [--port 8080] [--parallelism 4] [--db-url SQLALCHEMY_URL]
 # The DAG starts paused: unpause it in the UI (or `airflow dags unpause nightly_retrain`).
 set -euo pipefail
@@ -24,7 +28,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 mkdir -p "$DEPLOY/logs"
-. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # free_port, wait_for
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # free_port, wait_for, mlflow_job_user
 PIDS=()
 stop() {
   trap - EXIT INT TERM
@@ -48,10 +52,19 @@ if [ -z "$DB_URL" ]; then
 fi
 if [ -z "${MLFLOW_TRACKING_URI:-}" ]; then
   ML_PORT="$(free_port)"
-  setsid bash "$ROOT/infra/scripts/start_mlflow.sh" --port "$ML_PORT" --data "$DEPLOY/mlflow" >"$DEPLOY/logs/mlflow.log" 2>&1 &
+  # its admin's password comes from its own file, not from a variable the caller may have set for another server
+  setsid env -u MLFLOW_AUTH_ADMIN_PASSWORD bash "$ROOT/infra/scripts/start_mlflow.sh" --port "$ML_PORT" --data "$DEPLOY/mlflow" \
+    --auth basic >"$DEPLOY/logs/mlflow.log" 2>&1 &
   PIDS+=($!)
   wait_for "MLflow server" "$!" "$DEPLOY/logs/mlflow.log" curl -sf "http://127.0.0.1:$ML_PORT/health"
   export MLFLOW_TRACKING_URI="http://127.0.0.1:$ML_PORT"
+  JOB_PASSWORD_FILE="$DEPLOY/mlflow/auth/job-password"
+  [ -s "$JOB_PASSWORD_FILE" ] || (umask 077 && "$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(24))' >"$JOB_PASSWORD_FILE")
+  export MLFLOW_TRACKING_USERNAME=nightshift-job
+  MLFLOW_TRACKING_PASSWORD="$(cat "$JOB_PASSWORD_FILE")"
+  export MLFLOW_TRACKING_PASSWORD
+  mlflow_job_user "$DEPLOY/mlflow/auth/admin-password" "$DEPLOY/logs/mlflow-users.log"  # the job's MLflow user (lib.sh)
+  ML_LOGIN="login: admin, password in $DEPLOY/mlflow/auth/admin-password; the tasks log in as nightshift-job"
 fi
 
 export AIRFLOW_HOME="$DEPLOY/airflow"
@@ -87,7 +100,9 @@ wait_for "airflow api-server" "$API_PID" "$DEPLOY/logs/api-server.log" curl -sf 
 PASSWORDS="$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
 USER_NAME="${AIRFLOW_USER:-admin}"
 PASSWORD="$("$BIN/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$PASSWORDS" "$USER_NAME")"
-cat >"$DEPLOY/deployment.env" <<ENV
+(umask 077 && rm -f "$DEPLOY/deployment.env" && {
+  for var in MLFLOW_TRACKING_USERNAME MLFLOW_TRACKING_PASSWORD; do [ -z "${!var:-}" ] || echo "export $var=\"${!var}\""; done
+  cat <<ENV
 export NIGHTSHIFT_HOME="$NIGHTSHIFT_HOME"
 export MLFLOW_TRACKING_URI="$MLFLOW_TRACKING_URI"
 export AIRFLOW_HOME="$AIRFLOW_HOME"
@@ -98,8 +113,9 @@ AIRFLOW_URL="http://127.0.0.1:$PORT"
 AIRFLOW_LOGIN="$USER_NAME"
 AIRFLOW_PASSWORD="$PASSWORD"
 ENV
+} >"$DEPLOY/deployment.env")
 echo "Airflow UI:  http://127.0.0.1:$PORT   login: $USER_NAME / $PASSWORD"
-echo "MLflow UI:   $MLFLOW_TRACKING_URI"
+echo "MLflow UI:   $MLFLOW_TRACKING_URI${ML_LOGIN:+   $ML_LOGIN}"
 echo "DAG nightly_retrain starts paused; logs in $DEPLOY/logs; environment in $DEPLOY/deployment.env; Ctrl-C stops all"
 wait -n "${PIDS[@]}"  # one of them died: stop the rest
 echo "a component exited; stopping the deployment (logs in $DEPLOY/logs)" >&2

@@ -60,7 +60,7 @@ chmod 711 "$DIR"  # PostgreSQL runs as its own user
 [ ! -s "$DIR/pids" ] || { echo "a cluster already runs from $DIR; stop it with $0 --stop $DIR" >&2; exit 1; }
 LOGS="$DIR/logs"
 
-. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # free_port, wait_for
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # free_port, wait_for, mlflow_job_user
 start() {  # start NAME COMMAND...: in its own session, detached from the caller's terminal and pipes
   local name="$1"; shift
   setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
@@ -149,19 +149,7 @@ for i in $(seq 1 "$WORKERS"); do
     "$BIN/airflow" celery worker --celery-hostname "$name@%h" --concurrency "$CONCURRENCY" --without-mingle --without-gossip
 done
 wait_for "MLflow server" "$ML_PID" "$LOGS/mlflow.log" curl -sf "$MLFLOW_TRACKING_URI/health"
-# the job's user, as the admin (passwords through the environment, never the command line); it then manages the
-# experiment and the models it creates
-JOB_PASSWORD="$MLFLOW_TRACKING_PASSWORD" MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD="$(cat "$DIR/mlflow/auth/admin-password")" \
-  "$BIN/python" -c '
-import os
-import mlflow.server
-from mlflow.exceptions import MlflowException
-auth = mlflow.server.get_app_client("basic-auth", tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
-try:
-    auth.get_user("nightshift-job")
-except MlflowException:
-    auth.create_user("nightshift-job", os.environ["JOB_PASSWORD"])
-' >>"$LOGS/mlflow-users.log" 2>&1 || { echo "could not make the MLflow user nightshift-job; see $LOGS/mlflow-users.log" >&2; exit 1; }
+mlflow_job_user "$DIR/mlflow/auth/admin-password" "$LOGS/mlflow-users.log"  # the job's MLflow user (lib.sh)
 wait_for "Airflow (start_airflow.sh)" "$AIRFLOW_PID" "$LOGS/airflow.log" grep -q "Airflow UI" "$LOGS/airflow.log"
 for name in "${NAMES[@]}"; do
   pid="$(awk -v n="$name" '$1 == n {print $2}' "$DIR/pids")"

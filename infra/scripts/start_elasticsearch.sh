@@ -13,9 +13,10 @@
 #
 # --security on: basic auth for `elastic` (bootstrap password in the keystore) and for `nightshift` (a file-realm user
 #   whose role reads and writes every index and installs templates), and a bearer token (a file-backed service token
-#   of elastic/kibana, which authenticates but may read no log index). The minimal distribution cannot issue API keys,
-#   user tokens or native users: each needs the .security index, whose mapping uses the analysis-common module's
-#   `pattern_capture` filter, and that module is not in the zip (seen on 9.5.4, 9.2.4 and 8.19.21).
+#   of elastic/kibana, which authenticates but may read no log index). `elastic` can also store roles and issue API
+#   keys through the security API: both need the .security index, whose settings name three analysis components of
+#   the analysis-common module, which the zip lacks; a small plugin (infra/elasticsearch/test-node-plugin/), compiled
+#   once against the node's own jars with a JDK's javac, provides them.
 # off: no security.
 # --setting: extra elasticsearch.yml lines, e.g. thread_pool.write.queue_size=2.
 # On success DIR/node.env holds ES_URL, ES_USER, ES_PASSWORD, ES_SUPERUSER_PASSWORD, ES_BEARER_TOKEN, ES_PID, ES_DIR; the
@@ -53,10 +54,11 @@ done
 case "$SECURITY" in on|off) ;; *) echo "--security must be on or off, not '$SECURITY'" >&2; exit 2 ;; esac
 
 # A JDK >= 21 (Elasticsearch 9 needs it); the machine's default may be older.
-find_jdk() {
+find_jdk() {  # find_jdk [javac]: with `javac`, only a JDK that can compile
   local candidate major
   for candidate in ${ES_JAVA_HOME:-} ${JAVA_HOME:-} $(ls -d /usr/lib/jvm/* 2>/dev/null | sort -rV); do
     [ -x "$candidate/bin/java" ] || continue
+    if [ "${1:-}" = javac ] && [ ! -x "$candidate/bin/javac" ]; then continue; fi
     major="$("$candidate/bin/java" -XshowSettings:properties -version 2>&1 | sed -n 's/.*java.specification.version = \([0-9]*\).*/\1/p')"
     if [ -n "$major" ] && [ "$major" -ge 21 ]; then echo "$candidate"; return 0; fi
   done
@@ -92,6 +94,34 @@ ES_HOME="$CACHE/elasticsearch-$ES_VERSION"
     if [ "$(id -u)" = 0 ]; then chown -R "$ES_USER_NAME" "$ES_HOME"; fi
   fi
 ) 9>"$CACHE/.elasticsearch-$ES_VERSION.lock"
+
+# ---- the .security index's analysis components (see the header), built once per source change ---------------
+PLUGIN_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/../elasticsearch/test-node-plugin" && pwd)/SecurityIndexAnalysisPlugin.java"
+PLUGIN_DIR="$ES_HOME/plugins/nightshift-security-analysis"
+(
+  flock 9
+  stamp="# source sha256 $(sha256sum "$PLUGIN_SRC" | cut -d' ' -f1)"
+  grep -qxF "$stamp" "$PLUGIN_DIR/plugin-descriptor.properties" 2>/dev/null && exit 0
+  JAVAC_JDK="$(find_jdk javac)" || {
+    # Without it the node still runs; only the security API's stored roles and API keys answer 400.
+    echo "warning: no JDK >= 21 with javac: this node cannot store roles or issue API keys" >&2; exit 0; }
+  BUILD="$ES_HOME/.plugin-build"  # outside plugins/: the node loads every folder there
+  rm -rf "$BUILD" && mkdir -p "$BUILD/classes" "$BUILD/plugin"
+  "$JAVAC_JDK/bin/javac" -nowarn --release 21 -cp "$ES_HOME/lib/*" -d "$BUILD/classes" "$PLUGIN_SRC" >&2
+  "$JAVAC_JDK/bin/jar" cf "$BUILD/plugin/nightshift-security-analysis.jar" -C "$BUILD/classes" .
+  cat > "$BUILD/plugin/plugin-descriptor.properties" <<EOF
+$stamp
+description=pattern_capture, unique and uax_url_email for the .security index (test nodes of the minimal distribution)
+version=$ES_VERSION
+name=nightshift-security-analysis
+classname=nightshift.testnode.SecurityIndexAnalysisPlugin
+java.version=21
+elasticsearch.version=$ES_VERSION
+EOF
+  mkdir -p "$ES_HOME/plugins"
+  rm -rf "$PLUGIN_DIR" && mv "$BUILD/plugin" "$PLUGIN_DIR" && rm -rf "$BUILD"
+  if [ "$(id -u)" = 0 ]; then chown -R "$ES_USER_NAME" "$PLUGIN_DIR"; fi
+) 9>"$CACHE/.elasticsearch-$ES_VERSION-plugin.lock"
 
 # ---- this node's folder -------------------------------------------------------------------------------------
 if [ -z "$DIR" ]; then DIR="$(mktemp -d /tmp/nightshift-es.XXXXXX)"; fi

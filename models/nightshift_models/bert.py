@@ -127,10 +127,13 @@ def length_sorted_batches(tokenizer, texts: Sequence[str], batch_size: int, max_
         yield idx, batch
 
 
-def predict_proba(model, tokenizer, texts: Sequence[str], *, batch_size: int = 64, max_length: int = 128, device: str = "cpu") -> np.ndarray:
+def predict_proba(model, tokenizer, texts: Sequence[str], *, batch_size: int = 64, max_length: int = 128, device: str = "cpu",
+                  session=None) -> np.ndarray:
     """Sigmoid probabilities, shape (len(texts), K), in input order.
 
-    Each distinct text is run once (normalised logs repeat heavily), in length-sorted batches.
+    Each distinct text is run once (normalised logs repeat heavily), in length-sorted batches. `session`: an
+    `nightshift_models.int8.Int8Session` that runs each batch instead of `model` (the int8 runtime, on the CPU);
+    `model` then only gives K.
     """
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     if not len(texts):
@@ -140,8 +143,11 @@ def predict_proba(model, tokenizer, texts: Sequence[str], *, batch_size: int = 6
     model.eval()
     with torch.inference_mode(), autocast(device):
         for idx, batch in length_sorted_batches(tokenizer, list(unique), batch_size, max_length):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            probs[idx] = torch.sigmoid(model(**batch).logits.float()).cpu().numpy()
+            if session is not None:
+                logits = torch.from_numpy(session.logits({k: v.numpy() for k, v in batch.items()}))
+            else:
+                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
+            probs[idx] = torch.sigmoid(logits).cpu().numpy()
     return probs[inverse.reshape(-1)]
 
 

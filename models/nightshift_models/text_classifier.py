@@ -10,6 +10,9 @@ The contract (both tasks alike, `mlflow models serve` and `nightshift serve` ali
   MLflow's invalid-parameter error naming the row and the field (`input row 3: 'message' is null`);
   a version that reads context fields (`nightshift.json` `context_fields`, e.g. `level`) takes each as an
   optional column of that name, a missing column or value read as unknown (`[-]`);
+- runtime: a BERT version whose `nightshift.json` `int8` check passed at registration carries an int8 ONNX graph
+  (`nightshift_models.int8`) beside its weights and scores with it on the CPU; fp32 PyTorch otherwise (on CUDA, for
+  a version without the graph, for one whose check failed, or when `use_runtime("fp32")` asks for it);
 - params, declared in the signature (`TextClassifier.param_schema`): `batch_size` (texts per
   forward pass), `threshold` (log-anomaly: instead of the tuned one; failure-rca: one threshold for
   every label, as the seed's API took it) and, for failure-rca, `kb_min_similarity` (the
@@ -31,6 +34,7 @@ from mlflow.pyfunc import PythonModel  # not `mlflow.pyfunc.PythonModel`: mlflow
 
 from nightshift_models.baselines import family_proba, load_family
 from nightshift_models.errors import InputError, invalid
+from nightshift_models.int8 import INT8_FILE, RUNTIMES, Int8Session
 from nightshift_models.normalize import normalize
 from nightshift_models.root_cause_head import RootCauseHead
 
@@ -118,6 +122,7 @@ class TextClassifier(PythonModel):
     FROM_CODE = Path(__file__).parent / "from_code" / "text_classifier.py"
     sklearn: Any = None  # the tfidf / embedding family's fitted head; None for a BERT
     rca: Any = None  # the root-cause head (labels, actions, knowledge base) of a failure-rca version
+    session: Any = None  # the int8 ONNX Runtime session (`nightshift_models.int8.Int8Session`) when that runtime serves
 
     def load_context(self, context) -> None:
         """Load the family the version serves (`nightshift.json` `family`; a version without one is a BERT):
@@ -145,6 +150,44 @@ class TextClassifier(PythonModel):
         self.rca = None
         if self.task == "failure-rca":
             self.rca = RootCauseHead.from_meta(self.meta)
+        self.path = path
+        self.session = None
+        self.use_runtime("int8")
+
+    def int8_problem(self) -> str | None:
+        """Why this version cannot serve int8 here, or None when it can: it is no BERT, it has no int8 graph (a version
+        registered before them), its registration check failed (`nightshift.json` `int8.reason`), or the model runs
+        on CUDA (int8 ONNX Runtime is the CPU path; CUDA keeps PyTorch)."""
+        check = self.meta.get("int8")
+        if self.meta.get("family", "bert") != "bert":
+            return f"family {self.meta['family']} has no int8 graph"
+        if check and not check.get("passed"):
+            return check.get("reason") or "the version's int8 check did not pass"
+        if not check or not (self.path / check.get("file", INT8_FILE)).is_file():
+            return "the version has no int8 graph"
+        if self.device != "cpu":
+            return f"the model runs on {self.device}"
+        return None
+
+    def use_runtime(self, runtime: str) -> str:
+        """Score with `runtime` ("fp32": PyTorch; "int8": the version's int8 graph where `int8_problem` is None, else
+        fp32) and return the runtime in effect.
+
+        Raises:
+            InputError: `runtime` is not one of `nightshift_models.int8.RUNTIMES`.
+        """
+        if runtime not in RUNTIMES:
+            raise InputError(f"runtime {runtime!r} (setting score.runtime): expected one of {', '.join(RUNTIMES)}")
+        if runtime == "fp32" or self.int8_problem() is not None:
+            self.session = None
+        elif self.session is None:
+            self.session = Int8Session(self.path / self.meta["int8"].get("file", INT8_FILE))
+        return self.runtime
+
+    @property
+    def runtime(self) -> str:
+        """What runs the forward pass now: `int8` (ONNX Runtime) or `fp32` (PyTorch; bf16 autocast on CUDA)."""
+        return "int8" if self.session is not None else "fp32"
 
     @property
     def task(self) -> str:
@@ -202,7 +245,7 @@ class TextClassifier(PythonModel):
         from nightshift_models.bert import predict_proba
 
         return predict_proba(self.model, self.tokenizer, texts, batch_size=batch_size,
-                             max_length=self.meta["max_length"], device=self.device)
+                             max_length=self.meta["max_length"], device=self.device, session=self.session)
 
     def format(self, probs: np.ndarray, texts: Sequence[str] = (), options: Options = Options()) -> pd.DataFrame:
         """The task's output columns from probabilities (N, K) (and the texts, for the RCA knowledge-base fallback)."""

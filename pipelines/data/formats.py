@@ -47,6 +47,7 @@ from pipelines.data.records import (
 )
 from pipelines.errors import InputError
 from pipelines.pages import truncate
+from pipelines.storage import StoragePath
 
 GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"
@@ -83,14 +84,27 @@ def _reason(exc: BaseException) -> str:
 
 # ---- bytes and lines -------------------------------------------------------------------------------------
 
-def open_binary(path: Path) -> BinaryIO | gzip.GzipFile:
-    """The file's bytes, decompressed when they are gzip (told by the magic bytes, not the suffix)."""
+class _Gunzip(gzip.GzipFile):
+    """A gzip stream over a file it owns: closing the stream closes the file (a local one, or an object store's)."""
+
+    def __init__(self, source: BinaryIO):
+        super().__init__(fileobj=source, mode="rb")
+        self._source = source
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._source.close()
+
+
+def open_binary(path: Path | StoragePath) -> BinaryIO | gzip.GzipFile:
+    """The file's bytes, decompressed when they are gzip (told by the magic bytes, not the suffix); local or on the
+    object store."""
     fh = path.open("rb")
-    if fh.read(2) == GZIP_MAGIC:
-        fh.close()
-        return gzip.open(path, "rb")
+    magic = fh.read(2)
     fh.seek(0)
-    return fh
+    return _Gunzip(fh) if magic == GZIP_MAGIC else fh
 
 
 def head_text(path: Path) -> list[str]:
@@ -107,11 +121,13 @@ def head_text(path: Path) -> list[str]:
     return lines[:SNIFF_LINES]
 
 
-def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of each line, decoded as UTF-8 without the BOM and the LF/CRLF ending.
+def iter_lines(path: Path | StoragePath, name: str | None = None) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line, decoded as UTF-8 without the BOM and the LF/CRLF ending. `name` is the file
+    as errors name it (default: its file name).
 
-    Raises RecordError `FILE:LINE` for a line that is not UTF-8, ValueError for a damaged gzip stream.
+    Raises RecordError `FILE:LINE` for a line that is not UTF-8, InputError for a damaged gzip stream.
     """
+    name = name or path.name
     number = 0
     try:
         with open_binary(path) as fh:
@@ -121,10 +137,10 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise RecordError(f"{path.name}:{number}", "(line)", f"is not UTF-8 text (byte {exc.start + 1})") from None
+                    raise RecordError(f"{name}:{number}", "(line)", f"is not UTF-8 text (byte {exc.start + 1})") from None
                 yield number, text.rstrip("\r\n")
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise InputError(f"{path.name}: the gzip stream is damaged after line {number} ({_reason(exc)})") from None
+        raise InputError(f"{name}: the gzip stream is damaged after line {number} ({_reason(exc)})") from None
 
 
 def csv_rows(path: Path, delimiter: str, quoting: Literal[0, 1, 2, 3] = csv.QUOTE_MINIMAL) -> Iterator[tuple[int, list[str]]]:
@@ -223,13 +239,18 @@ def sniff_metric_format(path: Path, inputs: InputSettings) -> str:
 
 # ---- log readers -----------------------------------------------------------------------------------------
 
-def read_ndjson(path: Path, ctx: ReadContext) -> Iterator[tuple[str, object]]:
-    """One JSON value per non-blank line (the source checks that it is an object). Raises RecordError `FILE:LINE`
-    (field `(line)`) for a line that is not JSON, or JSON that Python cannot hold (nested too deep, a number too long)."""
-    for number, line in iter_lines(path):
+def ndjson_lines(path: Path | StoragePath, name: str | None = None) -> Iterator[tuple[str, str, object]]:
+    """(where, line, value) of each non-blank line of an NDJSON file (plain or gzip, local or on the object store):
+    `where` is `NAME:LINE`, NAME being `name` (default: the file's name), `line` the text as read, `value` its JSON.
+
+    Raises RecordError `NAME:LINE` (field `(line)`) for a line that is not UTF-8 or not JSON, or JSON that Python
+    cannot hold (nested too deep, a number too long); InputError for a damaged gzip stream.
+    """
+    name = name or path.name
+    for number, line in iter_lines(path, name):
         if not line.strip():
             continue
-        where = f"{path.name}:{number}"
+        where = f"{name}:{number}"
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -238,6 +259,12 @@ def read_ndjson(path: Path, ctx: ReadContext) -> Iterator[tuple[str, object]]:
             raise RecordError(where, "(line)", f"is not valid JSON: a number of more than {sys.get_int_max_str_digits():,} digits") from None
         except RecursionError:
             raise RecordError(where, "(line)", "is not valid JSON: nested deeper than Python's recursion limit") from None
+        yield where, line, value
+
+
+def read_ndjson(path: Path, ctx: ReadContext) -> Iterator[tuple[str, object]]:
+    """One JSON value per non-blank line (`ndjson_lines`; the source checks that it is an object)."""
+    for where, _, value in ndjson_lines(path):
         yield where, value
 
 

@@ -8,7 +8,7 @@ or its own in `promotion.guard_tolerances`), its data
 validation passed, and its training data did not drift severely together with a label shift
 (which points at a labelling fault rather than a changed world). A task with `gate_baselines` (both logs
 models: the TF-IDF baseline retrained on the challenger's own training snapshot) also makes the challenger face
-that baseline on the holdout: it may trail it on the primary metric by at most `candidates.baseline_tolerance`
+that baseline on the holdout: it may trail it on the primary metric by at most `promotion.baseline_tolerance`
 (`face_baseline`). The decision records every contender's holdout metrics (challenger, each baseline,
 champion). The decision and its reasons go
 into the version's tags, its run (`promotion/decision.json`, `holdout_*` metrics, the holdout as a
@@ -149,7 +149,7 @@ def decide(spec: TaskSpec, challenger: dict[str, float], champion: dict[str, flo
 
 def face_baseline(spec: TaskSpec, challenger: dict[str, float], report: EvaluationReport, tolerance: float) -> dict[str, Any]:
     """The gate's second test, beside the champion: on the holdout the challenger must not trail any of its task's
-    `gate_baselines` by more than `tolerance` (`candidates.baseline_tolerance`) on `spec.primary` (in the metric's
+    `gate_baselines` by more than `tolerance` (`promotion.baseline_tolerance`) on `spec.primary` (in the metric's
     direction, `spec.gain`). For both logs models one is the TF-IDF family trained and tuned on the challenger's own
     training snapshot as the night trains it; log-anomaly also faces the fixed ten-line reference recipe, which no
     choice of the night's can make the candidate itself.
@@ -306,16 +306,14 @@ def promote(name: str, settings: Settings, holdout: str | Path | None = None, ve
     before the challenger's record is written, so its `champion_now` and its page name the restored champion.
 
     Raises:
-        ConfigError: a `promotion.*` setting or `candidates.baseline_tolerance` is out of range. RegistryError: no challenger (or `version`).
+        ConfigError: a `promotion.*` setting is out of range. RegistryError: no challenger (or `version`).
         PromotionError: the holdout overlaps a training window or none is found, or the lock is not had in time.
         TrainingDataError: the holdout cannot judge the versions (no labelled line, no whole window).
     """
-    cfg, tolerance = settings.promotion, settings.candidates.baseline_tolerance
-    for setting in ("margin", "guard_tolerance", "decay_tolerance", "rollback_quiet_days"):
+    cfg = settings.promotion
+    for setting in ("margin", "guard_tolerance", "baseline_tolerance", "decay_tolerance", "rollback_quiet_days"):
         if getattr(cfg, setting) < 0:
             raise ConfigError(f"setting promotion.{setting} must be >= 0 (is {getattr(cfg, setting)})")
-    if tolerance < 0:
-        raise ConfigError(f"setting candidates.baseline_tolerance must be >= 0 (is {tolerance})")
     guard_tolerances(cfg)  # a malformed setting fails before any evaluation runs
     client = use_store(settings)
     spec = task(name)
@@ -360,7 +358,7 @@ def promote(name: str, settings: Settings, holdout: str | Path | None = None, ve
     champion_metrics = holdout_metrics(f"{name}/{champion.version}", snapshot.path, settings)
     decay = champion_decay(client, champion, champion_metrics, spec, cfg)
     ok, reasons = decide(spec, challenger_metrics, champion_metrics, validation, drift, cfg)
-    versus = face_baseline(spec, challenger_metrics, judged, tolerance)
+    versus = face_baseline(spec, challenger_metrics, judged, cfg.baseline_tolerance)
     ok &= versus["ok"]
     reasons.append(versus["reason"])
     record = {**base, "primary": spec.primary, "guards": list(spec.guards), "lower_is_better": sorted(spec.lower_is_better),
@@ -369,7 +367,7 @@ def promote(name: str, settings: Settings, holdout: str | Path | None = None, ve
               "contenders": {**versus["contenders"], "champion": champion_metrics},
               "gate_baselines": list(spec.gate_baselines), "baseline_trained_on": versus["baseline_trained_on"],
               "validation": validation, "drift": drift, "champion_decay": decay, "rollback": None,
-              "settings": {"margin": cfg.margin, "guard_tolerance": cfg.guard_tolerance, "baseline_tolerance": tolerance}}
+              "settings": {"margin": cfg.margin, "guard_tolerance": cfg.guard_tolerance, "baseline_tolerance": cfg.baseline_tolerance}}
     _record_decay(client, champion, champion_metrics, decay, snapshot)
     decayed = decay["status"] == "decayed"
 

@@ -136,6 +136,7 @@ def annotate(docs: Iterable[tuple[str, dict]], classifier, model_name: str, vers
     """
     fields, cfg = settings.fields, settings.score
     family = getattr(classifier, "family", "bert")  # the model family the version won with
+    runtime = getattr(classifier, "runtime", None)  # what runs the forward pass: fp32 (PyTorch) or int8 (ONNX Runtime)
     cache = TextCache(cfg.cache_texts)
     threshold = float(classifier.thresholds[0])
 
@@ -155,6 +156,8 @@ def annotate(docs: Iterable[tuple[str, dict]], classifier, model_name: str, vers
                 set_field(doc, "ml.model.name", model_name)
                 set_field(doc, "ml.model.version", version)
                 set_field(doc, "ml.model.family", family)
+                if runtime is not None:
+                    set_field(doc, "ml.model.runtime", runtime)
                 set_field(doc, "ml.scored_at", scored_at)
                 champion.append((value, flag))
                 counts["scored"] += 1
@@ -217,7 +220,8 @@ def frozen_heap() -> Iterator[None]:
 def score_logs(model_ref: str, source_uri: str, sink_uri: str | None, settings: Settings,
                start: datetime | None = None, end: datetime | None = None, rca_model: str | None = None,
                shadow_model: str | None = None) -> dict:
-    """Score every document of the source (optionally only [start, end)) and write it to the sink.
+    """Score every document of the source (optionally only [start, end)) and write it to the sink, with the forward
+    pass setting `score.runtime` chooses (`ml.model.runtime` on each document, `runtime` in the result).
 
     `rca_model`: the root-cause model for `ml.rca.*` (default: the failure-rca champion when there is one; "none": off).
     `shadow_model`: a second log-anomaly version scored beside the model in the same pass (`pipelines.scoring.shadow`: into
@@ -234,6 +238,8 @@ def score_logs(model_ref: str, source_uri: str, sink_uri: str | None, settings: 
     client = use_store(settings)
     ref, model = load_model(client, model_ref)
     classifier = model.unwrap_python_model()
+    if hasattr(classifier, "use_runtime"):  # a TextClassifier: setting score.runtime (int8 where the version allows it)
+        classifier.use_runtime(settings.score.runtime)
     rca = load_annotator(client, rca_model, settings)
     shadow = load_shadow(client, shadow_model, ref, settings, TextCache(settings.score.cache_texts))
     with frozen_heap():  # the models are loaded: what the pass allocates is all the collector needs to walk
@@ -261,7 +267,7 @@ def score_logs(model_ref: str, source_uri: str, sink_uri: str | None, settings: 
                     shadow.abort()  # when the sink failed before reading a document; otherwise done already
                 raise
         seconds = time.perf_counter() - started
-        out = {"model": ref.name, "version": ref.version, "source": source.uri, "sink": sink.uri, **counts, **written,
+        out = {"model": ref.name, "version": ref.version, "runtime": getattr(classifier, "runtime", None), "source": source.uri, "sink": sink.uri, **counts, **written,
                "unscored": sum(unscored.values()), "unscored_reasons": unscored,
                "skipped": sum(skipped.values()), "skipped_reasons": skipped, "seconds": round(seconds, 2),
                "docs_per_s": counts["scored"] / seconds if seconds else 0.0}

@@ -1,8 +1,10 @@
 """Root-cause analysis: train and evaluate the multi-label failure model `failure-rca`.
 
 A training example is one failed job (its text from `pipelines.data.failed_jobs`), its targets the job's
-root causes in label-space order; failed jobs without root causes are all-negative examples. The
-model families (tfidf, embedding, bert) compete as for log-anomaly (`pipelines.training.families`); the
+root causes in label-space order; failed jobs without root causes are all-negative examples. Beside the jobs,
+every family trains on each label's descriptions (`description_examples`: its name, its actions, its
+knowledge-base entries), and is chosen on folds that hold out whole error templates, so what wins names a cause
+worded in new words. The model families (tfidf, embedding, bert) compete as for log-anomaly (`pipelines.training.families`); the
 BERT loop, MLflow logging and registration are the shared ones in `pipelines.training`; this module
 adds the `[rca]` hyper-parameters (a mean-pooled head started from a linear probe: LP-FT), the
 label space and knowledge base (written into the model), the per-label thresholds, the
@@ -33,6 +35,7 @@ from pipelines.telemetry import get_logger
 from pipelines.training.classification import ThresholdTuner, tune_threshold
 from pipelines.training.families import (
     BertFit,
+    Described,
     Prepared,
     candidate_families,
     check_language,
@@ -44,6 +47,7 @@ from pipelines.training.families import (
 )
 from pipelines.training.fine_tune import (
     FitResult,
+    Int8Check,
     classifier_candidate,
     classifier_params,
     classifier_requirements,
@@ -139,9 +143,11 @@ def snapshot_jobs(snapshot: Snapshot, settings: Settings, label_space: LabelSpac
 
 
 def prepare_jobs(jobs: pd.DataFrame, labels: Sequence[str], settings: Settings, where: str) -> Prepared:
-    """Failed jobs (`snapshot_jobs`) -> the folds to choose on (`pipelines.training.families.choose_selection`): one
-    row-sized selection split whose held-out templates are each job's first error line, or forward-chaining time folds
-    when labelled jobs are few. A label keeps at least `1 - validation_fraction` of its jobs in training.
+    """Failed jobs (`snapshot_jobs`) -> the folds to choose on (`pipelines.training.families.choose_selection`), each
+    job's template being its first error line's. `rca.selection` "templates": folds that each hold out whole templates
+    (`pipelines.training.families.template_folds`); "time": one row-sized selection split that holds out templates
+    and keeps at least `1 - validation_fraction` of each label's jobs in training, or forward-chaining time folds when
+    labelled jobs are few.
 
     Raises:
         NoFailuresError: no failed job with root causes. TrainingDataError: fewer labelled jobs than
@@ -156,7 +162,8 @@ def prepare_jobs(jobs: pd.DataFrame, labels: Sequence[str], settings: Settings, 
     y = targets(jobs["root_cause"], labels)
     keyed = pd.DataFrame({"timestamp": jobs["timestamp"], "text": jobs["model_text"].str.split(" | ", n=1, regex=False).str[0],
                           "labelled": y.any(axis=1)})
-    return Prepared(jobs, y, choose_selection(keyed, y, settings, f"{where} (labels in field '{field.root_cause}')", label="labelled"))
+    return Prepared(jobs, y, choose_selection(keyed, y, settings, f"{where} (labels in field '{field.root_cause}')", label="labelled",
+                                              by_template=settings.rca.selection == "templates"))
 
 
 def no_failure_texts(frame: pd.DataFrame, limit: int, seed: int) -> list[str]:
@@ -171,6 +178,35 @@ def no_failure_texts(frame: pd.DataFrame, limit: int, seed: int) -> list[str]:
     return texts
 
 
+def split_words(label: str) -> str:
+    """A label name as words: `CUDA_OutOfMemory` -> `CUDA Out Of Memory`."""
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", label.replace("_", " ")).strip()
+
+
+def description_examples(label_space: LabelSpace, knowledge_base: KnowledgeBase) -> Described:
+    """Each label's descriptions as labelled texts (normalised like log text): its name in words, each of its
+    suggested actions, and the title and each symptom of every knowledge-base entry that names it (`label`).
+
+    A night's failed jobs word each cause a few ways; a cause worded anew shares their meaning, not their words. The
+    descriptions say the meaning in other words, so a family reading meaning (the frozen sentence encoder) places
+    the label's region around them too: the label names and descriptions of zero-shot text classification
+    (Yin et al., "Benchmarking zero-shot text classification", EMNLP 2019) given to a supervised head as extra
+    examples. Entries without a label, or with one outside the label space, add nothing. Returns a `Described`
+    with (M, K) targets in label-space order; a text describing two labels carries both.
+    """
+    labels = list(label_space.labels)
+    described: dict[str, set[str]] = {}
+    for label in labels:
+        for text in (split_words(label), *label_space.actions[label]):
+            described.setdefault(normalize(text), set()).add(label)
+    for entry in knowledge_base.entries:
+        if entry.label in label_space.actions:
+            for text in (entry.title, *entry.symptoms):
+                described.setdefault(normalize(text), set()).add(entry.label)
+    texts = [t for t in described if t]
+    return Described(tuple(texts), targets([sorted(described[t]) for t in texts], labels))
+
+
 def rca_bert_fit(checkpoint: str, params: TrainSettings, tune: ThresholdTuner) -> BertFit:
     """The failure-rca BERT (`BertFit`): few jobs, so always from the linear probe's head (LP-FT)."""
     def fit(texts, targets, weights, val_texts, y_val, epochs, on_epoch) -> FitResult:
@@ -179,16 +215,18 @@ def rca_bert_fit(checkpoint: str, params: TrainSettings, tune: ThresholdTuner) -
     return fit
 
 
-def tfidf_reference(data: Prepared, labels: Sequence[str], settings: Settings, background: Sequence[str] = ()) -> FitResult:
+def tfidf_reference(data: Prepared, labels: Sequence[str], settings: Settings, background: Sequence[str] = (),
+                    described: Described = Described()) -> FitResult:
     """The TF-IDF one-vs-rest family scored out of fold on `data`'s folds and refitted on every job (with the night's
-    `background`, `no_failure_texts`), per-label thresholds from its out-of-fold scores: the baseline a version is
-    judged against (`params`: the `[rca]` ones)."""
+    `background`, `no_failure_texts`, and the labels' descriptions, `description_examples`), per-label thresholds from
+    its out-of-fold scores: the baseline a version is judged against (`params`: the `[rca]` ones)."""
     params, tune = rca_settings(settings).train, label_threshold_tuner(labels)
     texts = data.rows["model_text"].tolist()
     fit_bert = rca_bert_fit("", params, tune)
     fits = fit_families(texts, data.targets, data.selection, ("tfidf",), checkpoint="", params=params, tune=tune, fit_bert=fit_bert,
-                        background=background)
-    return refit(fits["tfidf"], texts, data.targets, checkpoint="", params=params, fit_bert=fit_bert, background=background)
+                        background=background, described=described)
+    return refit(fits["tfidf"], texts, data.targets, checkpoint="", params=params, fit_bert=fit_bert, background=background,
+                 described=described)
 
 
 def rca_report(result: FitResult, fits: dict[str, FitResult], y_val: np.ndarray, labels: Sequence[str], baseline: Scored | None,
@@ -203,10 +241,16 @@ def rca_report(result: FitResult, fits: dict[str, FitResult], y_val: np.ndarray,
                              curve_metrics=("micro_f1", "macro_f1"))
 
 
+def configured_descriptions(settings: Settings, label_space: LabelSpace, knowledge_base: KnowledgeBase) -> Described:
+    """`description_examples` when setting `rca.description_examples` is on, else none."""
+    return description_examples(label_space, knowledge_base) if settings.rca.description_examples else Described()
+
+
 def train_failure_rca(snapshot_dir: str | Path, settings: Settings, base_model: str | None = None) -> TrainingOutcome:
     """Fit every candidate family (`candidates.families`: tfidf, embedding, and the BERT fine-tuned after a linear
-    probe) on a log snapshot's failed jobs, register the one best on validation micro-F1 (a tie goes to the cheaper)
-    as a `failure-rca` candidate, and return the outcome. The run carries every family's validation metrics
+    probe) on a log snapshot's failed jobs, the labels' descriptions (`description_examples`) and ordinary lines
+    (`no_failure_texts`), register the one best on out-of-fold micro-F1 (a tie goes to the cheaper) as a
+    `failure-rca` candidate, and return the outcome. The run carries every family's validation metrics
     (`FAMILY.METRIC`), the BERT's per-epoch curves (`pipelines.training.loop.log_epoch_metrics`) and the training
     report (`rca_report`). As for log-anomaly, a snapshot whose `[UNK]` rate under the BERT tokenizer passes
     `candidates.max_unk_rate` warns and leaves it to the TF-IDF character n-grams (`check_language`).
@@ -227,8 +271,9 @@ def train_failure_rca(snapshot_dir: str | Path, settings: Settings, base_model: 
     data = prepare_jobs(snapshot_jobs(snapshot, settings, label_space), labels, settings, f"snapshot {snapshot.path}")
     texts, val = data.rows["model_text"].tolist(), data.validated
     background = no_failure_texts(snapshot.read(), settings.rca.no_failure_examples, params.seed)
+    described = configured_descriptions(settings, label_space, knowledge_base)
     checkpoint = resolve_checkpoint(base_model or params.base_model)
-    language = check_language(checkpoint, list(dict.fromkeys(texts)), candidate_families(settings), settings)
+    language = check_language(checkpoint, list(dict.fromkeys(texts)), candidate_families(settings.candidates.families), settings)
     families = language.families
     tune = label_threshold_tuner(labels)
     fit_bert = rca_bert_fit(checkpoint, params, tune)
@@ -238,13 +283,14 @@ def train_failure_rca(snapshot_dir: str | Path, settings: Settings, base_model: 
         mlflow.log_dict(label_space.to_json(), "rca/label_space.json")
         mlflow.log_dict(knowledge_base.to_json(), "rca/knowledge_base.json")
         fits = fit_families(texts, data.targets, data.selection, families if "tfidf" in families else ("tfidf", *families),
-                            checkpoint=checkpoint, params=params, tune=tune, fit_bert=fit_bert, on_epoch=on_epoch, background=background)
+                            checkpoint=checkpoint, params=params, tune=tune, fit_bert=fit_bert, on_epoch=on_epoch, background=background,
+                            described=described)
         baseline = None  # None: the tfidf family is the baseline
         if "tfidf" not in families:
             tfidf = fits.pop("tfidf")
             baseline = Scored(tfidf.best_metrics, tfidf.val_probs)
         result = refit(choose_family(fits, metric=SPEC.primary), texts, data.targets, checkpoint=checkpoint, params=params,
-                       fit_bert=fit_bert, background=background)
+                       fit_bert=fit_bert, background=background, described=described)
         facts = {"served family": f"{result.family} (the best out-of-fold micro-F1; a tie goes to the cheaper family), "
                                   f"refitted on all {len(texts)} jobs",
                  "chosen on": f"{data.selection.method}, {len(data.selection.folds)} fold(s)",
@@ -258,6 +304,7 @@ def train_failure_rca(snapshot_dir: str | Path, settings: Settings, base_model: 
                   "input": "job text (pipelines.data.failed_jobs.job_text)"},
             example=pd.DataFrame({"message": data.rows["text"].tail(3).tolist()}), baseline=dict(baseline.metrics) if baseline is not None else None,
             outcome_metrics=SUMMARY_METRICS,
+            int8=Int8Check([texts[i] for i in data.selection.validated], data.y_val, settings.score.int8_min_agreement),
             details={**language.details(), "metrics_are": f"out of fold ({data.selection.method}); the model is refitted on every job"})
 
     last = data.selection.folds[-1]
@@ -268,7 +315,7 @@ def train_failure_rca(snapshot_dir: str | Path, settings: Settings, base_model: 
                 "jobs": len(texts), "train_jobs": len(last.train), "validation_jobs": len(val),
                 "train_labelled_jobs": int(data.targets[last.train].any(axis=1).sum()),
                 "validation_labelled_jobs": int(data.y_val.any(axis=1).sum()),
-                "no_failure_examples": len(background), "labels": len(labels), "families": ",".join(families), "pooling": params.pooling, "head_init": "linear probe (LP-FT)", "label_space": f"{label_space.name}@{label_space.version}",
+                "no_failure_examples": len(background), "description_examples": len(described.texts), "labels": len(labels), "families": ",".join(families), "pooling": params.pooling, "head_init": "linear probe (LP-FT)", "label_space": f"{label_space.name}@{label_space.version}",
                 "knowledge_base": f"{knowledge_base.name}@{knowledge_base.version}"},
     )
     # The run holds every metric; the outcome keeps the headline ones, per-label F1 and thresholds apart.
@@ -320,7 +367,8 @@ def evaluate_failure_rca(client, ref: ModelRef, classifier, snapshot_dir: Path, 
         trained_on = load_snapshot(reference)
         data = prepare_jobs(snapshot_jobs(trained_on, settings, head.label_space), labels, settings, f"snapshot {reference}")
         tfidf = tfidf_reference(data, labels, settings, no_failure_texts(trained_on.read(), settings.rca.no_failure_examples,
-                                                                         settings.train.seed))
+                                                                         settings.train.seed),
+                                configured_descriptions(settings, head.label_space, head.knowledge_base))
         base = multilabel_report(y, baseline_proba(tfidf.model, jobs["model_text"].tolist()) >= np.asarray(tfidf.thresholds)[None, :], labels)
         report.baselines["tfidf"] = {k: base[k] for k in SUMMARY_METRICS}
         report.baseline_trained_on = str(reference)

@@ -5,7 +5,7 @@ time folds on a small snapshot) -> `fit_anomaly_families` (each family scored ou
 TF-IDF word+char n-grams, frozen-encoder embedding + LR, fine-tuned BERT; the competition is
 `pipelines.training.families`', shared with the root-cause model) -> `choose_family` (best out-of-fold primary
 metric; a tie goes to the cheaper) -> `refit` (the chosen family on every labelled row, the out-of-fold threshold)
--> `pipelines.training.register.register_candidate`.
+-> `classifier_candidate`, registered in the `pipelines.training.register.training_run` the fitting ran in.
 The BERT loop (`fine_tune`) is `pipelines.training.fine_tune`'s, shared with the root-cause model.
 """
 
@@ -40,14 +40,15 @@ from pipelines.training.families import (
 from pipelines.training.fine_tune import (
     OUTCOME_FAMILY_METRICS,
     FitResult,
+    Int8Check,
     classifier_candidate,
     classifier_params,
     classifier_requirements,
     probed_fine_tune,
 )
-from pipelines.training.loop import OnEpoch, ignore_epoch
+from pipelines.training.loop import OnEpoch, ignore_epoch, log_epoch_metrics
 from pipelines.training.plots import Scored, TrainingReport, classifier_report, log_report
-from pipelines.training.register import register_candidate
+from pipelines.training.register import training_run
 
 log = get_logger("train")
 
@@ -175,31 +176,30 @@ def train_log_anomaly(snapshot_dir: str | Path, settings: Settings, base_model: 
     data = prepare_anomaly_data(snapshot, settings)
     texts = data.rows["text"].tolist()
     checkpoint = resolve_checkpoint(base_model or params.base_model)
-    language = check_language(checkpoint, data.rows["text"].drop_duplicates().tolist(), candidate_families(settings), settings)
+    language = check_language(checkpoint, data.rows["text"].drop_duplicates().tolist(), candidate_families(settings.candidates.families), settings)
     families = language.families
 
-    def fit(on_epoch: OnEpoch):
+    with training_run("log-anomaly", snapshot, settings,
+                      validation=Split("validation", rows_digest(data.validated[["timestamp", "text"]]), len(data.validated)),
+                      params={**classifier_params(checkpoint, params), **split_params(data),
+                              "template_holdout": cand.template_holdout, "context_fields": cand.context_fields or "-",
+                              "families": ",".join(families), "early_stopping_metric": cand.early_stopping_metric,
+                              "linear_probe": cand.linear_probe}) as run:
         language.log()
-        fits = fit_anomaly_families(data, families if "tfidf" in families else ("tfidf", *families), checkpoint, settings, on_epoch)
+        fits = fit_anomaly_families(data, families if "tfidf" in families else ("tfidf", *families), checkpoint, settings,
+                                    log_epoch_metrics)
         baseline = fits.pop("tfidf").best_metrics if "tfidf" not in families else None  # None: the tfidf family's
         result = refit(choose_family(fits), texts, data.targets, checkpoint=checkpoint, params=params,
                        fit_bert=anomaly_bert_fit(checkpoint, settings))
         log_report("log-anomaly", lambda: anomaly_report(data, fits, result, baseline))
-        return classifier_candidate(
+        candidate = classifier_candidate(
             result, checkpoint=checkpoint, params=params, snapshot=snapshot,
             meta={"task": "log-anomaly", "outputs": ["anomaly"], "context_fields": list(context_fields(settings))},
             example=data.rows[["message", *context_fields(settings)]].tail(3).fillna(""),
             baseline=baseline,
-            details={**language.details(), "metrics_are": f"out of fold ({data.selection.method}); the model is refitted on every labelled row"})
-
-    return register_candidate(
-        "log-anomaly", snapshot, settings, fit=fit, pip_requirements=classifier_requirements(),
-        validation=Split("validation", rows_digest(data.validated[["timestamp", "text"]]), len(data.validated)),
-        params={**classifier_params(checkpoint, params), **split_params(data),
-                "template_holdout": cand.template_holdout, "context_fields": cand.context_fields or "-",
-                "families": ",".join(families), "early_stopping_metric": cand.early_stopping_metric,
-                "linear_probe": cand.linear_probe},
-    )
+            details={**language.details(), "metrics_are": f"out of fold ({data.selection.method}); the model is refitted on every labelled row"},
+            int8=Int8Check([texts[i] for i in data.selection.validated], data.y_val, settings.score.int8_min_agreement))
+        return run.register(candidate, classifier_requirements())
 
 
 def evaluate_log_anomaly(client, ref: ModelRef, classifier, snapshot_dir: Path, settings: Settings, baseline: bool = True) -> EvaluationReport:

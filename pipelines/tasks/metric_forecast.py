@@ -10,7 +10,7 @@ clearly better on validation (`nightshift_models.forecast_contenders.build_commi
 are scored alike: MAE in robust-scaled units (so GPU memory in MiB and ratios in 0..1 weigh the
 same), MAE at the last lead time, MASE (against the in-sample daily seasonal naive), sMAPE in
 percent, and the coverage of the p10..p90 band (0.8 is right).
-Logging and registration are the log models' (`pipelines.training.register.register_candidate`): run params,
+Logging and registration are the log models' (`pipelines.training.register.training_run`): run params,
 per-epoch metrics, the snapshot's lineage tags, `metric-forecast` aliased challenger, and champion only when there is none; the
 served family is the run's param `family` and the version's tag `model.family`.
 """
@@ -36,9 +36,17 @@ from pipelines.registry.store import ModelRef
 from pipelines.sources.prometheus import step_grid
 from pipelines.tasks.spec import EvaluationReport, TaskSpec, TrainingOutcome
 from pipelines.telemetry import get_logger
-from pipelines.training.loop import OnEpoch, Validation, cpu_threads, ignore_epoch, optimizer_step, run_epochs, seed_everything
+from pipelines.training.loop import (
+    OnEpoch,
+    Validation,
+    ignore_epoch,
+    log_epoch_metrics,
+    optimizer_step,
+    run_epochs,
+    seed_everything,
+)
 from pipelines.training.plots import SeriesForecast, TrainingReport, forecast_report, log_report
-from pipelines.training.register import Candidate, register_candidate, requirements
+from pipelines.training.register import Candidate, requirements, training_run
 
 if TYPE_CHECKING:
     from nightshift_models.forecaster import LSTMForecaster  # torch: imported where a forecaster is built
@@ -182,8 +190,7 @@ def fit_forecaster(grid, cfg, params: ForecastSettings, train: Windows, val: Win
     started = time.perf_counter()
     seed_everything(params.seed)
     device = pick_device(params.device, "forecast.device")
-    with cpu_threads(params.cpu_threads if device == "cpu" else 0):  # forecast.cpu_threads over train.cpu_threads
-        return _fit(grid, cfg, params, train, val, on_epoch, device, started)
+    return _fit(grid, cfg, params, train, val, on_epoch, device, started)
 
 
 def _fit(grid, cfg, params: ForecastSettings, train: Windows, val: Windows, on_epoch: OnEpoch, device: str, started: float) -> ForecastFit:
@@ -414,10 +421,20 @@ def train_metric_forecast(snapshot_dir: str | Path, settings: Settings) -> Train
     last = data.raw[0, -cfg.lookback:]
     example = {"timestamp": data.times[-cfg.lookback:][np.isfinite(last)], "series": data.ids[0], "value": last[np.isfinite(last)]}
 
-    def fit(on_epoch: OnEpoch) -> Candidate:
+    windows = pd.DataFrame({"series": np.asarray(data.ids)[val.rows], "end": data.times[val.ends]})  # one row per validation window
+    with training_run(
+        TASK, data.snapshot, settings, validation=Split("validation", rows_digest(windows), len(windows)),
+        params={"step": meta["step"], "lookback": cfg.lookback, "horizon": cfg.horizon, "season": cfg.season,
+                "hidden_size": cfg.hidden_size, "layers": cfg.layers, "epochs": params.epochs,
+                "batch_size": params.batch_size, "learning_rate": params.learning_rate,
+                "windows_per_epoch": params.windows_per_epoch, "patience": params.patience, "seed": params.seed,
+                "validation_fraction": params.validation_fraction,
+                "series": len(data.ids), "steps": data.raw.shape[1], "train_windows": len(train.rows),
+                "validation_windows": len(val.rows), "validation_from": str(np.datetime64(int(data.times[cut]), "s"))},
+    ) as run:
         import mlflow
 
-        result = fit_forecaster(grid, cfg, params, train, val, on_epoch)
+        result = fit_forecaster(grid, cfg, params, train, val, log_epoch_metrics)
         started = time.perf_counter()
         committee = fit_committee(grid, cfg, result, val, cut)
         result.seconds += time.perf_counter() - started  # the night's training time covers the contenders too
@@ -426,20 +443,8 @@ def train_metric_forecast(snapshot_dir: str | Path, settings: Settings) -> Train
         report = evaluate_forecasts(grid, cfg, train, val, families[committee.family], params.seed, contenders=families, mase_until=cut)
         mlflow.log_dict(report, "evaluation/forecast_report.json")
         log_report(TASK, lambda: forecaster_report(data, grid, cfg, val, cut, result, committee.family, families[committee.family], report))
-        return forecaster_candidate(result, committee, report, {**meta, "committee": committee.to_meta()}, example)
-
-    windows = pd.DataFrame({"series": np.asarray(data.ids)[val.rows], "end": data.times[val.ends]})  # one row per validation window
-    return register_candidate(
-        TASK, data.snapshot, settings, fit=fit, pip_requirements=requirements(("torch", "mlflow"), ("pandas", "numpy")),
-        validation=Split("validation", rows_digest(windows), len(windows)),
-        params={"step": meta["step"], "lookback": cfg.lookback, "horizon": cfg.horizon, "season": cfg.season,
-                "hidden_size": cfg.hidden_size, "layers": cfg.layers, "epochs": params.epochs,
-                "batch_size": params.batch_size, "learning_rate": params.learning_rate,
-                "windows_per_epoch": params.windows_per_epoch, "patience": params.patience, "seed": params.seed,
-                "validation_fraction": params.validation_fraction,
-                "series": len(data.ids), "steps": data.raw.shape[1], "train_windows": len(train.rows),
-                "validation_windows": len(val.rows), "validation_from": str(np.datetime64(int(data.times[cut]), "s"))},
-    )
+        candidate = forecaster_candidate(result, committee, report, {**meta, "committee": committee.to_meta()}, example)
+        return run.register(candidate, requirements(("torch", "mlflow"), ("pandas", "numpy")))
 
 
 def forecaster_candidate(result: ForecastFit, committee, report: dict, meta: dict, example: dict) -> Candidate:

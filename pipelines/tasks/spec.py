@@ -66,7 +66,7 @@ class TaskSpec:
     folder `<dataset>-fresh`. `primary`, `guards` and `lower_is_better` are the gate's metrics
     (`pipelines.registry.gate`). `gate_baselines` name the baselines of the task's evaluation
     (`EvaluationReport.baselines`) that the challenger must not trail on the holdout's primary metric by more than
-    `candidates.baseline_tolerance`: the gate's second test (`pipelines.registry.gate.face_baseline`); "tfidf" for
+    `promotion.baseline_tolerance`: the gate's second test (`pipelines.registry.gate.face_baseline`); "tfidf" for
     both logs models, and "reference" (the fixed ten-line recipe) for log-anomaly. `summary(outcome)` is the line the CLI prints after training.
     """
 

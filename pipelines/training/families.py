@@ -1,7 +1,7 @@
 """The competition between text-classifier families, shared by `log-anomaly` (K=1) and `failure-rca` (K labels).
 
 Reading order: `choose_selection` (the folds: one row-sized `selection_split`, or `forward_chaining_folds` when
-positives are few) -> `fit_families` (every family in `candidates.families` scored out of fold on those folds: tfidf
+positives are few, or `template_folds` that hold out whole templates) -> `fit_families` (every family in `candidates.families` scored out of fold on those folds: tfidf
 (`nightshift_models.baselines.tfidf_logreg`, word + character n-grams, one-vs-rest logistic regression when K > 1),
 embedding (`nightshift_models.baselines.EmbeddingLogReg`, the frozen encoder of the checkpoint with a
 logistic-regression head) and bert (the task's own fine-tune, a `BertFit`)) -> `choose_family` (the best
@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -32,16 +32,15 @@ from pipelines.training.plots import Scored
 log = get_logger("train")
 
 
-def candidate_families(settings: Settings) -> tuple[str, ...]:
-    """Setting `candidates.families`, cheapest first (`nightshift_models.baselines.FAMILIES` order).
+def candidate_families(value: str, setting: str = "candidates.families") -> tuple[str, ...]:
+    """The families named in `value` (setting `candidates.families`), cheapest first (`nightshift_models.baselines.FAMILIES` order).
 
     Raises:
-        ConfigError: an unknown family, or none.
+        ConfigError: an unknown family, or none, naming `setting`.
     """
-    names = {n.strip() for n in settings.candidates.families.split(",") if n.strip()}
+    names = {n.strip() for n in value.split(",") if n.strip()}
     if not names or names - set(FAMILIES):
-        raise ConfigError(f"setting candidates.families: {settings.candidates.families!r} (expected a comma-separated subset of "
-                          f"{', '.join(FAMILIES)})")
+        raise ConfigError(f"setting {setting}: {value!r} (expected a comma-separated subset of {', '.join(FAMILIES)})")
     return tuple(f for f in FAMILIES if f in names)
 
 
@@ -169,12 +168,39 @@ def forward_chaining_folds(positives: np.ndarray, folds: int) -> tuple[Fold, ...
     return tuple(out)
 
 
+def template_folds(keys: Sequence[str], positives: np.ndarray, folds: int, seed: int) -> tuple[Fold, ...]:
+    """Cross-validation grouped by template: the distinct `keys` (each row's template, e.g. `template_key` of a failed
+    job's first error line) are shuffled with `seed` and dealt into `folds` groups of about equal rows (scikit-learn's
+    `GroupKFold`); fold i validates on group i and trains on every other group, at any time. Every row is then scored
+    by a model that never saw its phrasing, as a failure worded in new words will be, so the family and threshold
+    chosen on these scores reward reading a cause rather than remembering its lines. `positives` (N,) marks the
+    positive rows; a fold whose training holds none is left out. Fewer than two templates: no folds.
+    Source: Roberts et al., "Cross-validation strategies for data with temporal, spatial, hierarchical, or
+    phylogenetic structure", Ecography 2017 (blocked cross-validation over groups)."""
+    from sklearn.model_selection import GroupKFold
+
+    distinct = sorted(set(keys))
+    if len(distinct) < 2:
+        return ()
+    shuffled = {key: i for i, key in enumerate(np.random.default_rng(seed).permutation(np.asarray(distinct, dtype=object)))}
+    groups = np.array([shuffled[k] for k in keys])
+    positives = np.asarray(positives, dtype=bool)
+    out = []
+    for train, val in GroupKFold(n_splits=min(folds, len(distinct))).split(groups, groups=groups):
+        if positives[train].any():
+            out.append(Fold(np.sort(train), np.sort(val)))
+    return tuple(out)
+
+
 def choose_selection(frame: pd.DataFrame, targets: np.ndarray, settings: Settings, where: str,
-                     label: str = "anomaly") -> Selection:
+                     label: str = "anomaly", by_template: bool = False) -> Selection:
     """The folds a night chooses on. `frame` (time order, with `timestamp`, `text`, the 0/1 `label`) and `targets`
-    ((N, K), same rows) are the labelled rows. Below `candidates.cv_below_positives` positive rows, forward-chaining
+    ((N, K), same rows) are the labelled rows. With `by_template`, `candidates.cv_folds` folds that each hold out
+    whole templates of `text` (`template_folds`, method "template-cv"; failure-rca, where a night's few jobs repeat
+    a few phrasings per cause). Otherwise, below `candidates.cv_below_positives` positive rows, forward-chaining
     folds (`candidates.cv_folds`): one small split would hold a handful of positives, and the threshold would follow
-    them. Otherwise one selection split (`selection_split`).
+    them; above it one selection split (`selection_split`). Template folds fall back to those when the rows hold
+    fewer than two templates.
 
     Raises:
         TrainingDataError: fewer positive rows than `candidates.min_positives`, or no fold with positives to train on.
@@ -185,6 +211,10 @@ def choose_selection(frame: pd.DataFrame, targets: np.ndarray, settings: Setting
     if positives < max(cand.min_positives, 1):
         raise TrainingDataError(f"{where}: {positives} positive row(s) of {len(frame)}, fewer than setting "
                                 f"candidates.min_positives={cand.min_positives}: nothing to learn; the champion keeps serving")
+    if by_template:
+        folds = template_folds(frame["text"].map(template_key).tolist(), positive_rows, cand.cv_folds, params.seed)
+        if folds:
+            return Selection("template-cv", folds)
     if positives < cand.cv_below_positives:
         folds = forward_chaining_folds(positive_rows, cand.cv_folds)
         if folds:
@@ -269,18 +299,33 @@ class BertFit(Protocol):
                  y_val: np.ndarray | None, epochs: int | None, on_epoch: OnEpoch) -> FitResult: ...
 
 
-def with_background(texts: list[str], targets: np.ndarray, weights: np.ndarray,
-                    background: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """A training set plus `background`: texts known to carry no label, as all-negative examples of weight 1."""
-    if not background:
+@dataclass(frozen=True)
+class Described:
+    """Labelled texts that are not rows of the snapshot: each label's descriptions (failure-rca: its name, its actions,
+    its knowledge-base entries' titles and symptoms), `texts` with (M, K) 0/1 `targets`. Every fold and the refit
+    train on them; no fold validates on them."""
+
+    texts: tuple[str, ...] = ()
+    targets: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+
+
+def with_background(texts: list[str], targets: np.ndarray, weights: np.ndarray, background: Sequence[str],
+                    described: Described = Described()) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """A training set plus `background`, texts known to carry no label, as all-negative examples, and the
+    `described` labelled texts, each of weight 1."""
+    extra = [*background, *described.texts]
+    if not extra:
         return texts, targets, weights
-    return ([*texts, *background], np.vstack([targets, np.zeros((len(background), targets.shape[1]), dtype=targets.dtype)]),
-            np.concatenate([weights, np.ones(len(background))]))
+    k = targets.shape[1]
+    added = np.vstack([np.zeros((len(background), k), dtype=targets.dtype),
+                       np.asarray(described.targets, dtype=targets.dtype).reshape(len(described.texts), k)])
+    return [*texts, *extra], np.vstack([targets, added]), np.concatenate([weights, np.ones(len(extra))])
 
 
 def fit_families(texts: Sequence[str], targets: np.ndarray, selection: Selection, families: Sequence[str], *,
                  checkpoint: str, params: TrainSettings, tune: ThresholdTuner, fit_bert: BertFit,
-                 on_epoch: OnEpoch = ignore_epoch, background: Sequence[str] = ()) -> dict[str, FitResult]:
+                 on_epoch: OnEpoch = ignore_epoch, background: Sequence[str] = (),
+                 described: Described = Described()) -> dict[str, FitResult]:
     """Fit every family on each fold of `selection` and score it out of fold.
 
     Each fold trains on its rows' distinct texts, weighted by how many rows each stands for
@@ -295,6 +340,7 @@ def fit_families(texts: Sequence[str], targets: np.ndarray, selection: Selection
         fit_bert: the task's BERT fine-tune (`BertFit`); the last fold's epochs go to `on_epoch`.
         background: texts known to carry no label (failure-rca: ordinary log lines), added to every fold's
             training set as all-negative examples, so that text describing no failure learns to score low.
+        described: labelled texts beyond the rows (`Described`), added to every fold's training set.
     Returns:
         {family: FitResult} in `families` order, each with its thresholds, out-of-fold metrics and probabilities
         (`val_probs`, rows `selection.validated`), fitting seconds, and for bert the epochs early stopping kept
@@ -310,7 +356,7 @@ def fit_families(texts: Sequence[str], targets: np.ndarray, selection: Selection
         last, device = None, "cpu"
         for i, fold in enumerate(selection.folds):
             train_texts, train_targets, weights = with_background(*compact_training_set(
-                [texts[j] for j in fold.train], targets[fold.train], params.max_train_examples, params.seed), background)
+                [texts[j] for j in fold.train], targets[fold.train], params.max_train_examples, params.seed), background, described)
             val_texts = [texts[j] for j in fold.val]
             if family == "bert":
                 last = fit_bert(train_texts, train_targets, weights, val_texts, targets[fold.val], None,
@@ -333,13 +379,14 @@ def fit_families(texts: Sequence[str], targets: np.ndarray, selection: Selection
 
 
 def refit(result: FitResult, texts: Sequence[str], targets: np.ndarray, *, checkpoint: str, params: TrainSettings,
-          fit_bert: BertFit, background: Sequence[str] = ()) -> FitResult:
+          fit_bert: BertFit, background: Sequence[str] = (), described: Described = Described()) -> FitResult:
     """The chosen family (`choose_family`'s `result`) fitted again on every labelled row (`texts`, (N, K) `targets`),
     with the settings it was chosen with (bert: the epochs early stopping kept, `result.best_epoch`); its thresholds
-    stay the out-of-fold ones; `background` as `fit_families` adds it. Returns `result` holding the refitted model."""
+    stay the out-of-fold ones; `background` and `described` as `fit_families` adds them. Returns `result` holding
+    the refitted model."""
     started = time.perf_counter()
     train_texts, train_targets, weights = with_background(*compact_training_set(list(texts), targets, params.max_train_examples,
-                                                                                params.seed), background)
+                                                                                params.seed), background, described)
     if result.family == "bert":
         fitted = fit_bert(train_texts, train_targets, weights, None, None, max(result.best_epoch, 1), ignore_epoch)
         result.model, result.tokenizer, result.device = fitted.model, fitted.tokenizer, fitted.device

@@ -1,10 +1,11 @@
-"""Registering a candidate: the one MLflow run and registry convention of every trained model (`register_candidate`).
+"""Registering a candidate: the one MLflow run and registry convention of every trained model.
 
-A task hands in what is its own: the run's params, a `fit(on_epoch)` that trains inside the run and returns a
-`Candidate` (the metrics to log and report, and `package`: the version's files and pyfunc), and the pip
-requirements. The rest is the same for every model: the validation gate, the run's name (model and night), the
-lineage (tags, the code version, the snapshot as the run's dataset input), the snapshot's manifest and validation
-report, per-epoch metrics, the signature, the `nightshift_models` code, the version's tags and the challenger alias.
+A task trains inside `with training_run(...) as run:` and ends it with `run.register(candidate, requirements)`,
+handing in what is its own: the run's params, the `Candidate` it fitted (the metrics to log and report, and
+`package`: the version's files and pyfunc), and the pip requirements. The rest is the same for every model: the
+validation gate, the run's name (model and night), the lineage (tags, the code version, the snapshot as the run's
+dataset input), the snapshot's manifest and validation report, the signature, the `nightshift_models` code, the
+version's tags and the challenger alias.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import re
 import shutil
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -53,7 +55,7 @@ Package = Callable[[Path], tuple[Any, dict[str, str], pd.DataFrame]]
 
 @dataclass
 class Candidate:
-    """What a task's `fit` hands to `register_candidate`: the trained model and what to say about it.
+    """What a task hands to `TrainingRun.register`: the trained model and what to say about it.
 
     `family`, `best_epoch`, `device`, `seconds`: the served family and its training. `run_metrics`: logged on the
     run as named (non-finite values left out), beside `best_epoch` and `train_seconds`; `run_params`: logged
@@ -71,6 +73,7 @@ class Candidate:
     metrics: dict[str, float] = field(default_factory=dict)
     baseline: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    version_tags: dict[str, str] = field(default_factory=dict)  # set on the registered version beside the lineage tags
 
 
 def requirements(pinned: Sequence[str], unpinned: Sequence[str] = ()) -> list[str]:
@@ -81,7 +84,7 @@ def requirements(pinned: Sequence[str], unpinned: Sequence[str] = ()) -> list[st
 def log_version(task: str, python_model: Any, artifacts: dict[str, str], example: pd.DataFrame,
                 pip_requirements: Sequence[str]) -> ModelRef:
     """Log a `nightshift_models` pyfunc into the active MLflow run from code, and register it as a new version of
-    `task`. The one place a version is logged (`register_candidate`, `reregister`).
+    `task`. The one place a version is logged (`TrainingRun.register`, `reregister`).
 
     `python_model` (an instance before `load_context`) only names the pyfunc and declares the signature: it is
     loaded here from `artifacts` ({name: local path}) to infer input and output from its prediction on `example`,
@@ -144,23 +147,19 @@ def code_version() -> dict[str, str]:
     return tags
 
 
-def register_candidate(task: str, snapshot: Snapshot, settings: Settings, *, params: dict[str, Any],
-                       fit: Callable[[OnEpoch], Candidate], pip_requirements: Sequence[str],
-                       validation: Split | None = None) -> TrainingOutcome:
-    """Train and register one candidate version of the model `task` from `snapshot`; return the outcome.
+@contextmanager
+def training_run(task: str, snapshot: Snapshot, settings: Settings, *, params: dict[str, Any],
+                 validation: Split | None = None) -> Iterator["TrainingRun"]:
+    """The MLflow run one candidate of the model `task` trains in, named after the model and the night (`run_name`).
 
-    Refuses a snapshot whose validation failed, then inside one MLflow run named after the model and the night
-    (`run_name`): the lineage tags (`task`, `night`, `data.snapshot_hash`, `data.window`, `data.snapshot`), the code
-    version (`code_version`), the snapshot as the run's `training` dataset input (`log_snapshot_input`) and
-    `validation`, the part of it the candidate was chosen on, as its `validation` input, `params`
-    with the snapshot's path and hash, the manifest (`data/manifest.json`) and the validation report
-    (`validation/`), then `fit(on_epoch)` (it may log
-    more to the run; `on_epoch` is `pipelines.training.loop.log_epoch_metrics`: each epoch's metrics at that step, under `epochs/`), the
-    candidate's metrics and params, the tag `model.family`, and the pyfunc from `candidate.package` with its
-    signature, the `nightshift_models` package as code and `pip_requirements`, registered as `task`. The
-    version is tagged (lineage, `validation.status`, `drift.status`=not_run, `model.family`) and becomes the
-    champion when there is none, else the `challenger` waiting for the gate (`mark_challenger`, which also
-    writes the version's page).
+    Refuses a snapshot whose validation failed; then opens the run with the lineage tags (`task`, `night`,
+    `data.snapshot_hash`, `data.window`, `data.snapshot`), the code version (`code_version`), the snapshot as the
+    run's `training` dataset input (`log_snapshot_input`) and `validation`, the part of it the candidate is chosen on,
+    as its `validation` input, `params` with the snapshot's path and hash, the manifest (`data/manifest.json`) and
+    the validation report (`validation/`). Inside, torch runs on `train.cpu_threads` threads (`nightshift train` and
+    the nightly task alike), the task fits (its epochs logged with `pipelines.training.loop.log_epoch_metrics`), and
+    `TrainingRun.register` logs and registers what it fitted. A body that raises ends the run as failed and
+    registers nothing.
 
     Raises:
         ValidationFailed: the snapshot failed validation (nothing is logged).
@@ -178,24 +177,55 @@ def register_candidate(task: str, snapshot: Snapshot, settings: Settings, *, par
         mlflow.log_params({**params, "snapshot": str(snapshot.path), "snapshot_hash": snapshot.content_hash})
         mlflow.log_dict(snapshot.manifest, "data/manifest.json")
         validation_status = log_to_active_run(snapshot)  # DIR/validation/* as artifacts, when present
-        with cpu_threads(settings.train.cpu_threads):  # `nightshift train` and the nightly task alike
-            candidate = fit(log_epoch_metrics)
+        with cpu_threads(settings.train.cpu_threads):
+            yield TrainingRun(task, snapshot, client, run.info.run_id, validation_status)
+
+
+@dataclass
+class TrainingRun:
+    """The open run of `training_run`: `register` turns the fitted candidate into a registered version."""
+
+    task: str
+    snapshot: Snapshot
+    client: Any
+    run_id: str
+    validation_status: str
+
+    def register(self, candidate: Candidate, pip_requirements: Sequence[str]) -> TrainingOutcome:
+        """Log `candidate` on the run and register it as a new version of the model; return the outcome.
+
+        On the run: the candidate's metrics and params, `best_epoch`, `train_seconds`, `device`, `family` and the tag
+        `model.family`; then the pyfunc from `candidate.package` with its signature, the `nightshift_models` package
+        as code and `pip_requirements` (`log_version`). The version is tagged (lineage, `validation.status`,
+        `drift.status`=not_run, `model.family`) and becomes the champion when there is none, else the `challenger`
+        waiting for the gate (`mark_challenger`, which also writes the version's page).
+        """
+        import mlflow
+
         mlflow.log_metrics({k: v for k, v in {**candidate.run_metrics, "best_epoch": candidate.best_epoch,
                                               "train_seconds": candidate.seconds}.items() if np.isfinite(v)})
         mlflow.log_params({"device": candidate.device, "family": candidate.family, **candidate.run_params})
         mlflow.set_tag("model.family", candidate.family)
-
         with tempfile.TemporaryDirectory() as tmp:
             python_model, artifacts, example = candidate.package(Path(tmp))
-            ref = log_version(task, python_model, artifacts, example, pip_requirements)
-        set_version_tags(client, ref, {"data.snapshot_hash": snapshot.content_hash, "data.window": window_tag(snapshot.window),
-                                       "validation.status": validation_status, "drift.status": "not_run",
-                                       "model.family": candidate.family})
-        decision = mark_challenger(client, ref)
-    outcome = TrainingOutcome(task, ref.version, run.info.run_id, decision, candidate.family, candidate.best_epoch, candidate.device,
-                              round(candidate.seconds, 1), candidate.metrics, candidate.baseline, candidate.details)
-    log.info("candidate registered", extra=outcome.to_dict())
-    return outcome
+            ref = log_version(self.task, python_model, artifacts, example, pip_requirements)
+        snapshot = self.snapshot
+        set_version_tags(self.client, ref, {"data.snapshot_hash": snapshot.content_hash, "data.window": window_tag(snapshot.window),
+                                            "validation.status": self.validation_status, "drift.status": "not_run",
+                                            "model.family": candidate.family, **candidate.version_tags})
+        decision = mark_challenger(self.client, ref)
+        outcome = TrainingOutcome(self.task, ref.version, self.run_id, decision, candidate.family, candidate.best_epoch, candidate.device,
+                                  round(candidate.seconds, 1), candidate.metrics, candidate.baseline, candidate.details)
+        log.info("candidate registered", extra=outcome.to_dict())
+        return outcome
+
+
+def register_candidate(task: str, snapshot: Snapshot, settings: Settings, *, params: dict[str, Any],
+                       fit: Callable[[OnEpoch], Candidate], pip_requirements: Sequence[str],
+                       validation: Split | None = None) -> TrainingOutcome:
+    """`training_run` around `fit(log_epoch_metrics)`, then `TrainingRun.register`."""
+    with training_run(task, snapshot, settings, params=params, validation=validation) as run:
+        return run.register(fit(log_epoch_metrics), pip_requirements)
 
 
 # The pyfunc class of each kind of version, by the name of its artifact (`MLmodel`'s python_function.artifacts).

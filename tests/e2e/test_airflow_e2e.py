@@ -2,7 +2,8 @@
 (infra/scripts/start_airflow.sh): `airflow api-server`, `airflow scheduler` with the LocalExecutor at
 parallelism 3, `airflow dag-processor`, a PostgreSQL metadata database (a cluster created with
 initdb in this module's temp folder, run as a non-root user on a free loopback port) and MLflow
-behind a real `mlflow server`. The corpus is the small demo corpus, the model the tiny BERT.
+behind a real `mlflow server` with its basic-auth app, which the tasks log in to as the deployment's job
+user. The corpus is the small demo corpus, the model the tiny BERT.
 
 The first test is the first night of a fresh install (unpausing also starts today's run, whose
 windows are empty: it must fail at once, not retry for a quarter of an hour). The second kills the
@@ -39,7 +40,7 @@ def deployment(corpus, tiny_bert):
     base.chmod(0o711)
     home = base / "home"
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "NIGHTSHIFT_CONFIG", "AIRFLOW_HOME")
-           and not k.startswith("AIRFLOW__") and not k.startswith("PYTEST")}
+           and not k.startswith(("AIRFLOW__", "PYTEST", "MLFLOW_TRACKING_", "MLFLOW_AUTH_"))}
     env.update({
         "NIGHTSHIFT_HOME": str(home), "NIGHTSHIFT_RETRAIN_LOG_SOURCE": f"file://{corpus}", "NIGHTSHIFT_TRAIN_BASE_MODEL": str(tiny_bert),
         "NIGHTSHIFT_TRAIN_EPOCHS": "4", "NIGHTSHIFT_TRAIN_PATIENCE": "4", "NIGHTSHIFT_TRAIN_BATCH_SIZE": "32",
@@ -63,7 +64,10 @@ def deployment(corpus, tiny_bert):
         values = {k: v.strip('"') for k, v in values.items()}
         api = Api(values["AIRFLOW_URL"], values["AIRFLOW_LOGIN"], values["AIRFLOW_PASSWORD"])
         api.wait_for_dag(300, f"{logs}/dag-processor.log")
-        yield SimpleNamespace(api=api, home=home, mlflow=values["MLFLOW_TRACKING_URI"], logs=logs, base=base)
+        with pytest.MonkeyPatch.context() as login:  # this process reads the registry as the tasks do, with the job's login
+            login.setenv("MLFLOW_TRACKING_USERNAME", values["MLFLOW_TRACKING_USERNAME"])
+            login.setenv("MLFLOW_TRACKING_PASSWORD", values["MLFLOW_TRACKING_PASSWORD"])
+            yield SimpleNamespace(api=api, home=home, mlflow=values["MLFLOW_TRACKING_URI"], logs=logs, base=base)
     finally:
         os.kill(proc.pid, signal.SIGTERM)  # its trap stops every component it started
         try:
@@ -130,6 +134,33 @@ def test_first_night_of_a_fresh_install_under_the_real_scheduler(deployment):
     for model in MODELS:
         assert client.get_model_version_by_alias(model, "champion").version == "1"
     assert_registry_consistent(client)
+
+
+def test_the_tasks_registered_as_the_job_user_and_no_login_reads_nothing(deployment):
+    """After the first night: without a login the tracking server answers 401 (the registry and the experiment alike);
+    the models the tasks registered are the job user's (it manages them, as their creator); no log and nothing
+    printed holds the job's password."""
+    import requests
+    from mlflow import MlflowClient
+
+    url = deployment.mlflow
+    for path in ("/api/2.0/mlflow/registered-models/search", "/api/2.0/mlflow/experiments/get-by-name?experiment_name=nightshift"):
+        assert requests.get(url + path, timeout=30).status_code == 401, path
+    assert requests.get(url + "/health", timeout=30).status_code == 200
+    admin = deployment.home / "deployment" / "mlflow" / "auth" / "admin-password"
+    with pytest.MonkeyPatch.context() as login:
+        login.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        login.setenv("MLFLOW_TRACKING_PASSWORD", admin.read_text().strip())
+        from mlflow.server import get_app_client
+
+        auth = get_app_client("basic-auth", tracking_uri=url)
+        granted = {m: auth.get_user_permission("nightshift-job", "registered_model", m).permission for m in MODELS}
+        assert granted == {m: "MANAGE" for m in MODELS}, granted
+    assert {m.name for m in MlflowClient(url, registry_uri=url).search_registered_models()} >= set(MODELS)  # with the job's login
+
+    password = os.environ["MLFLOW_TRACKING_PASSWORD"]
+    printed = [deployment.base / "start_airflow.log", *(p for p in deployment.home.rglob("*") if p.is_file() and p.suffix in (".log", ".ndjson", ".json", ".html"))]
+    assert not [str(p) for p in printed if password in p.read_text(errors="replace")]
 
 
 def test_training_killed_mid_epoch_is_retried_and_the_night_ends_consistent(deployment):

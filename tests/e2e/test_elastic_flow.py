@@ -82,7 +82,7 @@ def test_demo_flow_scores_back_into_the_index_and_a_second_run_writes_nothing(tr
         if doc["@timestamp"].startswith(day):
             ml = doc["ml"]
             assert 0.0 <= ml["anomaly"]["score"] <= 1.0 and isinstance(ml["anomaly"]["is_anomaly"], bool)
-            assert ml["model"] == {"name": "log-anomaly", "version": "1", "family": "bert-cls"}
+            assert ml["model"] == {"name": "log-anomaly", "version": "1", "family": "bert-cls", "runtime": first["runtime"]}
             assert {k: v for k, v in doc.items() if k != "ml"} == before[key]  # only ml.* was written
         else:
             assert doc == before[key]  # outside the window: untouched

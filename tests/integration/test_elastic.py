@@ -402,16 +402,36 @@ def test_429_storm_is_ridden_out_with_backoff(faults_cluster, proxy, demo_docs, 
 
 @pytest.mark.parametrize("slices", [1, 2])
 def test_expired_point_in_time_is_reopened_without_loss_or_repeats(faults_cluster, proxy, demo_docs, home, tmp_path, monkeypatch, slices):
-    """A real expiry: a 1 s keep-alive, and the reader held for 2.5 s before its fourth page, so the node reaps the
-    point-in-time and answers the next page with 404 search_context_missing_exception."""
+    """A real expiry: a 2 s keep-alive, and the reader held for 3.5 s before its fourth page, so the node reaps the
+    point-in-time and answers the next page with 404 search_context_missing_exception. (With 1 s, a page that waited
+    a second on a busy host's cores expired too.)"""
     from pipelines.data.ingest import ingest_logs
 
     monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_PAGE_SIZE", "15")
     monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_SLICES", str(slices))
-    monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_KEEP_ALIVE", "1s")
-    proxy.faults.delay(2.5, "_search", after=3)
+    monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_KEEP_ALIVE", "2s")
+    proxy.faults.delay(3.5, "_search", after=3)
     snap = ingest_logs(source_uri(faults_cluster, url=proxy.url), T0, T1, tmp_path / "s", load_settings())
     assert rows(snap) == _reference_rows(demo_docs, tmp_path, load_settings())
+    assert sum(1 for method, path in proxy.requests if path.endswith("/_pit") and method == "POST") == 2
+    assert faults_cluster.open_contexts() == 0
+
+
+def test_expiry_inside_one_millisecond_resumes_without_loss_or_repeats(faults_cluster, proxy, home, monkeypatch):
+    """70 documents share one timestamp, so the read resumes inside that millisecond: the 45 already yielded are
+    not yielded again, the 25 after them are, and so are the documents of the next millisecond."""
+    from pipelines.sources.elastic import ElasticsearchLogSource
+
+    monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_PAGE_SIZE", "15")
+    monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_KEEP_ALIVE", "2s")
+    same = [{"@timestamp": "2026-11-17T09:00:00.000Z", "message": f"same millisecond {i}", "labels": {"anomaly": False}} for i in range(70)]
+    after = [{"@timestamp": "2026-11-17T09:00:00.001Z", "message": f"next millisecond {i}", "labels": {"anomaly": False}} for i in range(5)]
+    faults_cluster.load(same + after, "tied")
+    proxy.faults.delay(3.5, "_search", after=3)  # the fourth page waits out the keep-alive: 45 documents read by then
+    source = ElasticsearchLogSource(f"{proxy.url}/{faults_cluster.name('tied')}", load_settings())
+    read = [(str(ref), doc["message"]) for ref, doc in source.iter_docs()]
+    assert len(read) == len(set(read)) == 75
+    assert [m for _, m in read[70:]] == [d["message"] for d in after]
     assert sum(1 for method, path in proxy.requests if path.endswith("/_pit") and method == "POST") == 2
     assert faults_cluster.open_contexts() == 0
 

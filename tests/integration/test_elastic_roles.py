@@ -1,13 +1,13 @@
 """Least privilege: the roles of infra/elasticsearch/roles/ run the nightly job against a real node, and allow nothing
 more.
 
-On the session's node (security on) the roles come from `nightshift es install-roles --print-yaml` into the node's
-file realm, with a file-realm user per role: the minimal distribution cannot store roles through the security API
-or issue API keys (both need the `.security` index; see docs/data-formats.md). Marked `live`, on the cluster named by
-`ES_URL` (a superuser's credential), `nightshift es install-roles` installs them through the security API and each
-role's credential is an API key made with that role's descriptor, as docs/deployment.md tells. The roles cover only
-this module's `nstest-…` indices. The template is installed first, with the administrator's credential, as a
-deployment does; scoring uses the stand-in classifier.
+Each test runs three ways. On the session's node (security on): `api key`, the roles stored through the security
+API by `nightshift es install-roles` as `elastic`, and each role's credential an API key made by `elastic` with that
+role's body, as docs/deployment.md makes the nightly job's; `file realm`, the roles from `nightshift es install-roles
+--print-yaml` in the node's roles.yml, with a file-realm user per role. Marked `live`, on the cluster named by `ES_URL`
+(a superuser's credential): API keys as on the node. The roles cover only this module's `nstest-…` indices. The
+template is installed first, with the administrator's credential, as a deployment does; scoring uses the stand-in
+classifier.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class Realm:
     roles: dict[str, dict[str, str]] = field(default_factory=dict)
     secrets: list[str] = field(default_factory=list)
     api_keys: list[str] = field(default_factory=list)  # ids, invalidated at the end
+    stored_roles: list[str] = field(default_factory=list)  # roles stored through the security API, deleted at the end
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -107,30 +108,53 @@ def on_node(node) -> Realm:
                  [password for _, password in users.values()])
 
 
-def on_live() -> Realm:
-    """An API key per role, carrying the role's body as its descriptor, as docs/deployment.md makes the nightly job's
-    (the roles themselves go through the security API in test_install_roles_through_the_security_api_is_idempotent,
-    which leaves a cluster's own roles of those names alone)."""
+def with_api_keys(realm: Realm) -> Realm:
+    """An API key per role, made by the realm's administrator (its cluster's client) with the role's body as its
+    descriptor, as docs/deployment.md makes the nightly job's."""
     from pipelines.sources.elastic import load_roles
 
-    cluster = Cluster.live()
-    admin = {k: os.environ[f"ES_{k}"] for k in ("API_KEY", "CA_CERTS", "VERIFY_CERTS") if os.environ.get(f"ES_{k}")}
-    if not admin.get("API_KEY") and "@" in LIVE_URL:  # user:password in ES_URL: the admin commands get it in --url
-        admin["URL_CREDENTIAL"] = LIVE_URL
-    realm = Realm(cluster, admin)
+    cluster, admin = realm.cluster, realm.admin
     roles = load_roles([cluster.name("logs-*")], [cluster.name("nightshift-ml-results*")], cluster.name("platform-logs"))
     for role, body in roles.items():
         key = cluster.client.security.create_api_key(name=f"{cluster.prefix}{role}", expiration="1h", role_descriptors={role: body})
-        realm.roles[role] = {**{k: v for k, v in admin.items() if k not in ("API_KEY", "URL_CREDENTIAL")}, "API_KEY": key["encoded"]}
+        realm.roles[role] = {**{k: v for k, v in admin.items() if k in ("CA_CERTS", "VERIFY_CERTS")}, "API_KEY": key["encoded"]}
         realm.secrets.append(key["encoded"])
         realm.api_keys.append(key["id"])
     return realm
 
 
-@pytest.fixture(scope="module", params=[pytest.param("node"),
+def on_node_with_api_keys(node, home) -> Realm:
+    """`nightshift es install-roles` as `elastic` stores the roles (created, then the same again: updated), then an API
+    key per role."""
+    cluster = Cluster(node.url, basic_auth=("elastic", node.env["ES_SUPERUSER_PASSWORD"]))
+    realm = Realm(cluster, {"USERNAME": "elastic", "PASSWORD": node.env["ES_SUPERUSER_PASSWORD"]})
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("NIGHTSHIFT_HOME", str(home))
+        use(env, realm.admin)
+        for name, value in platform_logs(cluster).items():
+            env.setenv(name, value)
+        for verb in ("created", "updated"):
+            code, out = run("es", "install-roles", "--url", cluster.url, *role_patterns(cluster), "--json")
+            realm.stored_roles = [ANALYST, NIGHTLY]
+            assert code == 0 and sorted(json.loads(out)[verb]) == [ANALYST, NIGHTLY], out
+    stored = cluster.client.security.get_role(name=NIGHTLY)[NIGHTLY]
+    assert stored["indices"][0]["names"] == [cluster.name("logs-*")] and stored["metadata"]["managed_by"] == "nightshift"
+    return with_api_keys(realm)
+
+
+def on_live() -> Realm:
+    """API keys only (the roles themselves go through the security API in
+    test_install_roles_through_the_security_api_is_idempotent, which leaves a cluster's own roles of those names alone)."""
+    admin = {k: os.environ[f"ES_{k}"] for k in ("API_KEY", "CA_CERTS", "VERIFY_CERTS") if os.environ.get(f"ES_{k}")}
+    if not admin.get("API_KEY") and "@" in LIVE_URL:  # user:password in ES_URL: the admin commands get it in --url
+        admin["URL_CREDENTIAL"] = LIVE_URL
+    return with_api_keys(Realm(Cluster.live(), admin))
+
+
+@pytest.fixture(scope="module", params=[pytest.param("api key"), pytest.param("file realm"),
                                         pytest.param("live", marks=[pytest.mark.live, pytest.mark.skipif(not LIVE_URL, reason="needs ES_URL")])])
-def realm(request):
-    if request.param == "node":
+def realm(request, tmp_path_factory):
+    if request.param == "file realm":
         node = request.getfixturevalue("es_node")
         config = node.dir / "config"
         saved = {name: (config / name).read_text() for name in REALM_FILES}
@@ -139,9 +163,11 @@ def realm(request):
         for name, text in saved.items():  # the session's node goes back to its own users and roles
             (config / name).write_text(text)
     else:
-        realm = on_live()
+        realm = on_node_with_api_keys(request.getfixturevalue("es_node"), tmp_path_factory.mktemp("home")) if request.param == "api key" else on_live()
         yield realm
         realm.cluster.client.security.invalidate_api_key(ids=realm.api_keys)
+        for name in realm.stored_roles:
+            realm.cluster.client.security.delete_role(name=name)
     realm.cluster.close()
 
 

@@ -115,5 +115,5 @@ def test_a_bad_line_ships_nothing_and_names_its_file_and_line(cluster, home, tmp
                     + '{"@timestamp": "2026-11-22T02:00:01Z", "message": "cut of\n')
     assert main(["es", "ship-logs", str(path), "--url", cluster.url]) == 2
     err = capsys.readouterr().err
-    assert f"{path}:2: not a JSON log line" in err and len(err.strip().splitlines()) == 1
+    assert f"{path}:2: field '(line)' is not valid JSON: " in err and len(err.strip().splitlines()) == 1
     assert not cluster.client.indices.exists(index=cluster.name("platform-logs"))

@@ -6,6 +6,8 @@ tests/unit/test_prometheus_down.py."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import time
@@ -13,11 +15,13 @@ import warnings
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Iterator
 
 import numpy as np
 import pytest
 import requests
 
+from tests.conftest import use_home
 from tests.support.prom_servers import free_port, prometheus, pushgateway
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("prometheus") is None or shutil.which("promtool") is None
@@ -46,11 +50,7 @@ def stack(tmp_path_factory):
         yield SimpleNamespace(prometheus=prom, pushgateway=pg, history=history, end=end, start=end - timedelta(days=DAYS))
 
 
-@pytest.fixture
-def small_forecaster(home, monkeypatch):
-    for key, value in {"EPOCHS": "2", "WINDOWS_PER_EPOCH": "512", "HIDDEN_SIZE": "8", "LOOKBACK": "32", "HORIZON": "8"}.items():
-        monkeypatch.setenv(f"NIGHTSHIFT_FORECAST_{key}", value)
-    return home
+SMALL_FORECASTER = {"EPOCHS": "2", "WINDOWS_PER_EPOCH": "512", "HIDDEN_SIZE": "8", "LOOKBACK": "32", "HORIZON": "8"}
 
 
 def cli(capsys, *argv: str) -> tuple[int, dict, str]:
@@ -59,6 +59,16 @@ def cli(capsys, *argv: str) -> tuple[int, dict, str]:
     code = main([*argv, "--json"])
     captured = capsys.readouterr()
     return code, json.loads(captured.out.strip().splitlines()[-1]), captured.err
+
+
+def run(*argv: str) -> tuple[int, dict]:
+    """`cli` for a fixture wider than a test (no capsys): the exit code and the JSON answer."""
+    from pipelines.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main([*argv, "--json"])
+    return code, json.loads(out.getvalue().strip().splitlines()[-1])
 
 
 def iso(ts: datetime) -> str:
@@ -103,28 +113,43 @@ def test_ingest_chunks_query_range_and_keeps_every_series(stack, settings, monke
         np.testing.assert_allclose(from_file[sid].timestamps, s.timestamps)
 
 
-def test_train_forecast_push_and_read_back(stack, small_forecaster, settings, monkeypatch, tmp_path, capsys):
-    code, ingested, _ = cli(capsys, "ingest", "metrics", "--source", stack.prometheus, "--start", iso(stack.start),
-                            "--end", iso(stack.end), "--out", str(tmp_path / "metrics"))
-    assert code == 0 and ingested["series"] == 14  # the four named queries of the settings
+@pytest.fixture(scope="module")
+def forecasts(stack, tmp_path_factory) -> Iterator[SimpleNamespace]:
+    """Once for the module, through the command line: the stack's history ingested, a small forecaster trained on it,
+    and its forecasts pushed over a group an earlier run left behind for a series that no longer exists."""
+    work = tmp_path_factory.mktemp("forecasts")
+    with pytest.MonkeyPatch.context() as mp:
+        use_home(mp, work)
+        for key, value in SMALL_FORECASTER.items():
+            mp.setenv(f"NIGHTSHIFT_FORECAST_{key}", value)
+        ingested = run("ingest", "metrics", "--source", stack.prometheus, "--start", iso(stack.start), "--end", iso(stack.end),
+                       "--out", str(work / "metrics"))
+        trained = run("train", "metric-forecast", "--snapshot", ingested[1]["snapshot"])
+        stale = requests.put(f"{stack.pushgateway}/metrics/job/nightshift_forecast/series/0000dead0000beef",
+                             data="ai_forecast_gone 1\n", timeout=5)
+        assert stale.status_code == 200
+        pushed = run("forecast", "--model", "metric-forecast@champion", "--prometheus", stack.prometheus, "--pushgateway", stack.pushgateway)
+        yield SimpleNamespace(ingested=ingested, trained=trained, pushed=pushed)
 
-    code, trained, _ = cli(capsys, "train", "metric-forecast", "--snapshot", ingested["snapshot"])
+
+def test_the_named_queries_are_ingested_and_a_forecaster_trained_on_them(forecasts):
+    code, ingested = forecasts.ingested
+    assert code == 0 and ingested["series"] == 14  # the four named queries of the settings
+    code, trained = forecasts.trained
     assert code == 0 and trained["version"] == "1" and trained["decision"] == "promoted"
     assert {"mae", "mae_last", "smape", "coverage"} <= set(trained["metrics"])
     assert {"mae_ratio_vs_predict_linear", "mae_ratio_vs_seasonal_naive"} <= set(trained["ratios"])
 
-    # A group left behind by an earlier run for a series that no longer exists must go.
-    stale = requests.put(f"{stack.pushgateway}/metrics/job/nightshift_forecast/series/0000dead0000beef",
-                         data="ai_forecast_gone 1\n", timeout=5)
-    assert stale.status_code == 200
 
-    code, pushed, _ = cli(capsys, "forecast", "--model", "metric-forecast@champion", "--prometheus", stack.prometheus,
-                          "--pushgateway", stack.pushgateway)
+def test_a_push_sends_a_group_per_series_and_deletes_a_stale_group(stack, forecasts):
+    code, pushed = forecasts.pushed
     assert code == 0 and pushed["series"] == 14 and pushed["skipped"] == [] and pushed["deleted_stale_groups"] == ["0000dead0000beef"]
     assert pushed["horizon"] == "2h" and "ai_forecast_DCGM_FI_DEV_GPU_UTIL" in pushed["metrics"]
     groups = requests.get(f"{stack.pushgateway}/api/v1/metrics", timeout=5).json()["data"]
     assert "0000dead0000beef" not in {g["labels"].get("series") for g in groups} and len(groups) == 14
 
+
+def test_prometheus_scrapes_the_forecasts_with_the_series_labels(stack, forecasts):
     deadline = time.monotonic() + 30
     while not (result := query(stack.prometheus, 'ai_forecast_DCGM_FI_DEV_GPU_UTIL{horizon="2h"}')) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -133,25 +158,30 @@ def test_train_forecast_push_and_read_back(stack, small_forecaster, settings, mo
     assert one["job"] == "nightshift_forecast" and one["exported_job"] == "dcgm-exporter"
     assert one["exported_instance"] == "gpu-node-01:9400" and len(one["series"]) == 16
 
-    # PromQL over the scraped forecasts: p10 <= p50 <= p90 for every series and lead time.
+
+def test_the_scraped_quantiles_keep_their_order_for_every_series_and_lead(stack, forecasts):
+    """PromQL over the scraped forecasts: p10 <= p50 <= p90."""
+    wait_for_every_lead(stack)
     for low, high in (("0.1", "0.5"), ("0.5", "0.9")):
         bad = query(stack.prometheus, f'ai_forecast_request_latency_p99_seconds{{quantile="{low}"}} > ignoring(quantile) '
                                       f'ai_forecast_request_latency_p99_seconds{{quantile="{high}"}}')
         assert bad == []
-    # every group's push lands in its own scrape: wait until the quota groups' forecasts are there too
-    deadline = time.monotonic() + 30
-    while (len(leads := {r["metric"]["horizon"] for r in query(stack.prometheus, 'ai_forecast_quota_group_use_ratio{quantile="0.5"}')}) < 8
-           and time.monotonic() < deadline):
-        time.sleep(0.5)
-    assert leads == {"15m", "30m", "45m", "1h", "1h15m", "1h30m", "1h45m", "2h"}
-    # The forecast sits near the actual level (GPU memory in MiB and ratios alike).
+
+
+def test_every_lead_time_lands_in_prometheus(stack, forecasts):
+    assert wait_for_every_lead(stack) == {"15m", "30m", "45m", "1h", "1h15m", "1h30m", "1h45m", "2h"}
+
+
+def test_the_forecast_sits_near_the_actual_level(stack, forecasts):
+    wait_for_every_lead(stack)
     near = query(stack.prometheus, 'abs(ai_forecast_quota_group_use_ratio{horizon="15m",quantile="0.5"} - on(group) '
                                    'last_over_time(quota_group_use_ratio[1d]))')
     assert len(near) == 3 and all(float(r["value"][1]) < 0.1 for r in near), (
         near, query(stack.prometheus, 'ai_forecast_quota_group_use_ratio{horizon="15m"}'),
-        query(stack.prometheus, "last_over_time(quota_group_use_ratio[1d])"), pushed)
+        query(stack.prometheus, "last_over_time(quota_group_use_ratio[1d])"), forecasts.pushed)
 
-    # With Prometheus down the forecast fails clearly and the Pushgateway keeps the last good forecasts.
+
+def test_with_prometheus_down_the_forecast_fails_clearly_and_the_last_good_forecasts_stay(stack, forecasts, monkeypatch, capsys):
     def groups() -> set[tuple]:
         return {(tuple(sorted(g["labels"].items())), g["push_time_seconds"]["metrics"][0]["value"])
                 for g in requests.get(f"{stack.pushgateway}/api/v1/metrics", timeout=5).json()["data"]}
@@ -162,7 +192,8 @@ def test_train_forecast_push_and_read_back(stack, small_forecaster, settings, mo
     assert code == 2 and "did not answer" in out["error"] and "is it up?" in out["error"]
     assert groups() == before and len(before) == 14
 
-    # The alert rules load and evaluate in the real server.
+
+def test_the_alert_rules_load_and_evaluate_in_the_real_server(stack):
     rules = requests.get(f"{stack.prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"]
     assert {r["name"] for g in rules for r in g["rules"]} >= {"GPUUtilisationOutsideForecastBand", "QuotaExhaustionPredicted"}
     deadline = time.monotonic() + 20
@@ -170,6 +201,16 @@ def test_train_forecast_push_and_read_back(stack, small_forecaster, settings, mo
         time.sleep(0.5)
         rules = requests.get(f"{stack.prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"]
     assert all(r["health"] == "ok" for g in rules for r in g["rules"]), rules
+
+
+def wait_for_every_lead(stack) -> set[str]:
+    """The lead times of the quota groups' scraped forecasts, once all eight are there (every group's push lands in its
+    own scrape) or 30 s have passed."""
+    deadline = time.monotonic() + 30
+    while (len(leads := {r["metric"]["horizon"] for r in query(stack.prometheus, 'ai_forecast_quota_group_use_ratio{quantile="0.5"}')}) < 8
+           and time.monotonic() < deadline):
+        time.sleep(0.5)
+    return leads
 
 
 @pytest.mark.parametrize("query_arg, message", [

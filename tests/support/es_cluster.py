@@ -49,8 +49,8 @@ def dotted(doc: dict) -> dict:
 class EsNode:
     """A real single-node Elasticsearch on 127.0.0.1 (see infra/scripts/start_elasticsearch.sh)."""
 
-    def __init__(self, security: bool = False, settings: dict[str, str] | None = None):
-        self.security, self.settings = security, dict(settings or {})
+    def __init__(self, security: bool = False, settings: dict[str, str] | None = None, heap: str | None = None):
+        self.security, self.settings, self.heap = security, dict(settings or {}), heap  # heap: e.g. "2g" (default 512m)
         # Not under pytest's tmp dirs: those are root-only, and the node runs as its own user.
         self.dir = Path(tempfile.mkdtemp(prefix="nightshift-es-"))
         self.env: dict[str, str] = {}
@@ -62,7 +62,8 @@ class EsNode:
             cmd += ["--port", str(self.port)]  # a restart keeps its address
         for key, value in self.settings.items():
             cmd += ["--setting", f"{key}={value}"]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        env = {**os.environ, "NIGHTSHIFT_ES_HEAP": self.heap} if self.heap else None
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         if done.returncode != 0:
             raise RuntimeError(f"Elasticsearch did not start:\n{done.stderr[-3000:]}")
         self.env = dict(line.split("=", 1) for line in (self.dir / "node.env").read_text().splitlines() if "=" in line)
@@ -115,7 +116,7 @@ class Cluster:
 
     @classmethod
     def live(cls) -> "Cluster":
-        opts = {}
+        opts: dict[str, object] = {}
         if os.environ.get("ES_API_KEY"):
             opts["api_key"] = os.environ["ES_API_KEY"]
         if os.environ.get("ES_CA_CERTS"):

@@ -9,7 +9,7 @@ NIGHT = "2026-11-22"
 
 
 def drift_report() -> dict:
-    """A drift report as `pipelines.drift.check_drift` logs it: one warned label check, one calm length check."""
+    """A drift report as `pipelines.data.drift.check_drift` logs it: one warned label check, one calm length check."""
     return {"status": "warn", "label_shift": True, "kind": "logs", "model": "log-anomaly", "version": "2", "reference_version": "1",
             "reason": "training snapshot of v2 against the training snapshot of champion v1",
             "checks": [{"name": "label.anomaly", "statistic": "psi", "value": 0.1432, "warn": 0.1, "severe": 0.25, "p_value": 0.005,

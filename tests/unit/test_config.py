@@ -1,3 +1,5 @@
+from datetime import timedelta
+
 import pytest
 
 from pipelines.config import ConfigError, Secret, load_settings
@@ -75,3 +77,34 @@ def test_a_setting_of_a_few_words_is_checked_when_the_settings_load(monkeypatch)
         with pytest.raises(ConfigError, match=rf"setting {name}: 'sideways' is not one of "):
             load_settings()
         monkeypatch.delenv(env)
+
+
+@pytest.mark.parametrize("old, new", [("retrain.train_days", "retrain.log_days"), ("forecast.cpu_threads", "train.cpu_threads"),
+                                      ("candidates.baseline_tolerance", "promotion.baseline_tolerance"),
+                                      ("validation.min_history_points", "forecast.lookback")])
+def test_a_replaced_setting_in_the_file_is_refused_naming_its_replacement(tmp_path, old, new):
+    section, name = old.split(".")
+    cfg = tmp_path / "nightshift.toml"
+    cfg.write_text(f"[{section}]\n{name} = 1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(cfg)
+    assert str(caught.value) == f"{cfg}: setting {old} is replaced by {new}"
+
+
+def test_a_replaced_setting_in_the_environment_is_refused_naming_its_replacement(monkeypatch):
+    monkeypatch.setenv("NIGHTSHIFT_CANDIDATES_BASELINE_TOLERANCE", "0.05")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == ("environment variable NIGHTSHIFT_CANDIDATES_BASELINE_TOLERANCE: setting candidates.baseline_tolerance "
+                                 "is replaced by promotion.baseline_tolerance (NIGHTSHIFT_PROMOTION_BASELINE_TOLERANCE)")
+
+
+def test_the_log_models_training_window_is_retrain_log_days(tmp_path, monkeypatch):
+    from pipelines.flow import plan_night
+
+    cfg = tmp_path / "nightshift.toml"
+    cfg.write_text("[retrain]\nlog_days = 2\n")
+    monkeypatch.setenv("NIGHTSHIFT_HOME", str(tmp_path / "home"))
+    night = plan_night(load_settings(cfg), "2026-03-10")
+    assert night.train_window[1] - night.train_window[0] == timedelta(days=2)
+    assert night.metric_window[1] - night.metric_window[0] == timedelta(days=28)  # forecast.train_days, its own

@@ -337,7 +337,9 @@ def test_the_failure_rca_gate_rejects_a_challenger_that_trails_the_tfidf_baselin
     kb.write_text(json.dumps({"name": "team-kb", "entries": [{"id": "volume", "title": "Volume full", "symptoms": ["volume full"],
                                                               "actions": ["grow the volume"]}]}))
     for key, value in {"RCA_LABEL_SPACE": str(space), "RCA_KNOWLEDGE_BASE": str(kb), "RCA_EPOCHS": "1", "RCA_LEARNING_RATE": "0.003",
-                       "CANDIDATES_FAMILIES": "bert", "CANDIDATES_BASELINE_TOLERANCE": "0.02"}.items():  # the real tolerance
+                       "CANDIDATES_FAMILIES": "bert", "PROMOTION_BASELINE_TOLERANCE": "0.02",  # the real tolerance
+                       # the scenario's weak BERTs are told apart on time folds, by their jobs alone
+                       "RCA_SELECTION": "time", "RCA_DESCRIPTION_EXAMPLES": "false"}.items():
         monkeypatch.setenv(f"NIGHTSHIFT_{key}", value)
     # the scenario's two weak BERTs differ only in how their per-label thresholds fall: tune each label's own
     monkeypatch.setattr("pipelines.tasks.failure_rca.OWN_THRESHOLD_POSITIVES", 1)
@@ -447,7 +449,8 @@ def test_the_failure_rca_split_holds_back_whole_error_templates(settings, train_
 
     space = configured_label_space(settings)
     jobs = snapshot_jobs(train_snapshot, settings, space)
-    one_split = dataclasses.replace(settings, candidates=dataclasses.replace(settings.candidates, cv_below_positives=0, template_holdout=0.5))
+    one_split = dataclasses.replace(settings, candidates=dataclasses.replace(settings.candidates, cv_below_positives=0, template_holdout=0.5),
+                                    rca=dataclasses.replace(settings.rca, selection="time"))
     data = prepare_jobs(jobs, space.labels, one_split, "test")
     assert data.selection.method == "holdout"
     train, val = data.rows.iloc[data.selection.folds[0].train], data.validated
@@ -459,7 +462,8 @@ def test_the_failure_rca_split_holds_back_whole_error_templates(settings, train_
     assert templates(val) - templates(train)  # error phrasings training never saw: choosing rewards naming their cause
     y = data.targets
     assert np.all(y[data.selection.validated].sum(axis=0) <= np.floor(settings.train.validation_fraction * y.sum(axis=0)))
-    few = prepare_jobs(jobs, space.labels, settings, "test")  # the demo's few dozen labelled jobs: time folds
+    timed = dataclasses.replace(settings, rca=dataclasses.replace(settings.rca, selection="time"))
+    few = prepare_jobs(jobs, space.labels, timed, "test")  # the demo's few dozen labelled jobs: time folds
     assert few.selection.method == "time-cv" and len(few.selection.folds) == settings.candidates.cv_folds
 
 

@@ -43,12 +43,31 @@ def test_every_line_is_checked_before_anything_is_sent_and_a_bad_one_named_by_fi
     assert lines[0].doc_id != lines[1].doc_id and read_lines([good])[0].doc_id == lines[0].doc_id  # the same bytes, the same id
     cut = tmp_path / "b.ndjson"
     cut.write_text(json.dumps(LINE) + "\n" + json.dumps(LINE)[:30])  # a task killed mid-line
-    with pytest.raises(InputError, match=rf"^{cut}:2: not a JSON log line \("):
+    with pytest.raises(RecordError, match=rf"^{cut}:2: field '\(line\)' is not valid JSON: "):
         read_lines([good, cut])
+    listed = tmp_path / "d.ndjson"
+    listed.write_text("[1, 2]\n")
+    with pytest.raises(RecordError, match=rf"^{listed}:1: field '\(document\)' must be a JSON object, got list$"):
+        read_lines([listed])
     untimed = tmp_path / "c.ndjson"
     untimed.write_text(json.dumps({"message": "x"}) + "\n")
     with pytest.raises(RecordError, match=rf"^{untimed}:1: field '@timestamp' is missing"):
         read_lines([untimed])
+
+
+def test_log_files_on_the_object_store_read_like_local_ones_gzip_included():
+    import gzip
+
+    from pipelines import storage
+
+    plain, packed = storage.path("memory://night/logs/a.ndjson"), storage.path("memory://night/logs/b.ndjson.gz")
+    plain.parent.mkdir(parents=True, exist_ok=True)
+    plain.write_bytes((json.dumps(LINE) + "\n").encode())
+    packed.write_bytes(gzip.compress((json.dumps(LINE) + "\n" + "{").encode()))
+    lines = read_lines([plain])
+    assert [line.where for line in lines] == ["memory://night/logs/a.ndjson:1"] and lines[0].doc == LINE
+    with pytest.raises(RecordError, match=r"^memory://night/logs/b\.ndjson\.gz:2: field '\(line\)' is not valid JSON: "):
+        read_lines([plain, packed])
 
 
 class _Conn:

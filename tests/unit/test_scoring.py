@@ -19,7 +19,7 @@ def test_score_logs_writes_ml_fields_for_every_record(settings, train_snapshot, 
     for line in lines:
         ml = json.loads(line)["ml"]
         assert 0.0 <= ml["anomaly"]["score"] <= 1.0 and isinstance(ml["anomaly"]["is_anomaly"], bool)
-        assert ml["model"] == {"name": "log-anomaly", "version": "1", "family": "bert-cls"} and ml["scored_at"]
+        assert ml["model"] == {"name": "log-anomaly", "version": "1", "family": "bert-cls", "runtime": summary["runtime"]} and ml["scored_at"]
 
 
 @pytest.mark.slow  # trains, then evaluates on a second window: `make test-fast` leaves it out

@@ -147,7 +147,7 @@ def test_a_night_with_too_few_anomalies_trains_nothing_and_its_summary_says_why(
 
 
 def test_a_training_runs_on_train_cpu_threads_whichever_command_starts_it(settings, train_snapshot, monkeypatch):
-    """`nightshift train` and the nightly task both go through `register_candidate`, which fits with torch on
+    """`nightshift train` and the nightly task both train inside `training_run`, which runs torch on
     `train.cpu_threads` threads and gives torch its own count back afterwards."""
     import dataclasses
 
@@ -156,14 +156,11 @@ def test_a_training_runs_on_train_cpu_threads_whichever_command_starts_it(settin
     from pipelines.training import register
 
     seen: list[int] = []
-
-    def fit(on_epoch):
-        seen.append(torch.get_num_threads())
-        raise RuntimeError("stop after the fit started")
-
     before = torch.get_num_threads()
     threads = 1 if before > 1 else 2
     narrowed = dataclasses.replace(settings, train=dataclasses.replace(settings.train, cpu_threads=threads))
     with pytest.raises(RuntimeError, match="stop after the fit started"):
-        register.register_candidate("log-anomaly", train_snapshot, narrowed, params={}, fit=fit, pip_requirements=[])
+        with register.training_run("log-anomaly", train_snapshot, narrowed, params={}):
+            seen.append(torch.get_num_threads())
+            raise RuntimeError("stop after the fit started")
     assert seen == [threads] and torch.get_num_threads() == before

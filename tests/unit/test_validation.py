@@ -251,6 +251,15 @@ def test_too_short_history_fails(settings, tmp_path):
     assert f["rows"] == 120 and len(f["examples"]) == 3 and all(e.endswith("points 40") for e in f["examples"])
 
 
+def test_the_history_a_series_needs_is_the_forecasters_lookback(settings, tmp_path):
+    import dataclasses
+
+    shorter = dataclasses.replace(settings, forecast=dataclasses.replace(settings.forecast, lookback=40))
+    report = validate_snapshot(write_metrics(tmp_path / "short", good_series(40)).path, "metrics", shorter)
+    assert report["status"] == PASSED, report["message"]
+    assert report["thresholds"]["min_history_points"] == 40
+
+
 def test_gaps_disorder_and_out_of_range_values_each_fail_their_check(settings, tmp_path):
     sid = 'quota_group_use_ratio{group="vision"}'
     gappy = validate_snapshot(write_metrics(tmp_path / "gaps", good_series(), skip={sid: set(range(50, 130))}).path, "metrics", settings)
