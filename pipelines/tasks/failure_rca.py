@@ -53,9 +53,9 @@ from pipelines.training.fine_tune import (
     classifier_requirements,
     probed_fine_tune,
 )
-from pipelines.training.loop import OnEpoch
+from pipelines.training.loop import log_epoch_metrics
 from pipelines.training.plots import Scored, TrainingReport, classifier_report, log_report
-from pipelines.training.register import register_candidate
+from pipelines.training.register import training_run
 
 log = get_logger("rca")
 TASK = "failure-rca"
@@ -278,13 +278,24 @@ def train_failure_rca(snapshot_dir: str | Path, settings: Settings, base_model: 
     tune = label_threshold_tuner(labels)
     fit_bert = rca_bert_fit(checkpoint, params, tune)
 
-    def fit(on_epoch: OnEpoch):
+    last = data.selection.folds[-1]
+    with training_run(
+        TASK, snapshot, tuned, validation=Split("validation", rows_digest(val[["text"]]), len(val)),
+        params={**classifier_params(checkpoint, params), "selection": data.selection.method, "folds": len(data.selection.folds),
+                "jobs": len(texts), "train_jobs": len(last.train), "validation_jobs": len(val),
+                "train_labelled_jobs": int(data.targets[last.train].any(axis=1).sum()),
+                "validation_labelled_jobs": int(data.y_val.any(axis=1).sum()),
+                "no_failure_examples": len(background), "description_examples": len(described.texts), "labels": len(labels),
+                "families": ",".join(families), "pooling": params.pooling, "head_init": "linear probe (LP-FT)",
+                "label_space": f"{label_space.name}@{label_space.version}",
+                "knowledge_base": f"{knowledge_base.name}@{knowledge_base.version}"},
+    ) as run:
         language.log()
         mlflow.log_dict(label_space.to_json(), "rca/label_space.json")
         mlflow.log_dict(knowledge_base.to_json(), "rca/knowledge_base.json")
         fits = fit_families(texts, data.targets, data.selection, families if "tfidf" in families else ("tfidf", *families),
-                            checkpoint=checkpoint, params=params, tune=tune, fit_bert=fit_bert, on_epoch=on_epoch, background=background,
-                            described=described)
+                            checkpoint=checkpoint, params=params, tune=tune, fit_bert=fit_bert, on_epoch=log_epoch_metrics,
+                            background=background, described=described)
         baseline = None  # None: the tfidf family is the baseline
         if "tfidf" not in families:
             tfidf = fits.pop("tfidf")
@@ -298,7 +309,7 @@ def train_failure_rca(snapshot_dir: str | Path, settings: Settings, base_model: 
                  "labelled out-of-fold jobs": int(data.y_val.any(axis=1).sum()), "labels": len(labels),
                  **({"kept epoch": fits["bert"].best_epoch} if "bert" in fits else {})}
         log_report(TASK, lambda: rca_report(result, fits, data.y_val, labels, baseline, facts))
-        return classifier_candidate(
+        candidate = classifier_candidate(
             result, checkpoint=checkpoint, params=params, snapshot=snapshot,
             meta={"task": TASK, "outputs": labels, "label_space": label_space.to_json(), "knowledge_base": knowledge_base.to_json(),
                   "input": "job text (pipelines.data.failed_jobs.job_text)"},
@@ -306,18 +317,7 @@ def train_failure_rca(snapshot_dir: str | Path, settings: Settings, base_model: 
             outcome_metrics=SUMMARY_METRICS,
             int8=Int8Check([texts[i] for i in data.selection.validated], data.y_val, settings.score.int8_min_agreement),
             details={**language.details(), "metrics_are": f"out of fold ({data.selection.method}); the model is refitted on every job"})
-
-    last = data.selection.folds[-1]
-    outcome = register_candidate(
-        TASK, snapshot, tuned, fit=fit, pip_requirements=classifier_requirements(),
-        validation=Split("validation", rows_digest(val[["text"]]), len(val)),
-        params={**classifier_params(checkpoint, params), "selection": data.selection.method, "folds": len(data.selection.folds),
-                "jobs": len(texts), "train_jobs": len(last.train), "validation_jobs": len(val),
-                "train_labelled_jobs": int(data.targets[last.train].any(axis=1).sum()),
-                "validation_labelled_jobs": int(data.y_val.any(axis=1).sum()),
-                "no_failure_examples": len(background), "description_examples": len(described.texts), "labels": len(labels), "families": ",".join(families), "pooling": params.pooling, "head_init": "linear probe (LP-FT)", "label_space": f"{label_space.name}@{label_space.version}",
-                "knowledge_base": f"{knowledge_base.name}@{knowledge_base.version}"},
-    )
+        outcome = run.register(candidate, classifier_requirements())
     # The run holds every metric; the outcome keeps the headline ones, per-label F1 and thresholds apart.
     metrics = outcome.metrics
     return dataclasses.replace(

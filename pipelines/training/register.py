@@ -41,7 +41,7 @@ from pipelines.registry.store import (
 )
 from pipelines.registry.version_page import DESCRIPTION_CHARS
 from pipelines.telemetry import get_logger
-from pipelines.training.loop import OnEpoch, cpu_threads, log_epoch_metrics
+from pipelines.training.loop import cpu_threads
 from pipelines.training.outcome import TrainingOutcome
 
 log = get_logger("train")
@@ -218,14 +218,6 @@ class TrainingRun:
                                   round(candidate.seconds, 1), candidate.metrics, candidate.baseline, candidate.details)
         log.info("candidate registered", extra=outcome.to_dict())
         return outcome
-
-
-def register_candidate(task: str, snapshot: Snapshot, settings: Settings, *, params: dict[str, Any],
-                       fit: Callable[[OnEpoch], Candidate], pip_requirements: Sequence[str],
-                       validation: Split | None = None) -> TrainingOutcome:
-    """`training_run` around `fit(log_epoch_metrics)`, then `TrainingRun.register`."""
-    with training_run(task, snapshot, settings, params=params, validation=validation) as run:
-        return run.register(fit(log_epoch_metrics), pip_requirements)
 
 
 # The pyfunc class of each kind of version, by the name of its artifact (`MLmodel`'s python_function.artifacts).
