@@ -15,10 +15,8 @@ about 13 minutes an epoch.
 Speed (main table): `pipelines.training.fine_tune.fine_tune` against `transformers.Trainer` on the same
 packaged MiniLM, the same texts, batch size, learning-rate schedule and class-weighted BCE, one epoch each,
 samples per second of wall time from model load to the end of training (ratio: ours / Trainer, higher is
-better). `fine_tune` batches examples of similar length, so Trainer gets its own length grouping
-(`train_sampling_strategy="group_by_length"`) beside its defaults (fused AdamW, dynamic padding); `fine_tune` also
-scores its validation texts after the epoch, Trainer does not evaluate. And a night's training on the demo
-corpus, in-process: `train_log_anomaly`, `train_failure_rca` and `train_metric_forecast` on the nightly windows with the default settings except `BERT_CAP` (training examples and BERT epochs), against
+better); and a night's training on the demo corpus, in-process: `train_log_anomaly`, `train_failure_rca` and
+`train_metric_forecast` on the nightly windows with the default settings except `BERT_CAP` (training examples and BERT epochs), against
 the same night with the TF-IDF family only.
 """
 
@@ -142,14 +140,14 @@ def _trainer_speed(work: Path, quick: bool) -> list[dict]:
                              learning_rate=params.learning_rate, weight_decay=params.weight_decay, warmup_steps=0.1,
                              lr_scheduler_type="linear", save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True,
                              use_cpu=device == "cpu", bf16=device == "cuda", seed=params.seed, remove_unused_columns=False,
-                             dataloader_num_workers=0, train_sampling_strategy="group_by_length")
+                             dataloader_num_workers=0)
     Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer),
             compute_loss_func=loss).train()
     theirs = time.perf_counter() - started
     n = len(texts)
     return [{"name": f"BERT fine-tune speed (fine_tune: {n} log texts x 1 epoch, batch {params.batch_size}, max_length {params.max_length}, "
                      f"{device}; wall time from model load)",
-             "value": n / ours, "unit": "samples/s", "baseline": "transformers.Trainer (group_by_length sampler), same model, data, batch size, schedule and loss",
+             "value": n / ours, "unit": "samples/s", "baseline": "transformers.Trainer, same model, data, batch size, schedule and loss",
              "baseline_value": n / theirs, "ratio": (n / ours) / (n / theirs)}]
 
 

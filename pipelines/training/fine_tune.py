@@ -11,10 +11,9 @@ import math
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,17 +24,7 @@ from pipelines.config import TrainSettings
 from pipelines.data.snapshots import Snapshot
 from pipelines.telemetry import get_logger
 from pipelines.training.classification import ThresholdTuner
-from pipelines.training.loop import (
-    EPOCH_LOSSES,
-    OnEpoch,
-    Validation,
-    adamw,
-    ignore_epoch,
-    length_grouped_batches,
-    optimizer_step,
-    run_epochs,
-    seed_everything,
-)
+from pipelines.training.loop import EPOCH_LOSSES, OnEpoch, Validation, ignore_epoch, optimizer_step, run_epochs, seed_everything
 from pipelines.training.register import Candidate, requirements
 
 log = get_logger("train")
@@ -82,72 +71,6 @@ def compact_training_set(texts: Sequence[str], targets: np.ndarray, limit: int, 
     return [texts[i] for i in keep], targets[keep], np.array([weight_of[i] for i in keep.tolist()], dtype=np.float64)
 
 
-class UsedRows:
-    """The input word embeddings trained as just the rows the training tokens use, the same weights as training
-    the whole table.
-
-    AdamW gives a row that never has a gradient nothing but its decoupled weight decay (its moments stay 0, so its
-    Adam step is 0): the rest of the vocabulary (MiniLM's 30k rows: half its weights) is scaled by the product of
-    each step's `1 - lr * weight_decay` when an epoch ends, instead of a dense (vocabulary, hidden) gradient,
-    its clipping and its optimizer pass every step. Inside `training()` the model reads a compact table of the
-    used rows (the same token ids go in); outside it, the model is its own, the full table up to date.
-    """
-
-    def __init__(self, model, tokens):
-        """`tokens`: every token id the training batches hold (padding included), any shape."""
-        import torch
-
-        self.model, self.full = model, model.get_input_embeddings()
-        weight = self.full.weight
-        self.used = torch.unique(tokens).to(weight.device)
-        index = torch.zeros(self.full.num_embeddings, dtype=torch.long, device=weight.device)
-        index[self.used] = torch.arange(len(self.used), device=weight.device)
-        pad = self.full.padding_idx
-        padding = int(index[pad]) if pad is not None and bool((self.used == pad).any()) else None  # its row gets no gradient
-        # from_pretrained draws no random numbers: dropout's stream stays the same as the whole table's training
-        self.compact = torch.nn.Embedding.from_pretrained(weight.detach()[self.used].clone(), freeze=False, padding_idx=padding)
-        self.compact.register_forward_pre_hook(lambda _, args: (index[args[0]], *args[1:]))
-        self.decay = 1.0  # of the unused rows, since the last epoch ended
-
-    @staticmethod
-    def applies(model) -> bool:
-        """Whether the model's input embeddings are a plain table this can stand in for."""
-        import torch
-
-        try:
-            table = model.get_input_embeddings()
-        except NotImplementedError:
-            return False
-        return type(table) is torch.nn.Embedding and table.max_norm is None and not table.sparse
-
-    def parameters(self) -> list:
-        """What the optimizer trains: the compact table and every other weight of the model."""
-        return [self.compact.weight, *(p for p in self.model.parameters() if p is not self.full.weight)]
-
-    def track(self, optimizer) -> None:
-        """Accumulate each `optimizer` step's decay of the unused rows (one parameter group, AdamW)."""
-
-        def hook(opt, args, kwargs):
-            group = opt.param_groups[0]
-            self.decay *= 1.0 - group["lr"] * group["weight_decay"]
-
-        optimizer.register_step_pre_hook(hook)
-
-    @contextmanager
-    def training(self) -> Iterator[None]:
-        import torch
-
-        self.model.set_input_embeddings(self.compact)
-        try:
-            yield
-        finally:
-            self.model.set_input_embeddings(self.full)
-            with torch.no_grad():
-                self.full.weight.mul_(self.decay)
-                self.full.weight[self.used] = self.compact.weight
-            self.decay = 1.0
-
-
 def fine_tune(
     train_texts: Sequence[str],
     train_targets: np.ndarray,
@@ -162,13 +85,11 @@ def fine_tune(
     weights: np.ndarray | None = None,
     epochs: int | None = None,
 ) -> FitResult:
-    """Fine-tune BERT with K sigmoid outputs: class-weighted BCE, AdamW (fused) with linear warm-up and
-    decay, batches of similar lengths each padded to its longest (`length_grouped_batches`), only the word-embedding
-    rows the texts use trained step by step (`UsedRows`: the same weights), bf16 autocast on CUDA, thresholds tuned
-    on validation by `tune` each epoch, early stopping on the validation metric `select`
-    (`pipelines.training.loop.run_epochs`; log-anomaly: PR-AUC, threshold-free; the primary metric breaks ties and
-    stands in where it is undefined). The result holds the kept epoch's validation probabilities (`val_probs`,
-    (N, K)) for the training report.
+    """Fine-tune BERT with K sigmoid outputs: class-weighted BCE, AdamW with linear warm-up and
+    decay, dynamic padding, bf16 autocast on CUDA, thresholds tuned on validation by `tune` each epoch,
+    early stopping on the validation metric `select` (`pipelines.training.loop.run_epochs`; log-anomaly:
+    PR-AUC, threshold-free; the primary metric breaks ties and stands in where it is undefined). The result holds
+    the kept epoch's validation probabilities (`val_probs`, (N, K)) for the training report.
 
     `weights` ((N,), `compact_training_set`'s) weigh each example's loss. With `val_texts` None there is no
     validation: it trains for exactly `epochs` epochs (default `params.epochs`) and keeps the last.
@@ -187,43 +108,27 @@ def fine_tune(
     model.to(device)
 
     encoded = tokenizer(list(train_texts), truncation=True, max_length=params.max_length)["input_ids"]
-    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-    tokens = torch.full((len(encoded), int(lengths.max(initial=1))), tokenizer.pad_token_id or 0, dtype=torch.long)
-    for i, ids in enumerate(encoded):
-        tokens[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
     targets = torch.tensor(train_targets, dtype=torch.float32)
     positives = targets.sum(0)
     pos_weight = ((len(targets) - positives) / positives.clamp(min=1)).clamp(1.0, 50.0).to(device)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction="none")
     example_weights = torch.ones(len(encoded)) if weights is None else torch.tensor(weights, dtype=torch.float32)
-    example_weights = (example_weights / example_weights.mean()).to(device)
-    targets = targets.to(device)
+    example_weights = example_weights / example_weights.mean()
     epochs = epochs or params.epochs
 
     steps_per_epoch = math.ceil(len(encoded) / params.batch_size)
-    used_rows = UsedRows(model, tokens) if UsedRows.applies(model) else None
-    optimizer = adamw(used_rows.parameters() if used_rows else model.parameters(), lr=params.learning_rate,
-                      weight_decay=params.weight_decay)
-    if used_rows:
-        used_rows.track(optimizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
     schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps_per_epoch * epochs), steps_per_epoch * epochs)
-    rng = np.random.default_rng(params.seed)
+    generator = torch.Generator().manual_seed(params.seed)
 
     def train_epoch() -> float:
-        with used_rows.training() if used_rows else nullcontext():
-            return train_batches()
-
-    def train_batches() -> float:
-        total = 0.0
-        for idx in length_grouped_batches(lengths, params.batch_size, rng):
-            width = int(lengths[idx].max())
-            at = torch.from_numpy(idx)
-            batch = {"input_ids": tokens[at, :width].to(device),
-                     "attention_mask": (torch.arange(width) < torch.from_numpy(lengths[idx])[:, None]).long().to(device)}
-            at = at.to(device)
+        total, order = 0.0, torch.randperm(len(encoded), generator=generator).tolist()
+        for i in range(0, len(order), params.batch_size):
+            idx = order[i:i + params.batch_size]
+            batch = tokenizer.pad({"input_ids": [encoded[j] for j in idx]}, return_tensors="pt").to(device)
             with autocast(device):
                 logits = model(**batch).logits.float()
-            loss = (loss_fn(logits, targets[at]).mean(dim=1) * example_weights[at]).mean()
+            loss = (loss_fn(logits, targets[idx].to(device)).mean(dim=1) * example_weights[idx].to(device)).mean()
             total += optimizer_step(loss, model, optimizer, schedule) * len(idx)
         return total / len(encoded)
 
@@ -301,7 +206,7 @@ def probed_fine_tune(texts: Sequence[str], targets: np.ndarray, val_texts: Seque
 
 
 def classifier_params(checkpoint: str, params: TrainSettings) -> dict[str, Any]:
-    """The run params of a text classifier's training (`training_run`'s `params`, before the task's own)."""
+    """The run params of a text classifier's training (`register_candidate`'s `params`, before the task's own)."""
     return {"base_model": checkpoint, "epochs": params.epochs, "batch_size": params.batch_size,
             "max_length": params.max_length, "learning_rate": params.learning_rate,
             "weight_decay": params.weight_decay, "patience": params.patience, "seed": params.seed,

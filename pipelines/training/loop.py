@@ -3,13 +3,13 @@ with patience, and the best epoch's weights restored at the end (`run_epochs`).
 
 What an epoch trains on and how it is validated stay with each model, handed in as callables:
 `pipelines.training.fine_tune.fine_tune` (the BERT classifiers of log-anomaly and failure-rca) and
-`pipelines.tasks.metric_forecast.fit_forecaster` (the LSTM). Also here: the seeding both start from, torch's CPU
-threads for one training (`cpu_threads`), the fused AdamW (`adamw`) and the fine-tune's batches of similar lengths
-(`length_grouped_batches`).
+`pipelines.tasks.metric_forecast.fit_forecaster` (the LSTM). Also here: the seeding both start from, and torch's CPU
+threads for one training (`cpu_threads`).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import re
@@ -96,33 +96,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def adamw(parameters, *, lr: float, weight_decay: float):
-    """AdamW over `parameters` with torch's fused kernel (one pass over all the weights per step instead of a
-    dozen small ops per tensor: the single-tensor default costs a CPU fine-tune about a tenth of its time).
-    Same update rule as `torch.optim.AdamW`'s default."""
-    import torch
-
-    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=True)
-
-
-def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, window: int = 16) -> list[np.ndarray]:
-    """One epoch's batches of example positions, each batch padded only to its own longest example.
-
-    The examples are shuffled and cut into windows of `window` batches; each window is sorted by length (ties in
-    shuffled order) and cut into batches, and the batches are shuffled: every example once an epoch, batches of
-    similar lengths (little padding), their composition and order new each epoch. `lengths` is (N,) tokens per
-    example; `rng` is the run's, so a seed gives the same batches.
-    """
-    order = rng.permutation(len(lengths))
-    span = batch_size * max(window, 1)
-    batches = []
-    for start in range(0, len(order), span):
-        part = order[start:start + span]
-        part = part[np.argsort(lengths[part], kind="stable")]
-        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
 def optimizer_step(loss, model, optimizer, schedule, max_grad_norm: float = 1.0) -> float:
     """One update from a batch's loss: backward, gradients clipped to `max_grad_norm`, the optimizer and its
     learning-rate schedule stepped, gradients cleared. Returns the loss as a number."""
@@ -147,10 +120,9 @@ class Validation:
 
 @dataclass
 class BestState:
-    """The best epoch so far: its number, its rank (`run_epochs`' `rank`, larger is better), a CPU copy of the
-    model's weights after it (empty while the model still holds them: taken when the next epoch starts, so a
-    run whose last epoch is its best copies nothing for it), its metrics (`train_loss`, the validation metrics,
-    GPU telemetry) and its validation's `extra`."""
+    """The best epoch so far: its number, its rank (`run_epochs`' `rank`, larger is better), a copy of the
+    model's weights after it, its metrics (`train_loss`, the validation metrics, GPU telemetry) and its
+    validation's `extra`."""
 
     epoch: int
     key: Any
@@ -186,8 +158,6 @@ def run_epochs(model, *, epochs: int, patience: int, train_epoch: Callable[[], f
     best: BestState | None = None
     with progress("epochs", total=epochs, unit="epochs", logger=logger) as meter:
         for epoch in range(1, epochs + 1):
-            if best is not None and best.epoch == epoch - 1:
-                best.state_dict = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             model.train()
             train_loss = train_epoch()
             validation = validate()
@@ -199,11 +169,10 @@ def run_epochs(model, *, epochs: int, patience: int, train_epoch: Callable[[], f
             meter.advance()
             key = rank(metrics)
             if best is None or key > best.key:
-                best = BestState(epoch, key, {}, metrics, validation.extra)
+                best = BestState(epoch, key, copy.deepcopy(model.state_dict()), metrics, validation.extra)
             elif epoch - best.epoch >= patience:
                 logger.info("early stop", extra={"epoch": epoch, "best_epoch": best.epoch})
                 break
     assert best is not None
-    if best.state_dict:  # a later epoch changed the weights
-        model.load_state_dict(best.state_dict)
+    model.load_state_dict(best.state_dict)
     return EpochRun(best, history)
