@@ -3,7 +3,9 @@ int8 (ONNX Runtime dynamic quantisation), run by ONNX Runtime on the CPU.
 
 On 2 CPU cores (MiniLM, mean-pooled, batches of 64 length-sorted texts) it scores about 2.3x the texts per second of
 the fp32 PyTorch forward pass. Quantising moves scores a little, so a version serves it only where the decisions
-agreed with fp32 on its validation texts (`pipelines.training.fine_tune.classifier_candidate`).
+agreed with fp32 on its validation texts (`pipelines.training.fine_tune.classifier_candidate`). Activations are
+quantised with one scale per batch, so a text's int8 score also moves (by about 1e-4) with the texts batched beside it;
+fp32 scores do not.
 """
 
 from __future__ import annotations

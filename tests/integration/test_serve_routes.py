@@ -96,7 +96,10 @@ def test_log_anomaly_scores_each_text_and_a_bad_row_gets_its_own_error(served):
 def test_log_anomaly_scores_a_text_the_same_batched_with_others_or_alone(served):
     batched = served.post("/v1/log-anomaly", {"texts": ["Out of memory: Killed process 4242 (python)", "GET /healthz 200"]})
     alone = served.post("/v1/log-anomaly", {"texts": ["GET /healthz 200"]})
-    assert alone.json()["results"][0]["score"] == pytest.approx(batched.json()["results"][1]["score"], abs=1e-5)
+    runtime = requests.get(f"{served.url}/readyz", timeout=10).json()["models"]["log-anomaly"]["runtime"]
+    # fp32 is exact; int8 quantises activations with one scale per batch, so batchmates move a score by quantisation noise
+    tolerance = {"fp32": 1e-5, "int8": 1e-3}[runtime]
+    assert alone.json()["results"][0]["score"] == pytest.approx(batched.json()["results"][1]["score"], abs=tolerance)
 
 
 def test_log_anomaly_reads_the_threshold_from_the_request(served):
