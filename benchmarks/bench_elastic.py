@@ -55,14 +55,14 @@ def classifier(path):
 
 count = 0
 if mode == "pull":
-    from pipelines.sources.elastic import ElasticsearchLogSource
+    from pipelines.sources.elastic.reader import ElasticsearchLogSource
     source = ElasticsearchLogSource(f"{url}/{index}", settings)
     started = time.perf_counter()
     for _ in source.iter_docs():
         count += 1
 elif mode == "scan":
     from elasticsearch import Elasticsearch, helpers
-    from pipelines.sources.elastic import ElasticsearchLogSource
+    from pipelines.sources.elastic.reader import ElasticsearchLogSource
     fields = ElasticsearchLogSource(f"{url}/{index}", settings).source_fields()
     started = time.perf_counter()
     for _ in helpers.scan(Elasticsearch(url), index=index, size=settings.elasticsearch.page_size, query={"_source": {"includes": fields}}):

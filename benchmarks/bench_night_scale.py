@@ -59,13 +59,13 @@ snapshot = work / f"snap-{index}"
 import elasticsearch  # noqa: F401
 from datetime import datetime
 from pipelines.data.ingest import ingest_logs
-from pipelines.sources.elastic import ElasticsearchLogSource
+from pipelines.sources.elastic.reader import ElasticsearchLogSource
 if mode == "validate":
     import great_expectations  # noqa: F401 - its import (~4 s) is not validation time
     from pipelines.data.validation import validate_snapshot
 if mode == "score":
     import pipelines.scoring.score_logs as scoring
-    from pipelines.sources.elastic import ElasticsearchLogSink, ElasticsearchLogSource
+    from pipelines.sources.elastic.writer import ElasticsearchLogSink
     spent = {"pull_wait_s": 0.0, "model_s": 0.0, "bulk_s": 0.0}
 
     def timed_iter(inner):
@@ -212,7 +212,7 @@ def run(quick: bool = False) -> list[dict]:
     from elasticsearch import Elasticsearch
 
     from pipelines.config import load_settings
-    from pipelines.sources.elastic import install_templates
+    from pipelines.sources.elastic.templates import install_templates
     from tests.support.es_cluster import EsNode
 
     small, large = (5_000, 50_000) if quick else (100_000, 1_000_000)

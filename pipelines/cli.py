@@ -29,7 +29,8 @@ from pipelines.registry.gate import promote, rollback
 from pipelines.registry.store import CHALLENGER, CHAMPION, PREVIOUS, access_error, alias_version, credentials_in_use, display_uri, use_store
 from pipelines.scoring.forecasts import forecast
 from pipelines.scoring.score_logs import score_logs
-from pipelines.sources.elastic import install_roles, install_templates, load_roles, roles_yaml
+from pipelines.sources.elastic.roles import install_roles, load_roles, roles_yaml
+from pipelines.sources.elastic.templates import install_templates
 from pipelines.sources.prometheus import CsvMetricSource, ingest_metrics, open_metric_source, parse_queries
 from pipelines.tasks import TASKS, evaluate, task
 from pipelines.telemetry import configure_logging, get_logger, log_context

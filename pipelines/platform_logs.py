@@ -12,7 +12,7 @@ setting `elasticsearch.platform_logs` (default `nightshift-platform-logs`, outsi
   or again after an interrupted run, sends each line once.
 
 The data stream's ILM policy and index template are installed by `nightshift es install-template`
-(`pipelines.sources.elastic.install_platform_logs`).
+(`pipelines.sources.elastic.templates.install_platform_logs`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from pipelines.data.formats import ndjson_lines
 from pipelines.data.records import RecordError, batched
 from pipelines.errors import InputError
 from pipelines.night_report import latest_night, summary_path
-from pipelines.sources.elastic import Connection, ElasticsearchError, parse_uri, platform_stream
+from pipelines.sources.elastic.connection import Connection, ElasticsearchError, parse_uri
+from pipelines.sources.elastic.templates import platform_stream
 from pipelines.storage import StoragePath
 from pipelines.telemetry import get_logger
 

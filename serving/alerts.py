@@ -8,7 +8,7 @@ Reading order:
    `retrain.log_source` when that is Elasticsearch); with none there, the alert's annotations
    (`alerts.text_annotations`) are the job's text. The failure-rca version `nightshift serve` is serving explains it
    (`pipelines.scoring.root_causes.RootCauseAnnotator`, the batch scoring's own), `ml.rca.*` is written back onto the job's
-   documents through the scoring sink (`pipelines.sources.elastic.ElasticsearchLogSink`), and the causes and
+   documents through the scoring sink (`pipelines.sources.elastic.writer.ElasticsearchLogSink`), and the causes and
    actions are posted to `alerts.notify_url`.
 3. `AnsweredJobs`: the job ids answered, so that a re-sent alert (Alertmanager repeats a firing group every
    `repeat_interval`, and retries a delivery that failed) is answered once; the `alerts.remember_jobs` most recent
@@ -38,12 +38,13 @@ from pipelines.data.failed_jobs import job_text
 from pipelines.data.records import format_timestamp, get_field, set_field
 from pipelines.errors import NightshiftError
 from pipelines.scoring.root_causes import RootCauseAnnotator
-from pipelines.sources.elastic import ElasticsearchLogSink, ElasticsearchLogSource
+from pipelines.sources.elastic.reader import ElasticsearchLogSource
+from pipelines.sources.elastic.writer import ElasticsearchLogSink
 from pipelines.telemetry import get_logger
+from serving.champions import FAILURE_RCA
 
 log = get_logger("serve.alerts")
 
-FAILURE_RCA = "failure-rca"
 ES_SCHEMES = ("http://", "https://", "elasticsearch://")
 
 
@@ -161,7 +162,7 @@ def log_source_uri(settings: Settings) -> str | None:
 
 
 class AlertResponder:
-    """What `POST /v1/alerts` does; one per server. `server` is `serving.server.Server` (champions, the worker thread)."""
+    """What `POST /v1/alerts` does; one per server. `server` is `serving.state.Server` (champions, the worker thread)."""
 
     def __init__(self, server: Any, settings: Settings):
         """Raises:

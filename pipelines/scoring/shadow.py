@@ -48,7 +48,8 @@ from pipelines.config import ConfigError, Settings
 from pipelines.data.records import doc_context, get_field, set_field
 from pipelines.errors import InputError, NightshiftError
 from pipelines.registry.store import CHAMPION, ModelRef, alias_version, load_model
-from pipelines.sources.elastic import ElasticsearchLogSink, ElasticsearchLogSource
+from pipelines.sources.elastic.reader import ElasticsearchLogSource
+from pipelines.sources.elastic.writer import ElasticsearchLogSink
 from pipelines.sources.logs import FileLogSink, file_path, open_log_sink
 from pipelines.telemetry import get_logger
 

@@ -1,7 +1,7 @@
 """Log sources and sinks, chosen by URI: `file://…` here, Elasticsearch in `pipelines.sources.elastic`.
 
 A source streams `(where, document)` pairs, `where` naming the record for error messages
-(`logs.ndjson:42`). For Elasticsearch `where` is a `pipelines.sources.elastic.DocRef` (a str, `index/id`, that also
+(`logs.ndjson:42`). For Elasticsearch `where` is a `pipelines.sources.elastic.writer.DocRef` (a str, `index/id`, that also
 carries the index, id and routing the sink writes back to). Nothing here holds a whole window in memory.
 
 A file source is one file, a folder (its visible files, by name) or a glob (`file:///exports/*.ndjson.gz`);
@@ -28,7 +28,8 @@ from pipelines.config import LogFields, Settings
 from pipelines.data.formats import LOG_READERS, ReadContext, sniff_log_format
 from pipelines.data.records import RecordError, doc_timestamp, format_timestamp, json_default
 from pipelines.errors import InputError, MissingInput, NightshiftError
-from pipelines.sources.elastic import ElasticsearchLogSink, ElasticsearchLogSource
+from pipelines.sources.elastic.reader import ElasticsearchLogSource
+from pipelines.sources.elastic.writer import ElasticsearchLogSink
 from pipelines.telemetry import get_logger
 
 log = get_logger("sources")

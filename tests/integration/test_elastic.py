@@ -169,7 +169,7 @@ def test_unlabelled_documents_are_counted_then_kept_or_dropped(cluster, home, tm
 
 def test_missing_index_is_a_clear_error(cluster, home, tmp_path, capsys):
     from pipelines.data.ingest import ingest_logs
-    from pipelines.sources.elastic import ElasticsearchError
+    from pipelines.sources.elastic.connection import ElasticsearchError
 
     err = cli_error(capsys, "ingest", "logs", "--source", source_uri(cluster, "nope-logs"), "--start", "2026-11-17", "--end", "2026-11-18",
                     "--out", str(tmp_path / "s"))
@@ -316,7 +316,7 @@ def test_tls_is_verified_by_default_and_trusts_a_ca_or_fingerprint(es_node, es_c
     own TLS would need a keystore per test; the client side, which is nightshift's, is the same)."""
     from pipelines.config import ConfigError
     from pipelines.data.ingest import ingest_logs
-    from pipelines.sources.elastic import ElasticsearchError
+    from pipelines.sources.elastic.connection import ElasticsearchError
 
     cert, key, fingerprint = certificate
     cluster = Cluster.on(es_node)
@@ -387,7 +387,7 @@ def test_connection_dropped_mid_pull_is_retried(faults_cluster, proxy, demo_docs
 
 def test_429_storm_is_ridden_out_with_backoff(faults_cluster, proxy, demo_docs, home, tmp_path, monkeypatch, fast_retries):
     from pipelines.data.ingest import ingest_logs
-    from pipelines.sources.elastic import ElasticsearchError
+    from pipelines.sources.elastic.connection import ElasticsearchError
 
     monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_PAGE_SIZE", "20")
     uri = source_uri(faults_cluster, url=proxy.url)
@@ -420,7 +420,7 @@ def test_expired_point_in_time_is_reopened_without_loss_or_repeats(faults_cluste
 def test_expiry_inside_one_millisecond_resumes_without_loss_or_repeats(faults_cluster, proxy, home, monkeypatch):
     """70 documents share one timestamp, so the read resumes inside that millisecond: the 45 already yielded are
     not yielded again, the 25 after them are, and so are the documents of the next millisecond."""
-    from pipelines.sources.elastic import ElasticsearchLogSource
+    from pipelines.sources.elastic.reader import ElasticsearchLogSource
 
     monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_PAGE_SIZE", "15")
     monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_KEEP_ALIVE", "2s")
@@ -608,7 +608,7 @@ def test_writes_overlap_scoring_and_failures_mid_stream_are_counted(faults_clust
 def test_killed_node_is_a_clear_error_then_scoring_resumes_after_restart(faults_node, faults_cluster, demo_docs, stand_in, home, monkeypatch):
     """The node is SIGKILLed after acknowledging the third bulk: scoring stops with one line naming the endpoint;
     the node restarts on its own data, and the rerun resumes from the checkpoint, writing each document once."""
-    from pipelines.sources.elastic import ElasticsearchError
+    from pipelines.sources.elastic.connection import ElasticsearchError
 
     monkeypatch.setenv("NIGHTSHIFT_SCORE_SORT_WINDOW", "20")
     monkeypatch.setenv("NIGHTSHIFT_SCORE_MAX_PENDING", "20")  # a model call per window

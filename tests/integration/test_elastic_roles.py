@@ -111,7 +111,7 @@ def on_node(node) -> Realm:
 def with_api_keys(realm: Realm) -> Realm:
     """An API key per role, made by the realm's administrator (its cluster's client) with the role's body as its
     descriptor, as docs/deployment.md makes the nightly job's."""
-    from pipelines.sources.elastic import load_roles
+    from pipelines.sources.elastic.roles import load_roles
 
     cluster, admin = realm.cluster, realm.admin
     roles = load_roles([cluster.name("logs-*")], [cluster.name("nightshift-ml-results*")], cluster.name("platform-logs"))
@@ -309,7 +309,7 @@ def test_the_analyst_role_reads_but_does_not_write(realm, logs, stand_in, monkey
     assert not any("ml" in d for d in cluster.docs("logs-*").values())
 
     from pipelines.config import load_settings
-    from pipelines.sources.elastic import Connection, parse_uri
+    from pipelines.sources.elastic.connection import Connection, parse_uri
 
     conn = Connection(parse_uri(source(realm)), load_settings().elasticsearch)
     try:  # the analyst's own client, outside nightshift's write path: the node refuses a plain index request too

@@ -51,7 +51,8 @@ def keys(home) -> dict[str, str]:
 def app_for(stand_in, keys):
     """`app_for(rca=True)`: the app on the current environment's settings; failure-rca v3 is the stand-in (rca=False: no
     failure-rca version)."""
-    from serving.server import FAILURE_RCA, Slot, create_app
+    from serving.champions import FAILURE_RCA, Slot
+    from serving.server import create_app
 
     def make(rca: bool = True):
         app = create_app(load_settings(), client=stand_in["registry"], start_refresh=False)
@@ -137,7 +138,7 @@ def test_another_job_label_is_read_from_its_setting(app_for, keys, monkeypatch):
 
 
 def test_no_failure_rca_version_is_a_503_saying_why_and_the_job_is_answered_on_the_retry(app_for, keys):
-    from serving.server import FAILURE_RCA, Slot
+    from serving.champions import FAILURE_RCA, Slot
 
     app = app_for(rca=False)
     with TestClient(app) as client:

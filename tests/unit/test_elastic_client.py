@@ -26,7 +26,7 @@ def test_unreachable_host_is_a_clear_error_after_retries(home, tmp_path, fast_re
     import socket
 
     from pipelines.data.ingest import ingest_logs
-    from pipelines.sources.elastic import ElasticsearchError
+    from pipelines.sources.elastic.connection import ElasticsearchError
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -53,7 +53,7 @@ def test_bad_source_uri_is_a_clear_error(home, tmp_path, uri, match):
 
 def test_two_credentials_at_once_are_refused(home, monkeypatch):
     from pipelines.config import ConfigError
-    from pipelines.sources.elastic import ElasticsearchLogSource
+    from pipelines.sources.elastic.reader import ElasticsearchLogSource
 
     monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_API_KEY", SECRET)
     monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_BEARER_TOKEN", "other-secret")
@@ -65,7 +65,7 @@ def test_two_credentials_at_once_are_refused(home, monkeypatch):
 def test_cloud_id_configures_the_client(home, monkeypatch):
     import base64
 
-    from pipelines.sources.elastic import client_options, parse_uri
+    from pipelines.sources.elastic.connection import client_options, parse_uri
 
     monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_CLOUD_ID", "prod:" + base64.b64encode(b"eu-west-1.aws.found.io$abc123$def456").decode())
     monkeypatch.setenv("NIGHTSHIFT_ELASTICSEARCH_API_KEY", SECRET)
@@ -82,7 +82,7 @@ def test_bulk_batches_in_flight_together_move_the_checkpoint_in_send_order():
     import threading
 
     from pipelines.config import ConfigError
-    from pipelines.sources.elastic import ElasticsearchLogSink, _Sender
+    from pipelines.sources.elastic.writer import ElasticsearchLogSink, _Sender
 
     first_may_finish = threading.Event()
     flushed, done = [], []

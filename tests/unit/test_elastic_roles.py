@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 
-from pipelines.sources.elastic import _forbidden, load_roles, load_template, roles_yaml
+from pipelines.sources.elastic.connection import _forbidden
+from pipelines.sources.elastic.roles import load_roles, roles_yaml
+from pipelines.sources.elastic.templates import load_template
 
 
 def test_roles_cover_the_templates_indices_and_explain_each_privilege():

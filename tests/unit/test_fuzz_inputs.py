@@ -38,7 +38,7 @@ from pipelines.data.ingest import log_rows
 from pipelines.data.records import RecordError, set_field, to_row
 from pipelines.data.snapshots import LOG_SCHEMA
 from pipelines.errors import NightshiftError
-from pipelines.sources.elastic import DocRef
+from pipelines.sources.elastic.writer import DocRef
 from pipelines.sources.logs import FileLogSource
 from pipelines.sources.prometheus import FileMetricSource, open_metric_source
 

@@ -12,7 +12,8 @@ from pipelines.config import ConfigError, load_settings
 from pipelines.data.records import RecordError
 from pipelines.errors import InputError, MissingInput
 from pipelines.platform_logs import log_files, night_logs_dir, read_lines
-from pipelines.sources.elastic import ElasticsearchError, install_platform_logs
+from pipelines.sources.elastic.connection import ElasticsearchError
+from pipelines.sources.elastic.templates import install_platform_logs
 
 LINE = {"@timestamp": "2026-11-22T02:00:00.000Z", "log.level": "info", "message": "scored"}
 
