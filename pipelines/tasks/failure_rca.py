@@ -310,7 +310,7 @@ def train_failure_rca(snapshot_dir: str | Path, settings: Settings, base_model: 
                  **({"kept epoch": fits["bert"].best_epoch} if "bert" in fits else {})}
         log_report(TASK, lambda: rca_report(result, fits, data.y_val, labels, baseline, facts))
         candidate = classifier_candidate(
-            result, checkpoint=checkpoint, params=params, snapshot=snapshot,
+            result, run.folder, checkpoint=checkpoint, params=params, snapshot=snapshot,
             meta={"task": TASK, "outputs": labels, "label_space": label_space.to_json(), "knowledge_base": knowledge_base.to_json(),
                   "input": "job text (pipelines.data.failed_jobs.job_text)"},
             example=pd.DataFrame({"message": data.rows["text"].tail(3).tolist()}), baseline=dict(baseline.metrics) if baseline is not None else None,

@@ -193,7 +193,7 @@ def train_log_anomaly(snapshot_dir: str | Path, settings: Settings, base_model: 
                        fit_bert=anomaly_bert_fit(checkpoint, settings))
         log_report("log-anomaly", lambda: anomaly_report(data, fits, result, baseline))
         candidate = classifier_candidate(
-            result, checkpoint=checkpoint, params=params, snapshot=snapshot,
+            result, run.folder, checkpoint=checkpoint, params=params, snapshot=snapshot,
             meta={"task": "log-anomaly", "outputs": ["anomaly"], "context_fields": list(context_fields(settings))},
             example=data.rows[["message", *context_fields(settings)]].tail(3).fillna(""),
             baseline=baseline,

@@ -443,12 +443,13 @@ def train_metric_forecast(snapshot_dir: str | Path, settings: Settings) -> Train
         report = evaluate_forecasts(grid, cfg, train, val, families[committee.family], params.seed, contenders=families, mase_until=cut)
         mlflow.log_dict(report, "evaluation/forecast_report.json")
         log_report(TASK, lambda: forecaster_report(data, grid, cfg, val, cut, result, committee.family, families[committee.family], report))
-        candidate = forecaster_candidate(result, committee, report, {**meta, "committee": committee.to_meta()}, example)
+        candidate = forecaster_candidate(result, committee, report, {**meta, "committee": committee.to_meta()}, example, run.folder)
         return run.register(candidate, requirements(("torch", "mlflow"), ("pandas", "numpy")))
 
 
-def forecaster_candidate(result: ForecastFit, committee, report: dict, meta: dict, example: dict) -> Candidate:
-    """The trained forecaster as the candidate to register: a `MetricForecaster` pyfunc serving `committee.family`.
+def forecaster_candidate(result: ForecastFit, committee, report: dict, meta: dict, example: dict, folder: Path) -> Candidate:
+    """The trained forecaster as the candidate to register: a `MetricForecaster` pyfunc serving `committee.family`,
+    saved under `folder` (the run's `TrainingRun.folder`).
 
     On the run: the served family's validation scores as `best_*`, each baseline's as `baseline_NAME_*`, each
     contender's as `contender_NAME_*`, and the MAE ratios. In the outcome: the served family's scores, the MAE
@@ -456,18 +457,13 @@ def forecaster_candidate(result: ForecastFit, committee, report: dict, meta: dic
     """
     seasonal = report["seasonal_naive"] or "none"
 
-    def package(folder: Path):
-        import pandas as pd
+    from nightshift_models.metric_forecaster import MetricForecaster, save_forecaster
 
-        from nightshift_models.metric_forecaster import MetricForecaster, save_forecaster
-
-        artifact = save_forecaster(result.model, meta, folder / "forecaster")
-        frame = pd.DataFrame({"timestamp": pd.to_datetime(np.rint(example["timestamp"] * 1e9).astype("int64")),  # naive UTC: MLflow's datetime
-                              "series": example["series"], "value": example["value"]})
-        return MetricForecaster(), {"forecaster": str(artifact)}, frame
-
+    artifact = save_forecaster(result.model, meta, folder / "forecaster")
+    frame = pd.DataFrame({"timestamp": pd.to_datetime(np.rint(example["timestamp"] * 1e9).astype("int64")),  # naive UTC: MLflow's datetime
+                          "series": example["series"], "value": example["value"]})
     return Candidate(
-        committee.family, result.best_epoch, result.device, result.seconds, package,
+        committee.family, result.best_epoch, result.device, result.seconds, MetricForecaster(), {"forecaster": str(artifact)}, frame,
         run_metrics={**{f"best_{k}": v for k, v in report["model"].items()},
                      **{f"baseline_{name}_{k}": v for name, s in report["baselines"].items() for k, v in s.items()},
                      **{f"contender_{name}_{k}": v for name, s in report["contenders"].items() for k, v in s.items()},

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import itertools
 import math
-import shutil
 import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,16 @@ from pipelines.config import TrainSettings
 from pipelines.data.snapshots import Snapshot
 from pipelines.telemetry import get_logger
 from pipelines.training.classification import ThresholdTuner
-from pipelines.training.loop import EPOCH_LOSSES, OnEpoch, Validation, ignore_epoch, optimizer_step, run_epochs, seed_everything
+from pipelines.training.loop import (
+    EPOCH_LOSSES,
+    OnEpoch,
+    Validation,
+    adamw,
+    ignore_epoch,
+    optimizer_step,
+    run_epochs,
+    seed_everything,
+)
 from pipelines.training.register import Candidate, requirements
 
 log = get_logger("train")
@@ -71,6 +80,72 @@ def compact_training_set(texts: Sequence[str], targets: np.ndarray, limit: int, 
     return [texts[i] for i in keep], targets[keep], np.array([weight_of[i] for i in keep.tolist()], dtype=np.float64)
 
 
+class UsedRows:
+    """The input word embeddings trained as just the rows the training tokens use, the same weights as training
+    the whole table.
+
+    AdamW gives a row that never has a gradient nothing but its decoupled weight decay (its moments stay 0, so its
+    Adam step is 0): the rest of the vocabulary (MiniLM's 30k rows: half its weights) is scaled by the product of
+    each step's `1 - lr * weight_decay` when an epoch ends, instead of a dense (vocabulary, hidden) gradient,
+    its clipping and its optimizer pass every step. Inside `training()` the model reads a compact table of the
+    used rows (the same token ids go in); outside it, the model is its own, the full table up to date.
+    """
+
+    def __init__(self, model, tokens):
+        """`tokens`: every token id the training batches hold (padding included), any shape."""
+        import torch
+
+        self.model, self.full = model, model.get_input_embeddings()
+        weight = self.full.weight
+        self.used = torch.unique(tokens).to(weight.device)
+        index = torch.zeros(self.full.num_embeddings, dtype=torch.long, device=weight.device)
+        index[self.used] = torch.arange(len(self.used), device=weight.device)
+        pad = self.full.padding_idx
+        padding = int(index[pad]) if pad is not None and bool((self.used == pad).any()) else None  # its row gets no gradient
+        # from_pretrained draws no random numbers: dropout's stream stays the same as the whole table's training
+        self.compact = torch.nn.Embedding.from_pretrained(weight.detach()[self.used].clone(), freeze=False, padding_idx=padding)
+        self.compact.register_forward_pre_hook(lambda _, args: (index[args[0]], *args[1:]))
+        self.decay = 1.0  # of the unused rows, since the last epoch ended
+
+    @staticmethod
+    def applies(model) -> bool:
+        """Whether the model's input embeddings are a plain table this can stand in for."""
+        import torch
+
+        try:
+            table = model.get_input_embeddings()
+        except NotImplementedError:
+            return False
+        return type(table) is torch.nn.Embedding and table.max_norm is None and not table.sparse
+
+    def parameters(self) -> list:
+        """What the optimizer trains: the compact table and every other weight of the model."""
+        return [self.compact.weight, *(p for p in self.model.parameters() if p is not self.full.weight)]
+
+    def track(self, optimizer) -> None:
+        """Accumulate each `optimizer` step's decay of the unused rows (one parameter group, AdamW)."""
+
+        def hook(opt, args, kwargs):
+            group = opt.param_groups[0]
+            self.decay *= 1.0 - group["lr"] * group["weight_decay"]
+
+        optimizer.register_step_pre_hook(hook)
+
+    @contextmanager
+    def training(self) -> Iterator[None]:
+        import torch
+
+        self.model.set_input_embeddings(self.compact)
+        try:
+            yield
+        finally:
+            self.model.set_input_embeddings(self.full)
+            with torch.no_grad():
+                self.full.weight.mul_(self.decay)
+                self.full.weight[self.used] = self.compact.weight
+            self.decay = 1.0
+
+
 def fine_tune(
     train_texts: Sequence[str],
     train_targets: np.ndarray,
@@ -85,11 +160,13 @@ def fine_tune(
     weights: np.ndarray | None = None,
     epochs: int | None = None,
 ) -> FitResult:
-    """Fine-tune BERT with K sigmoid outputs: class-weighted BCE, AdamW with linear warm-up and
-    decay, dynamic padding, bf16 autocast on CUDA, thresholds tuned on validation by `tune` each epoch,
-    early stopping on the validation metric `select` (`pipelines.training.loop.run_epochs`; log-anomaly:
-    PR-AUC, threshold-free; the primary metric breaks ties and stands in where it is undefined). The result holds
-    the kept epoch's validation probabilities (`val_probs`, (N, K)) for the training report.
+    """Fine-tune BERT with K sigmoid outputs: class-weighted BCE, AdamW (fused) with linear warm-up and
+    decay, texts tokenised once and each shuffled batch padded to its longest, only the word-embedding
+    rows the texts use trained step by step (`UsedRows`: the same weights), bf16 autocast on CUDA, thresholds tuned
+    on validation by `tune` each epoch, early stopping on the validation metric `select`
+    (`pipelines.training.loop.run_epochs`; log-anomaly: PR-AUC, threshold-free; the primary metric breaks ties and
+    stands in where it is undefined). The result holds the kept epoch's validation probabilities (`val_probs`,
+    (N, K)) for the training report.
 
     `weights` ((N,), `compact_training_set`'s) weigh each example's loss. With `val_texts` None there is no
     validation: it trains for exactly `epochs` epochs (default `params.epochs`) and keeps the last.
@@ -108,27 +185,45 @@ def fine_tune(
     model.to(device)
 
     encoded = tokenizer(list(train_texts), truncation=True, max_length=params.max_length)["input_ids"]
+    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    tokens = torch.full((len(encoded), int(lengths.max(initial=1))), tokenizer.pad_token_id or 0, dtype=torch.long)
+    for i, ids in enumerate(encoded):
+        tokens[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
     targets = torch.tensor(train_targets, dtype=torch.float32)
     positives = targets.sum(0)
     pos_weight = ((len(targets) - positives) / positives.clamp(min=1)).clamp(1.0, 50.0).to(device)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction="none")
     example_weights = torch.ones(len(encoded)) if weights is None else torch.tensor(weights, dtype=torch.float32)
-    example_weights = example_weights / example_weights.mean()
+    example_weights = (example_weights / example_weights.mean()).to(device)
+    targets = targets.to(device)
     epochs = epochs or params.epochs
 
     steps_per_epoch = math.ceil(len(encoded) / params.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
+    used_rows = UsedRows(model, tokens) if UsedRows.applies(model) else None
+    optimizer = adamw(used_rows.parameters() if used_rows else model.parameters(), lr=params.learning_rate,
+                      weight_decay=params.weight_decay)
+    if used_rows:
+        used_rows.track(optimizer)
     schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps_per_epoch * epochs), steps_per_epoch * epochs)
     generator = torch.Generator().manual_seed(params.seed)
 
     def train_epoch() -> float:
-        total, order = 0.0, torch.randperm(len(encoded), generator=generator).tolist()
+        with used_rows.training() if used_rows else nullcontext():
+            return train_batches()
+
+    def train_batches() -> float:
+        total = 0.0
+        order = torch.randperm(len(encoded), generator=generator).numpy()
         for i in range(0, len(order), params.batch_size):
             idx = order[i:i + params.batch_size]
-            batch = tokenizer.pad({"input_ids": [encoded[j] for j in idx]}, return_tensors="pt").to(device)
+            width = int(lengths[idx].max())
+            at = torch.from_numpy(idx)
+            batch = {"input_ids": tokens[at, :width].to(device),
+                     "attention_mask": (torch.arange(width) < torch.from_numpy(lengths[idx])[:, None]).long().to(device)}
+            at = at.to(device)
             with autocast(device):
                 logits = model(**batch).logits.float()
-            loss = (loss_fn(logits, targets[idx].to(device)).mean(dim=1) * example_weights[idx].to(device)).mean()
+            loss = (loss_fn(logits, targets[at]).mean(dim=1) * example_weights[at]).mean()
             total += optimizer_step(loss, model, optimizer, schedule) * len(idx)
         return total / len(encoded)
 
@@ -275,13 +370,13 @@ def check_int8(result: FitResult, check: Int8Check, outputs: Sequence[str], out_
     return entry
 
 
-def classifier_candidate(result: FitResult, *, checkpoint: str, params: TrainSettings, snapshot: Snapshot, meta: dict[str, Any],
-                         example: pd.DataFrame, baseline: dict[str, float] | None = None,
+def classifier_candidate(result: FitResult, folder: Path, *, checkpoint: str, params: TrainSettings, snapshot: Snapshot,
+                         meta: dict[str, Any], example: pd.DataFrame, baseline: dict[str, float] | None = None,
                          details: dict[str, Any] | None = None, outcome_metrics: Sequence[str] = OUTCOME_FAMILY_METRICS,
                          int8: Int8Check | None = None) -> Candidate:
     """A text classifier's fit (a fine-tuned BERT, or whichever family `choose_family` picked) as the candidate
-    to register: a `TextClassifier` pyfunc over its checkpoint, with `nightshift.json` holding `meta`, the family,
-    the thresholds and the lineage.
+    to register: a `TextClassifier` pyfunc over its checkpoint, written to `folder`/checkpoint (the run's
+    `TrainingRun.folder`), with `nightshift.json` holding `meta`, the family, the thresholds and the lineage.
 
     On the run: the winner's validation metrics as `best_*`, the baseline's as `baseline_*` (`baseline` None: the
     `tfidf` family's), every contender's as `FAMILY.METRIC`. In the outcome: the finite ones rounded, each
@@ -294,44 +389,40 @@ def classifier_candidate(result: FitResult, *, checkpoint: str, params: TrainSet
     best = {k: v for k, v in result.best_metrics.items() if k not in EPOCH_LOSSES}
     if baseline is None:
         baseline = result.family_metrics.get("tfidf", {})
+    from nightshift_models.text_classifier import TextClassifier, write_meta
+
+    ckpt = folder / "checkpoint"
+    ckpt.mkdir()
+    if result.family == "bert":
+        result.model.to("cpu").save_pretrained(ckpt)
+    else:  # the sklearn side by joblib; the embedding family's frozen encoder beside it
+        if result.family == "embedding":
+            result.model.encoder.to("cpu").save_pretrained(ckpt)
+        save_family(result.model, ckpt)
+    if result.tokenizer is not None:
+        result.tokenizer.save_pretrained(ckpt)
     int8_entry: dict[str, Any] = {}
-    int8_dir = tempfile.TemporaryDirectory(prefix="nightshift-int8-")  # until `package` moves the graph into the version
     if result.family == "bert" and int8 is not None:
-        int8_entry = check_int8(result, int8, meta.get("outputs", ["anomaly"]), Path(int8_dir.name) / INT8_FILE,
-                                params.batch_size * 2, params.max_length)
+        int8_entry = check_int8(result, int8, meta.get("outputs", ["anomaly"]), ckpt / INT8_FILE, params.batch_size * 2,
+                                params.max_length)
+        if not int8_entry["passed"]:
+            (ckpt / INT8_FILE).unlink(missing_ok=True)
+    write_meta(ckpt, {**meta, "family": result.family, "thresholds": result.thresholds, "max_length": params.max_length,
+                      "normalizer": "nightshift_models.normalize.normalize", "base_model": checkpoint,
+                      "snapshot_hash": snapshot.content_hash, **result.extras, **({"int8": int8_entry} if int8_entry else {})})
     int8_metrics = {f"int8.{k}": float(int8_entry[k]) for k in ("agreement", "f1_fp32", "f1_int8") if k in int8_entry}
     if len(int8_entry.get("agreement_per_label", {})) > 1:
         int8_metrics.update({f"int8.agreement.{name}": v for name, v in int8_entry["agreement_per_label"].items()})
     int8_tags = ({"int8.status": "passed" if int8_entry["passed"] else "failed",
                   **({"int8.reason": int8_entry["reason"][:4000]} if int8_entry["reason"] else {})} if int8_entry else {})
 
-    def package(folder: Path):
-        from nightshift_models.text_classifier import TextClassifier, write_meta
-
-        ckpt = folder / "checkpoint"
-        ckpt.mkdir()
-        if result.family == "bert":
-            result.model.to("cpu").save_pretrained(ckpt)
-        else:  # the sklearn side by joblib; the embedding family's frozen encoder beside it
-            if result.family == "embedding":
-                result.model.encoder.to("cpu").save_pretrained(ckpt)
-            save_family(result.model, ckpt)
-        if result.tokenizer is not None:
-            result.tokenizer.save_pretrained(ckpt)
-        if int8_entry.get("passed"):
-            shutil.move(str(Path(int8_dir.name) / int8_entry["file"]), ckpt / int8_entry["file"])
-        int8_dir.cleanup()
-        write_meta(ckpt, {**meta, "family": result.family, "thresholds": result.thresholds, "max_length": params.max_length,
-                          "normalizer": "nightshift_models.normalize.normalize", "base_model": checkpoint,
-                          "snapshot_hash": snapshot.content_hash, **result.extras, **({"int8": int8_entry} if int8_entry else {})})
-        return TextClassifier(), {"checkpoint": str(ckpt)}, example.reset_index(drop=True)
-
     families = {}
     if result.family_metrics:
         families["families"] = {name: {k: round(v, 4) for k, v in m.items() if k in outcome_metrics and np.isfinite(v)}
                                 for name, m in result.family_metrics.items()}
     return Candidate(
-        result.family, result.best_epoch, result.device, result.seconds, package,
+        result.family, result.best_epoch, result.device, result.seconds, TextClassifier(), {"checkpoint": str(ckpt)},
+        example.reset_index(drop=True),
         run_metrics={**{f"best_{k}": v for k, v in best.items()}, **{f"baseline_{k}": v for k, v in baseline.items()},
                      **{f"{name}.{k}": v for name, m in result.family_metrics.items() for k, v in m.items()}, **int8_metrics},
         metrics={k: round(v, 4) for k, v in best.items() if np.isfinite(v)},

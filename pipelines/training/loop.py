@@ -3,13 +3,12 @@ with patience, and the best epoch's weights restored at the end (`run_epochs`).
 
 What an epoch trains on and how it is validated stay with each model, handed in as callables:
 `pipelines.training.fine_tune.fine_tune` (the BERT classifiers of log-anomaly and failure-rca) and
-`pipelines.tasks.metric_forecast.fit_forecaster` (the LSTM). Also here: the seeding both start from, and torch's CPU
-threads for one training (`cpu_threads`).
+`pipelines.tasks.metric_forecast.fit_forecaster` (the LSTM). Also here: the seeding both start from, torch's CPU
+threads for one training (`cpu_threads`) and the fused AdamW (`adamw`).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import random
 import re
@@ -96,6 +95,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def adamw(parameters, *, lr: float, weight_decay: float):
+    """AdamW over `parameters` with torch's fused kernel (one pass over all the weights per step instead of a
+    dozen small ops per tensor: the single-tensor default costs a CPU fine-tune about a tenth of its time).
+    Same update rule as `torch.optim.AdamW`'s default."""
+    import torch
+
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=True)
+
+
 def optimizer_step(loss, model, optimizer, schedule, max_grad_norm: float = 1.0) -> float:
     """One update from a batch's loss: backward, gradients clipped to `max_grad_norm`, the optimizer and its
     learning-rate schedule stepped, gradients cleared. Returns the loss as a number."""
@@ -120,9 +128,10 @@ class Validation:
 
 @dataclass
 class BestState:
-    """The best epoch so far: its number, its rank (`run_epochs`' `rank`, larger is better), a copy of the
-    model's weights after it, its metrics (`train_loss`, the validation metrics, GPU telemetry) and its
-    validation's `extra`."""
+    """The best epoch so far: its number, its rank (`run_epochs`' `rank`, larger is better), a CPU copy of the
+    model's weights after it (empty while the model still holds them: taken when the next epoch starts, so a
+    run whose last epoch is its best copies nothing for it), its metrics (`train_loss`, the validation metrics,
+    GPU telemetry) and its validation's `extra`."""
 
     epoch: int
     key: Any
@@ -158,6 +167,8 @@ def run_epochs(model, *, epochs: int, patience: int, train_epoch: Callable[[], f
     best: BestState | None = None
     with progress("epochs", total=epochs, unit="epochs", logger=logger) as meter:
         for epoch in range(1, epochs + 1):
+            if best is not None and best.epoch == epoch - 1:
+                best.state_dict = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             model.train()
             train_loss = train_epoch()
             validation = validate()
@@ -169,10 +180,11 @@ def run_epochs(model, *, epochs: int, patience: int, train_epoch: Callable[[], f
             meter.advance()
             key = rank(metrics)
             if best is None or key > best.key:
-                best = BestState(epoch, key, copy.deepcopy(model.state_dict()), metrics, validation.extra)
+                best = BestState(epoch, key, {}, metrics, validation.extra)
             elif epoch - best.epoch >= patience:
                 logger.info("early stop", extra={"epoch": epoch, "best_epoch": best.epoch})
                 break
     assert best is not None
-    model.load_state_dict(best.state_dict)
+    if best.state_dict:  # a later epoch changed the weights
+        model.load_state_dict(best.state_dict)
     return EpochRun(best, history)

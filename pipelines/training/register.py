@@ -19,7 +19,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -47,19 +47,15 @@ from pipelines.training.outcome import TrainingOutcome
 log = get_logger("train")
 MODELS_DIR = Path(nightshift_models.__file__).resolve().parent  # what ships inside each version, as `nightshift_models`
 
-# package(an empty folder) -> (the pyfunc, before `load_context`; its artifacts {name: path under the folder}, which
-# hold all of its state: the version is logged from code, not pickled; an input example frame). The files must stay
-# in the folder until the version is logged.
-Package = Callable[[Path], tuple[Any, dict[str, str], pd.DataFrame]]
-
-
 @dataclass
 class Candidate:
     """What a task hands to `TrainingRun.register`: the trained model and what to say about it.
 
     `family`, `best_epoch`, `device`, `seconds`: the served family and its training. `run_metrics`: logged on the
     run as named (non-finite values left out), beside `best_epoch` and `train_seconds`; `run_params`: logged
-    beside `device` and `family`. `package`: writes the version (`Package`). `metrics`, `baseline`, `details`:
+    beside `device` and `family`. The version: `python_model` (the pyfunc, before `load_context`), `artifacts`
+    ({name: path}, files the task wrote under `TrainingRun.folder`: they hold all of the pyfunc's state, since the
+    version is logged from code, not pickled) and `example` (the input example). `metrics`, `baseline`, `details`:
     the `TrainingOutcome`'s, as the task reports them.
     """
 
@@ -67,7 +63,9 @@ class Candidate:
     best_epoch: int
     device: str
     seconds: float
-    package: Package
+    python_model: Any
+    artifacts: dict[str, str]
+    example: pd.DataFrame
     run_metrics: dict[str, float] = field(default_factory=dict)
     run_params: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
@@ -157,9 +155,9 @@ def training_run(task: str, snapshot: Snapshot, settings: Settings, *, params: d
     run's `training` dataset input (`log_snapshot_input`) and `validation`, the part of it the candidate is chosen on,
     as its `validation` input, `params` with the snapshot's path and hash, the manifest (`data/manifest.json`) and
     the validation report (`validation/`). Inside, torch runs on `train.cpu_threads` threads (`nightshift train` and
-    the nightly task alike), the task fits (its epochs logged with `pipelines.training.loop.log_epoch_metrics`), and
-    `TrainingRun.register` logs and registers what it fitted. A body that raises ends the run as failed and
-    registers nothing.
+    the nightly task alike), the task fits (its epochs logged with `pipelines.training.loop.log_epoch_metrics`),
+    writes the version's files under `TrainingRun.folder` (removed when the run ends), and `TrainingRun.register`
+    logs and registers what it fitted. A body that raises ends the run as failed and registers nothing.
 
     Raises:
         ValidationFailed: the snapshot failed validation (nothing is logged).
@@ -177,25 +175,27 @@ def training_run(task: str, snapshot: Snapshot, settings: Settings, *, params: d
         mlflow.log_params({**params, "snapshot": str(snapshot.path), "snapshot_hash": snapshot.content_hash})
         mlflow.log_dict(snapshot.manifest, "data/manifest.json")
         validation_status = log_to_active_run(snapshot)  # DIR/validation/* as artifacts, when present
-        with cpu_threads(settings.train.cpu_threads):
-            yield TrainingRun(task, snapshot, client, run.info.run_id, validation_status)
+        with cpu_threads(settings.train.cpu_threads), tempfile.TemporaryDirectory(prefix="nightshift-version-") as folder:
+            yield TrainingRun(task, snapshot, client, run.info.run_id, validation_status, Path(folder))
 
 
 @dataclass
 class TrainingRun:
-    """The open run of `training_run`: `register` turns the fitted candidate into a registered version."""
+    """The open run of `training_run`: `register` turns the fitted candidate into a registered version; `folder`
+    is where the task writes the version's files first."""
 
     task: str
     snapshot: Snapshot
     client: Any
     run_id: str
     validation_status: str
+    folder: Path
 
     def register(self, candidate: Candidate, pip_requirements: Sequence[str]) -> TrainingOutcome:
         """Log `candidate` on the run and register it as a new version of the model; return the outcome.
 
         On the run: the candidate's metrics and params, `best_epoch`, `train_seconds`, `device`, `family` and the tag
-        `model.family`; then the pyfunc from `candidate.package` with its signature, the `nightshift_models` package
+        `model.family`; then the candidate's pyfunc and artifacts with its signature, the `nightshift_models` package
         as code and `pip_requirements` (`log_version`). The version is tagged (lineage, `validation.status`,
         `drift.status`=not_run, `model.family`) and becomes the champion when there is none, else the `challenger`
         waiting for the gate (`mark_challenger`, which also writes the version's page).
@@ -206,9 +206,7 @@ class TrainingRun:
                                               "train_seconds": candidate.seconds}.items() if np.isfinite(v)})
         mlflow.log_params({"device": candidate.device, "family": candidate.family, **candidate.run_params})
         mlflow.set_tag("model.family", candidate.family)
-        with tempfile.TemporaryDirectory() as tmp:
-            python_model, artifacts, example = candidate.package(Path(tmp))
-            ref = log_version(self.task, python_model, artifacts, example, pip_requirements)
+        ref = log_version(self.task, candidate.python_model, candidate.artifacts, candidate.example, pip_requirements)
         snapshot = self.snapshot
         set_version_tags(self.client, ref, {"data.snapshot_hash": snapshot.content_hash, "data.window": window_tag(snapshot.window),
                                             "validation.status": self.validation_status, "drift.status": "not_run",
