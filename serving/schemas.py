@@ -3,7 +3,7 @@ document at `/docs` is built from them), and `unprocessable`, the 422 naming the
 shape.
 
 Reading order: what every answer carries (`Served`), then per model its request and answer (log-anomaly,
-failure-rca, metric-forecast), the seed's `/predict` shapes, and the admin's reload.
+failure-rca, metric-forecast), the PyTorch_pro demos' `/predict` shapes, and the admin's reload.
 """
 
 from __future__ import annotations
@@ -124,8 +124,8 @@ class ForecastResponse(Served):
     errors: list[ForecastError] = []
 
 
-class SeedTextRequest(BaseModel):
-    """The seed's log-anomaly and RCA request: `{"text", "threshold"?, "save_dir"?}` (save_dir is ignored)."""
+class PredictTextRequest(BaseModel):
+    """The PyTorch_pro demos' log-anomaly and RCA request: `{"text", "threshold"?, "save_dir"?}` (save_dir is ignored)."""
 
     model_config = ConfigDict(extra="forbid")
     text: str
@@ -133,8 +133,8 @@ class SeedTextRequest(BaseModel):
     save_dir: str | None = Field(None, description="ignored: the registry's champion answers")
 
 
-class SeedSeriesRequest(BaseModel):
-    """The seed's metric request: `{"series": [floats], "save_dir"?}`."""
+class PredictSeriesRequest(BaseModel):
+    """The PyTorch_pro demos' metric request: `{"series": [floats], "save_dir"?}`."""
 
     model_config = ConfigDict(extra="forbid")
     series: list[float]

@@ -11,7 +11,7 @@ Reading order:
 4. `serving/schemas.py`: the request and answer schemas (OpenAPI at `/docs`); `serving/state.py`: `Server`, what the
    routes share (on `app.state.server`, reached through the dependency `CurrentServer`).
 5. `serving/routes/`: one router per concern: `health` (`/healthz`, `/readyz`, `/metrics`), the `/v1/...` route of
-   each model (`log_anomaly`, `failure_rca`, `metric_forecast`), the seed's `/predict` shapes (`seed`), `admin`
+   each model (`log_anomaly`, `failure_rca`, `metric_forecast`), the PyTorch_pro demos' `/predict` shapes (`predict`), `admin`
    (`/v1/admin/reload`), Alertmanager's webhook `/v1/alerts` (`alerts`, doing what `serving/alerts.py` says). The
    errors: 422 naming the field, per-row errors where a route takes many rows, 413 for oversized bodies
    (`serving/middleware.py`), 503 with the reason when a model has no champion.
@@ -47,7 +47,7 @@ from serving.batching import Batcher
 from serving.champions import FAILURE_RCA, LOG_ANOMALY, METRIC_FORECAST, Champions
 from serving.metrics import ServerMetrics
 from serving.middleware import AccessLog, BodyLimit, access_log
-from serving.routes import admin, failure_rca, health, log_anomaly, metric_forecast, seed
+from serving.routes import admin, failure_rca, health, log_anomaly, metric_forecast, predict
 from serving.routes import alerts as webhook
 from serving.state import Server
 
@@ -138,7 +138,7 @@ def create_app(settings: Settings, client=None, start_refresh: bool = True) -> F
     app.include_router(health.probes)
     app.include_router(health.metrics_router(cfg.metrics_public), dependencies=None if cfg.metrics_public else [Depends(guard.require(None))],
                        responses=None if cfg.metrics_public else REFUSALS)
-    for router in (log_anomaly.router, failure_rca.router, metric_forecast.router, seed.router):
+    for router in (log_anomaly.router, failure_rca.router, metric_forecast.router, predict.router):
         app.include_router(router, dependencies=scoring, responses=no_champion)
     app.include_router(admin.router, dependencies=[Depends(guard.require(ADMIN))], responses=REFUSALS)
     app.include_router(webhook.router, dependencies=[Depends(guard.require(ALERTS))],

@@ -1,7 +1,7 @@
 """What the routes share, one `Server` per app on `app.state.server`: the settings, the champions, the
 batchers, the one worker thread for model code, and the metrics; with the steps the scoring routes take (count
 and time the request, bound its rows, score texts with a BERT model in a shared pass: log-anomaly's and
-failure-rca's routes, the seed's included).
+failure-rca's routes, the PyTorch_pro demos' included).
 
 A route gets it through the FastAPI dependency `CurrentServer`.
 """

@@ -50,7 +50,7 @@ def label_space_from_json(data: object, where: str, default_name: str = "label-s
 
     Two forms are read:
     - nightshift's: `{"name", "version", "labels": {label: [action, ...]}}`;
-    - the seed project's: `{"labels": [label, ...], "actions": {label: "action" | [action, ...]}}`, where a
+    - the PyTorch_pro demos': `{"labels": [label, ...], "actions": {label: "action" | [action, ...]}}`, where a
       label may have no action and a string is one action.
     Raises LabelSpaceError naming `where` and the label at fault.
     """
@@ -77,7 +77,7 @@ def label_space_from_json(data: object, where: str, default_name: str = "label-s
 
 
 def _from_label_list(labels: list, actions: object, where: str) -> dict[str, list[str]]:
-    """The seed's form as nightshift's: label -> list of actions, in the list's order."""
+    """The PyTorch_pro demos' form as nightshift's: label -> list of actions, in the list's order."""
     if not all(isinstance(label, str) for label in labels):
         raise LabelSpaceError(f"label space {where}: 'labels' must list label names (strings)")
     duplicates = sorted({label for label in labels if labels.count(label) > 1})

@@ -1,7 +1,7 @@
 """The root-cause model's answer: K sigmoid probabilities become labels, scores and suggested actions.
 
 A label is given when its probability passes its own threshold (tuned on validation), or one
-threshold for every label when the caller gives one (the seed's `{"text", "threshold"}`). When none
+threshold for every label when the caller gives one (the PyTorch_pro demos' `{"text", "threshold"}`). When none
 does, the text is matched against the remediation knowledge base instead, and the best entry comes
 back with its similarity, flagged as low confidence: an unknown failure gets a hint, not a
 confident wrong label. Below the knowledge base's floor (`min_similarity`) the answer is low

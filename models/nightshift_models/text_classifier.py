@@ -15,7 +15,7 @@ The contract (both tasks alike, `mlflow models serve` and `nightshift serve` ali
   a version without the graph, for one whose check failed, or when `use_runtime("fp32")` asks for it);
 - params, declared in the signature (`TextClassifier.param_schema`): `batch_size` (texts per
   forward pass), `threshold` (log-anomaly: instead of the tuned one; failure-rca: one threshold for
-  every label, as the seed's API took it) and, for failure-rca, `kb_min_similarity` (the
+  every label, as the PyTorch_pro demos' API took it) and, for failure-rca, `kb_min_similarity` (the
   knowledge-base floor instead of the version's own). A bad value is refused the same way.
 """
 

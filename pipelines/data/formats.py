@@ -11,7 +11,7 @@ Reading order:
      `pipelines.data.records` reads them), struct columns are nested objects, map columns objects;
    - `csv` / `tsv` with a header: a row is `{column: cell}`, an empty cell is null; the `[fields]`
      settings name the columns, so they are the column mapping (`fields.message = "text"`);
-   - the seed project's two headerless TSV forms, whose text starts with `YYYY-MM-DD HH:MM:SS LEVEL`
+   - the PyTorch_pro demos' two headerless TSV forms, whose text starts with `YYYY-MM-DD HH:MM:SS LEVEL`
      (timestamp and level become fields, the rest is the message):
      `anomaly-tsv` (`label<TAB>text`, label in the `[inputs]` spellings) and
      `rca-tsv` (`LABEL[,LABEL…]<TAB>text`, one failed job per line, job id `FILE:LINE`).
@@ -55,7 +55,7 @@ BOM = b"\xef\xbb\xbf"
 SNIFF_BYTES = 64 * 1024  # enough for the first lines of any text format
 SNIFF_LINES = 200
 
-# The seed's text: `2025-09-10 12:30:05 INFO rest…`, with an optional fraction, zone and [LEVEL].
+# The PyTorch_pro demos' text: `2025-09-10 12:30:05 INFO rest…`, with an optional fraction, zone and [LEVEL].
 _LEADING = re.compile(
     r"(?P<ts>\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?)\s*"
     r"(?:\[?(?P<level>TRACE|DEBUG|INFO|NOTICE|WARN|WARNING|ERROR|ERR|CRITICAL|CRIT|FATAL|SEVERE|ALERT|EMERG|PANIC)\]?:?(?:\s+|$))?",
@@ -380,7 +380,7 @@ def read_delimited(path: Path, ctx: ReadContext, delimiter: str) -> Iterator[tup
 
 
 def read_seed_tsv(path: Path, ctx: ReadContext, form: str) -> Iterator[tuple[str, dict]]:
-    """The seed project's `label<TAB>text` (anomaly-tsv) and `LABEL[,LABEL…]<TAB>text` (rca-tsv) lines as
+    """The PyTorch_pro demos' `label<TAB>text` (anomaly-tsv) and `LABEL[,LABEL…]<TAB>text` (rca-tsv) lines as
     contract documents: timestamp (ISO-8601 Z) and level from the text's start, the rest as the message."""
     f = ctx.fields
     for number, line in iter_lines(path):

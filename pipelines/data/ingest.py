@@ -1,7 +1,7 @@
 """Ingest: read one window of a source and write it as an immutable snapshot.
 
 Every input comes in here (no separate import step): a file source is read by its content
-(`pipelines.data.formats`: NDJSON, gzip, Parquet, CSV/TSV, the seed's TSV forms), an Elasticsearch
+(`pipelines.data.formats`: NDJSON, gzip, Parquet, CSV/TSV, the PyTorch_pro demos' TSV forms), an Elasticsearch
 source through its point-in-time, and each document is checked against the log contract.
 """
 

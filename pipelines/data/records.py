@@ -315,7 +315,7 @@ def message_text(value: Any) -> str:
 
 def root_causes(value: Any) -> list[str]:
     """Root-cause labels: a list of names, one name, or names separated by commas (`OOM,Disk_Full`,
-    the seed's and CSV's spelling); empty or null: none. Raises ValueError for anything else."""
+    the PyTorch_pro demos' and CSV's spelling); empty or null: none. Raises ValueError for anything else."""
     if value is None:
         return []
     if isinstance(value, str):

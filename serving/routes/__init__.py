@@ -3,7 +3,7 @@ API key scope it needs (`serving/auth.py`), and refuses to start with a route th
 
 - `health`: `/healthz` and `/readyz` (no key: the probes), `/metrics` (any key, or none with serve.metrics_public)
 - `log_anomaly`, `failure_rca`, `metric_forecast`: `POST /v1/<model>`, each model's answer (scope `score`)
-- `seed`: the seed's `POST /predict` shapes, answered by the same code as the `/v1` routes (scope `score`)
+- `predict`: the PyTorch_pro demos' `POST /predict` shapes, answered by the same code as the `/v1` routes (scope `score`)
 - `admin`: `POST /v1/admin/reload` (scope `admin`)
 - `alerts`: Alertmanager's webhook `POST /v1/alerts` (scope `alerts`; what it does: `serving/alerts.py`)
 

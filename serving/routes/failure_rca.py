@@ -1,6 +1,6 @@
 """`POST /v1/failure-rca`: the root causes of a failed job (`text`) or of several (`texts`): labels over their
 thresholds with their scores and suggested actions, and the knowledge-base fallback when no label passes.
-`rca_answers` is the answer, shared with the seed's `/failure-rca/predict`."""
+`rca_answers` is the answer, shared with the PyTorch_pro demos' `/failure-rca/predict`."""
 
 from __future__ import annotations
 

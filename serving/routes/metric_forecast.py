@@ -1,7 +1,7 @@
 """`POST /v1/metric-forecast`: p10/p50/p90 per lead time, of one series' values (`series`, one per step) or of
 points with labels (`rows`, any number of series). A row at fault and a series with too little history (under
 `min_history` of the lookback observed: refused, or forecast and flagged) become errors beside the forecasts.
-`forecast` is the answer, shared with the seed's `/metric-forecast/predict`."""
+`forecast` is the answer, shared with the PyTorch_pro demos' `/metric-forecast/predict`."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ async def forecast(server: Server, body: ForecastRequest) -> ForecastResponse:
 
 
 def series_frame(server: Server, body: ForecastRequest, step: float) -> tuple[pd.DataFrame, list[ForecastError]]:
-    """The seed's `{"series": [floats]}`: values `step` seconds apart, the last at `end` (default: now, on the step grid)."""
+    """The PyTorch_pro demos' `{"series": [floats]}`: values `step` seconds apart, the last at `end` (default: now, on the step grid)."""
     series = body.series
     assert series is not None  # forecast() sends here only a body with `series`
     server.check_rows("series", len(series))

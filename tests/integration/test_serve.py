@@ -1,5 +1,5 @@
 """`nightshift serve` over HTTP against a real uvicorn on a free loopback port: a 503 without a champion, a hot
-swap after a promotion with no failed request, and HTTPS with an API key; each route's answers, the seed's shapes,
+swap after a promotion with no failed request, and HTTPS with an API key; each route's answers, the PyTorch_pro demos' shapes,
 the errors (422 naming the field, per-row errors, 413), batching, metrics and OpenAPI are in
 tests/integration/test_serve_routes.py, one rule a test. Every call
 sends a key (API keys, scopes and the rate limit are checked in-process: tests/unit/test_serve_auth.py).

@@ -1,4 +1,4 @@
-"""`nightshift serve`'s routes over HTTP, one rule a test: the answers of each model's route, the seed's shapes, the
+"""`nightshift serve`'s routes over HTTP, one rule a test: the answers of each model's route, the PyTorch_pro demos' shapes, the
 errors (422 naming the field, per-row errors, 413), batching, metrics and OpenAPI. The three champions are trained
 once for the module and served by one real uvicorn on a free loopback port (`served`); the server's other behaviours
 (no champion, a hot swap, HTTPS) are in tests/integration/test_serve.py."""
@@ -219,7 +219,7 @@ def test_rows_finer_than_the_versions_step_are_a_422(served):
     assert r.status_code == 422 and "60s apart" in r.text and "15m" not in r.json()["detail"][0]["loc"]
 
 
-# ---- the seed's shapes, at its route under each model's prefix and at /predict ------------------------------
+# ---- the PyTorch_pro demos' shapes, at its route under each model's prefix and at /predict ------------------------------
 
 def test_the_seeds_log_anomaly_shape(served):
     seed = served.post("/log-anomaly/predict", {"text": "ERROR Failed to allocate GPU memory"}).json()

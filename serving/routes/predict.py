@@ -1,6 +1,6 @@
-"""The seed's shapes: each of its three apps answered `POST /predict`. Here each has its own path
+"""The PyTorch_pro demos' shapes: each of their three apps answered `POST /predict`. Here each has its own path
 (`/log-anomaly/predict`, `/failure-rca/predict`, `/metric-forecast/predict`), and `/predict` tells the three
-apart by their fields. The answers come from the `/v1` routes' own code, in the seed's fields."""
+apart by their fields. The answers come from the `/v1` routes' own code, in the PyTorch_pro demos' fields."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from pydantic import ValidationError
 from serving.champions import FAILURE_RCA, LOG_ANOMALY, METRIC_FORECAST
 from serving.routes.failure_rca import rca_answers
 from serving.routes.metric_forecast import forecast
-from serving.schemas import ForecastRequest, SeedSeriesRequest, SeedTextRequest, unprocessable
+from serving.schemas import ForecastRequest, PredictSeriesRequest, PredictTextRequest, unprocessable
 from serving.state import CurrentServer, Server
 
 router = APIRouter()
 
 
-async def seed_log_anomaly(server: Server, body: SeedTextRequest, route: str) -> dict:
+async def log_anomaly_predict(server: Server, body: PredictTextRequest, route: str) -> dict:
     async with server.observe(route, LOG_ANOMALY) as seen:
         slot, problems, probs, _ = await server.classify(LOG_ANOMALY, [body.text], "text")
         seen["version"] = slot.version
@@ -29,7 +29,7 @@ async def seed_log_anomaly(server: Server, body: SeedTextRequest, route: str) ->
                 "model": slot.name, "version": slot.version}
 
 
-async def seed_rca(server: Server, body: SeedTextRequest, route: str) -> dict:
+async def failure_rca_predict(server: Server, body: PredictTextRequest, route: str) -> dict:
     async with server.observe(route, FAILURE_RCA) as seen:
         slot, answers = await rca_answers(server, [body.text], "text", body.threshold, None)
         seen["version"] = slot.version
@@ -43,7 +43,7 @@ async def seed_rca(server: Server, body: SeedTextRequest, route: str) -> dict:
                 "kb_match": answer.kb_match.model_dump() if answer.kb_match else None, "model": slot.name, "version": slot.version}
 
 
-async def seed_forecast(server: Server, body: SeedSeriesRequest, route: str) -> dict:
+async def metric_forecast_predict(server: Server, body: PredictSeriesRequest, route: str) -> dict:
     async with server.observe(route, METRIC_FORECAST) as seen:
         out = await forecast(server, ForecastRequest(series=body.series))
         seen["version"] = out.version
@@ -53,26 +53,26 @@ async def seed_forecast(server: Server, body: SeedSeriesRequest, route: str) -> 
                 "model": out.model, "version": out.version}
 
 
-@router.post("/log-anomaly/predict", tags=["seed"], summary='the seed\'s {"text"} -> {"text", "result": normal|abnormal}')
-async def seed_log_anomaly_route(body: SeedTextRequest, server: CurrentServer) -> dict:
-    return await seed_log_anomaly(server, body, "/log-anomaly/predict")
+@router.post("/log-anomaly/predict", tags=["predict"], summary="""the PyTorch_pro demos' {"text"} -> {"text", "result": normal|abnormal}""")
+async def log_anomaly_predict_route(body: PredictTextRequest, server: CurrentServer) -> dict:
+    return await log_anomaly_predict(server, body, "/log-anomaly/predict")
 
 
-@router.post("/failure-rca/predict", tags=["seed"], summary='the seed\'s {"text", "threshold"} -> {"probabilities", "actions"}')
-async def seed_rca_route(body: SeedTextRequest, server: CurrentServer) -> dict:
-    return await seed_rca(server, body, "/failure-rca/predict")
+@router.post("/failure-rca/predict", tags=["predict"], summary="""the PyTorch_pro demos' {"text", "threshold"} -> {"probabilities", "actions"}""")
+async def failure_rca_predict_route(body: PredictTextRequest, server: CurrentServer) -> dict:
+    return await failure_rca_predict(server, body, "/failure-rca/predict")
 
 
-@router.post("/metric-forecast/predict", tags=["seed"], summary='the seed\'s {"series": [floats]} -> {"next_value"}')
-async def seed_forecast_route(body: SeedSeriesRequest, server: CurrentServer) -> dict:
-    return await seed_forecast(server, body, "/metric-forecast/predict")
+@router.post("/metric-forecast/predict", tags=["predict"], summary="""the PyTorch_pro demos' {"series": [floats]} -> {"next_value"}""")
+async def metric_forecast_predict_route(body: PredictSeriesRequest, server: CurrentServer) -> dict:
+    return await metric_forecast_predict(server, body, "/metric-forecast/predict")
 
 
-@router.post("/predict", tags=["seed"], summary="any of the seed's three shapes, told apart by their fields",
+@router.post("/predict", tags=["predict"], summary="any of the PyTorch_pro demos' three shapes, told apart by their fields",
              description='`{"series": [...]}`: metric-forecast; `{"text", "threshold"}`: failure-rca; `{"text"}`: log-anomaly.',
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"anyOf": [
-                 {"$ref": "#/components/schemas/SeedTextRequest"}, {"$ref": "#/components/schemas/SeedSeriesRequest"}]}}}}})
-async def seed_predict(request: Request, server: CurrentServer) -> dict:
+                 {"$ref": "#/components/schemas/PredictTextRequest"}, {"$ref": "#/components/schemas/PredictSeriesRequest"}]}}}}})
+async def predict(request: Request, server: CurrentServer) -> dict:
     try:
         body = await request.json()
     except ValueError:
@@ -81,10 +81,10 @@ async def seed_predict(request: Request, server: CurrentServer) -> dict:
         raise unprocessable([], "expected an object with 'text' or 'series'")
     try:
         if "series" in body:
-            return await seed_forecast(server, SeedSeriesRequest.model_validate(body), "/predict")
+            return await metric_forecast_predict(server, PredictSeriesRequest.model_validate(body), "/predict")
         if "text" in body:
-            parsed = SeedTextRequest.model_validate(body)
-            return await (seed_rca if "threshold" in body else seed_log_anomaly)(server, parsed, "/predict")
+            parsed = PredictTextRequest.model_validate(body)
+            return await (failure_rca_predict if "threshold" in body else log_anomaly_predict)(server, parsed, "/predict")
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
     raise unprocessable(["text"], "expected 'text' (log-anomaly, or failure-rca with 'threshold') or 'series' (metric-forecast)")
