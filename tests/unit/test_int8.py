@@ -29,6 +29,24 @@ def test_int8_graph_scores_what_the_fp32_model_scores(tiny_bert, tmp_path, outpu
     assert np.array_equal(int8[3], int8[4])  # a repeated text is one answer
 
 
+def test_int8_weights_have_one_scale_per_output_channel(tiny_bert, tmp_path):
+    import onnx
+
+    from nightshift_models.bert import load_classifier
+    from nightshift_models.int8 import export_int8
+
+    _, model = load_classifier(str(tiny_bert), 3, "mean")
+    graph = onnx.load(str(export_int8(model, tmp_path / "model.int8.onnx"))).graph
+    weights = {w.name: list(w.dims) for w in graph.initializer}
+    matmuls = [node for node in graph.node if node.op_type == "MatMulInteger"]
+    assert len(matmuls) >= 6 * model.config.num_hidden_layers  # q, k, v, attention out, intermediate, output
+    for node in matmuls:
+        weight = node.input[1]
+        _, channels = weights[weight]
+        base = weight.removesuffix("_quantized")
+        assert weights[f"{base}_scale"] == weights[f"{base}_zero_point"] == [channels], node.name
+
+
 def _version(settings, ref: str):
     from pipelines.registry.store import load_model, use_store
 
