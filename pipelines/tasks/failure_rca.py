@@ -28,6 +28,7 @@ from nightshift_models.normalize import normalize
 from pipelines.config import ConfigError, Settings, TrainSettings
 from pipelines.data.failed_jobs import failure_jobs, is_error_level, targets
 from pipelines.data.snapshots import Snapshot, Split, load_snapshot, rows_digest
+from pipelines.data.splits import choose_selection
 from pipelines.errors import TrainingDataError
 from pipelines.registry.store import ModelRef, training_snapshot
 from pipelines.tasks.spec import EvaluationReport, TaskSpec, TrainingOutcome
@@ -40,7 +41,6 @@ from pipelines.training.families import (
     candidate_families,
     check_language,
     choose_family,
-    choose_selection,
     family_scores,
     fit_families,
     refit,
@@ -143,9 +143,9 @@ def snapshot_jobs(snapshot: Snapshot, settings: Settings, label_space: LabelSpac
 
 
 def prepare_jobs(jobs: pd.DataFrame, labels: Sequence[str], settings: Settings, where: str) -> Prepared:
-    """Failed jobs (`snapshot_jobs`) -> the folds to choose on (`pipelines.training.families.choose_selection`), each
+    """Failed jobs (`snapshot_jobs`) -> the folds to choose on (`pipelines.data.splits.choose_selection`), each
     job's template being its first error line's. `rca.selection` "templates": folds that each hold out whole templates
-    (`pipelines.training.families.template_folds`); "time": one row-sized selection split that holds out templates
+    (`pipelines.data.splits.template_folds`); "time": one row-sized selection split that holds out templates
     and keeps at least `1 - validation_fraction` of each label's jobs in training, or forward-chaining time folds when
     labelled jobs are few.
 

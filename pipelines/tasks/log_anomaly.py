@@ -20,6 +20,7 @@ import pandas as pd
 from nightshift_models.baselines import baseline_proba, reference_logreg
 from pipelines.config import ConfigError, Settings
 from pipelines.data.snapshots import Snapshot, Split, load_snapshot, rows_digest
+from pipelines.data.splits import choose_selection, split_facts
 from pipelines.errors import TrainingDataError
 from pipelines.registry.store import ModelRef, training_snapshot
 from pipelines.tasks.spec import EvaluationReport, TaskSpec, TrainingOutcome
@@ -31,11 +32,9 @@ from pipelines.training.families import (
     candidate_families,
     check_language,
     choose_family,
-    choose_selection,
     family_scores,
     fit_families,
     refit,
-    split_facts,
 )
 from pipelines.training.fine_tune import (
     OUTCOME_FAMILY_METRICS,

@@ -27,7 +27,7 @@ def chinese_lines(day: int, per_day: int, seed: int) -> list[dict]:
 
 
 def test_selection_split_holds_back_whole_templates_within_its_row_budget():
-    from pipelines.training.families import selection_split, template_key
+    from pipelines.data.splits import selection_split, template_key
 
     rows = [{"timestamp": pd.Timestamp("2026-11-16") + pd.Timedelta(minutes=i), "text": f"{w} request served <NUM> ms",
              "anomaly": False} for i, w in enumerate("abcdefghij" * 10)]
@@ -49,7 +49,7 @@ def test_a_template_skewed_corpus_keeps_its_rows_and_positives_in_training(holdo
     """Three templates carry 80% of the rows, as on real logs; the rest are twenty rare ones, a few of them alerts.
     Whatever the template holdout, training keeps at least 1 - validation_fraction of the rows and of the positives,
     and no alert template loses its last rows to validation."""
-    from pipelines.training.families import selection_split, split_facts, template_key
+    from pipelines.data.splits import selection_split, split_facts, template_key
 
     rng = np.random.default_rng(0)
     common = ["generating core <NUM>", "instruction cache parity error corrected", "ciod: LOGIN chdir failed"]
@@ -70,7 +70,7 @@ def test_a_template_skewed_corpus_keeps_its_rows_and_positives_in_training(holdo
 
 
 def test_the_selection_split_budget_holds_per_label():
-    from pipelines.training.families import selection_split
+    from pipelines.data.splits import selection_split
 
     frame = pd.DataFrame({"timestamp": pd.date_range("2026-11-16", periods=50, freq="h"),
                           "text": [f"job {i} failed: error kind {i % 5}" for i in range(50)], "labelled": True})
@@ -81,7 +81,7 @@ def test_the_selection_split_budget_holds_per_label():
 
 
 def test_forward_chaining_folds_validate_on_the_future_with_positives_in_every_fold():
-    from pipelines.training.families import forward_chaining_folds
+    from pipelines.data.splits import forward_chaining_folds
 
     positives = np.zeros(1000, dtype=bool)
     positives[[5, 10, 20, 30, 40, 50, 60, 70, 900, 950, 990, 999]] = True  # a burst early, a few late
@@ -94,8 +94,8 @@ def test_forward_chaining_folds_validate_on_the_future_with_positives_in_every_f
 
 
 def test_a_snapshot_with_too_few_positives_trains_nothing_and_says_why(settings):
+    from pipelines.data.splits import choose_selection
     from pipelines.errors import TrainingDataError
-    from pipelines.training.families import choose_selection
 
     frame = pd.DataFrame({"timestamp": pd.date_range("2026-11-16", periods=100, freq="min"), "text": ["ok"] * 100, "anomaly": False})
     for positives in (0, settings.candidates.min_positives - 1):
@@ -444,8 +444,8 @@ def test_a_tfidf_failure_rca_version_names_the_causes_it_learnt(settings, train_
 def test_the_failure_rca_split_holds_back_whole_error_templates(settings, train_snapshot):
     import dataclasses
 
+    from pipelines.data.splits import template_key
     from pipelines.tasks.failure_rca import configured_label_space, prepare_jobs, snapshot_jobs
-    from pipelines.training.families import template_key
 
     space = configured_label_space(settings)
     jobs = snapshot_jobs(train_snapshot, settings, space)

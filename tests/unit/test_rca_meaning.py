@@ -10,8 +10,8 @@ import pytest
 
 
 def test_template_folds_score_every_job_in_words_its_fold_never_trained_on(settings, train_snapshot):
+    from pipelines.data.splits import template_key
     from pipelines.tasks.failure_rca import configured_label_space, prepare_jobs, snapshot_jobs
-    from pipelines.training.families import template_key
 
     space = configured_label_space(settings)
     data = prepare_jobs(snapshot_jobs(train_snapshot, settings, space), space.labels, settings, "test")
@@ -24,7 +24,7 @@ def test_template_folds_score_every_job_in_words_its_fold_never_trained_on(setti
 
 
 def test_template_folds_need_two_templates_and_positives_to_train_on():
-    from pipelines.training.families import template_folds
+    from pipelines.data.splits import template_folds
 
     assert template_folds(["a", "a", "a"], np.array([1, 0, 1]), 3, seed=0) == ()
     keys = ["a", "a", "b", "b", "c", "d"]
