@@ -355,7 +355,7 @@ def _info(args, settings):
     client = use_store(settings, create=False)
     models = {name: {alias: alias_version(client, name, alias) for alias in (CHAMPION, CHALLENGER, PREVIOUS)} for name in TASKS}
     return {"home": str(settings.home), "tracking_uri": display_uri(settings.mlflow_uri), "models": models,
-            "summary": "\n".join([f"home {settings.home}", f"mlflow {display_uri(settings.mlflow_uri)} as {credentials_in_use()}"] +
+            "summary": "\n".join([f"home {settings.home}", f"mlflow {display_uri(settings.mlflow_uri)} (credentials: {credentials_in_use()})"] +
                                  [f"  {n}: " + ", ".join(f"{a}=v{v}" for a, v in m.items() if v) for n, m in models.items()])}
 
 
@@ -375,8 +375,8 @@ def _serve_key(args, settings):
     scopes = {s.strip() for s in args.scope.split(",") if s.strip()}
     key = make_key(path, args.name, scopes)
     # stdout is the key alone (KEY=$(nightshift serve-key ...)); what it is goes to stderr
-    print(f"nightshift serve-key: key {args.name!r} ({','.join(sorted(scopes))}) added to {path} as its SHA-256; the key is "
-          "shown only now: send it as 'Authorization: Bearer KEY'", file=sys.stderr)
+    print(f"nightshift serve-key: key {args.name!r} ({','.join(sorted(scopes))}) added to {path} as its SHA-256; the key, "
+          "on the next line, is shown only now: send it as an 'Authorization: Bearer' header", file=sys.stderr)
     return {"name": args.name, "scopes": sorted(scopes), "file": str(path), "key": key, "summary": key}
 
 

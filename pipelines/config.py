@@ -579,7 +579,8 @@ def settings_in_effect(settings: Settings, sources: dict[str, str]) -> list[tupl
             if dataclasses.is_dataclass(value):
                 walk(value, f"{path}{f.name}.")
                 continue
-            shown = ("***" if value else "") if isinstance(value, Secret) else str(value)
+            # as the settings file spells it: TOML's true/false
+            shown = ("***" if value else "") if isinstance(value, Secret) else str(value).lower() if isinstance(value, bool) else str(value)
             rows.append((f"{path}{f.name}", shown, sources.get(f"{path}{f.name}", "default")))
 
     walk(settings, "")

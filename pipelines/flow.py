@@ -480,7 +480,9 @@ def run_retrain(settings: Settings, logical_date: str | None = None, source: str
         airflow_log = summary_file.with_name("airflow.log")
         airflow_log.parent.mkdir(parents=True, exist_ok=True)
         summary_file.unlink(missing_ok=True)  # only this run's summary may count as success
-        log.info("running the DAG with airflow dags test", extra={"logical_date": date, "airflow_log": str(airflow_log)})
+        # nothing else reaches the console until the night ends (the demo's takes about half an hour on 2 CPU cores)
+        log.info(f"running the night with airflow dags test: it prints its table when done; follow it with tail -f {airflow_log}",
+                 extra={"logical_date": date})
         with airflow_log.open("w") as out:  # Airflow's task logs are long: keep them in the night's folder
             done = subprocess.run([airflow_bin(), "dags", "test", DAG_ID, date, "--conf", conf], env=env, stdout=out, stderr=subprocess.STDOUT)
         if done.returncode != 0 or not summary_file.is_file():
@@ -502,7 +504,7 @@ def describe(summary: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"night {summary['logical_date']}"] + ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     for suite, v in summary.get("validation", {}).items():
-        lines.append(f"  validation {suite}: {v['status']} ({v['statistics']['successful']}/{v['statistics']['evaluated']} expectations met) -> {v['data_docs']}")
+        lines.append(f"  validation {suite}: {v['status']} ({v['statistics']['successful']}/{v['statistics']['evaluated']} expectations met) -> {v.get('report_html') or v['data_docs']}")
         lines += [f"    failed {f['check']} ({f['expectation']}) on {f['rows']} of {f['of']} rows, e.g. {json.dumps(f['examples'][:2], default=str, ensure_ascii=False)}"
                   for f in v["failed"]]
     lines += [f"  {name} {o['decision']}: {o['reason']}" for name, o in summary["models"].items() if o.get("decision") in ("skipped", "failed")]

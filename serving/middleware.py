@@ -62,6 +62,7 @@ class AccessLog:
             await self.app(scope, receive, sending)
         finally:
             client = scope.get("client")
+            key = (scope.get("state") or {}).get("api_key")
             access_log.info(f"{scope['method']} {scope['path']} {status}",
-                            extra={"status": status, "api_key": (scope.get("state") or {}).get("api_key"),
-                                   "client": client[0] if client else None, "seconds": round(time.perf_counter() - started, 4)})
+                            extra={**({"api_key": key} if key else {}), "client": client[0] if client else None,
+                                   "seconds": round(time.perf_counter() - started, 4)})

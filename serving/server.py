@@ -115,7 +115,9 @@ def create_app(settings: Settings, client=None, start_refresh: bool = True) -> F
         alerts.close()
         executor.shutdown(wait=False, cancel_futures=True)
 
+    # validatorUrl None: Swagger UI would otherwise send the schema's URL to validator.swagger.io for a badge
     app = FastAPIOffline(title="nightshift serve", version="1", lifespan=lifespan, static_url=DOCS_ASSETS,
+                         swagger_ui_parameters={"validatorUrl": None},
                          description="The champions of log-anomaly, failure-rca and metric-forecast, re-resolved by alias "
                                      f"'{cfg.alias}' every {cfg.refresh_seconds:g}s.")
     app.state.server = server  # what the routes share (serving/state.py)

@@ -192,7 +192,7 @@ def test_https_with_the_configured_certificate_and_only_the_key_name_in_the_logs
     output = "".join(seen)
     lines = [json.loads(x) for x in output.splitlines() if x.startswith("{")]
     requests_logged = [x for x in lines if x.get("log", {}).get("logger") == "nightshift.serve.access"]  # ECS JSON
-    assert [(x["message"], x["nightshift"]["extra"]["api_key"]) for x in requests_logged if "/v1/" in x["message"]] == [
+    assert [(x["message"], x["nightshift"]["extra"].get("api_key")) for x in requests_logged if "/v1/" in x["message"]] == [
         ("POST /v1/log-anomaly 401", None), ("POST /v1/log-anomaly 503", "tests")]
     from serving.auth import hash_key
 
