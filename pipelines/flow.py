@@ -520,10 +520,10 @@ def describe(summary: dict) -> str:
     if s and s.get("skipped"):
         lines.append(f"  scoring skipped: {s['skipped']}")
     elif s:
-        lines.append(f"  scored {s['scored']} docs of the fresh window with {s['model']} v{s['version']} -> {s['sink']}")
+        lines.append(f"  scored {s['scored']} documents of the fresh window with {s['model']} v{s['version']} -> {s['sink']}")
         if s.get("rca"):
             r = s["rca"]
-            lines.append(f"  root causes on {r['annotated']} docs of {r['jobs']} failed jobs with {r['model']} v{r['version']} "
+            lines.append(f"  root causes on {r['annotated']} documents of {r['jobs']} failed jobs with {r['model']} v{r['version']} "
                          f"({r['fallback']} from the knowledge base)")
         if s.get("shadow"):
             lines.append(f"  shadow: {shadow_line(s['shadow'])}")
