@@ -34,6 +34,7 @@ _task: contextvars.ContextVar[str | None] = contextvars.ContextVar("task", defau
 _night: contextvars.ContextVar[str | None] = contextvars.ContextVar("night", default=None)
 _HOST = socket.gethostname()
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+_DROPPED = {"color_message"}  # uvicorn's ANSI-coloured copy of the message
 _TRAINING_TASK = re.compile(r"train(_|$)")  # `nightshift train`, the DAG's train_* tasks
 GPU_SAMPLE_EVERY_S = 1.0  # lines logged closer together share one NVML reading
 
@@ -53,7 +54,7 @@ def log_context(*, run_id: str | None = None, task: str | None = None, night: st
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and k not in _DROPPED and not k.startswith("_")}
 
 
 def _plain(value: Any) -> Any:
@@ -116,7 +117,7 @@ class EcsFormatter(ecs_logging.StdlibFormatter):
 
     def format_to_ecs(self, record: logging.LogRecord) -> dict[str, Any]:
         extras = _extras(record)
-        bare = logging.makeLogRecord({k: v for k, v in record.__dict__.items() if k not in extras})
+        bare = logging.makeLogRecord({k: v for k, v in record.__dict__.items() if k not in extras and k not in _DROPPED})
         doc = super().format_to_ecs(bare)
         doc["service"] = {"name": self.service, "version": __version__, **({"environment": self.environment} if self.environment else {})}
         doc["host"] = {"name": _HOST, **({"ip": list(host_addresses())} if host_addresses() else {})}
@@ -158,6 +159,14 @@ def configure_logging(service: str = "nightshift", level: str | None = None, jso
     root.propagate = False
     for noisy in ("urllib3", "elastic_transport", "mlflow", "alembic", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def adopt_logger(name: str) -> None:
+    """Send another library's logger (and its children) through nightshift's handlers, so that one process prints one
+    format: uvicorn's lines under `nightshift serve`. Call after `configure_logging`."""
+    logger = logging.getLogger(name)
+    logger.handlers[:] = logging.getLogger("nightshift").handlers
+    logger.propagate = False
 
 
 class _NightFile(logging.FileHandler):

@@ -69,10 +69,14 @@ class Champions:
     def refresh(self) -> None:
         """One pass: read each alias; load a version the alias moved to, then swap it in."""
         with self._passes:
+            first = not self.refreshed.is_set()
             try:
                 self._refresh()
             finally:
                 self.refreshed.set()
+            if first:  # the console's sign that /readyz now answers
+                log.info("first load done", extra={name: f"v{slot.version}" if (slot := self.slots[name]) else "none"
+                                                   for name in self.names})
 
     def states(self) -> dict[str, dict[str, Any]]:
         """Each model's served version, or why none is served."""

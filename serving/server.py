@@ -40,7 +40,7 @@ from fastapi_offline import FastAPIOffline
 
 from pipelines.config import ConfigError, Settings
 from pipelines.registry.store import use_store
-from pipelines.telemetry import get_logger
+from pipelines.telemetry import adopt_logger, get_logger
 from serving.alerts import AlertResponder
 from serving.auth import ADMIN, ALERTS, REFUSALS, SCORE, Guard, load_keys
 from serving.batching import Batcher
@@ -207,6 +207,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None, 
         on_listen(url)
     keys = app.state.guard.keys
     log.info("API keys read", extra={"file": str(keys.source), "keys": len(keys), "names": [k.name for k in keys.keys]})
-    uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=10, access_log=False,
+    adopt_logger("uvicorn")  # its start, stop and error lines in nightshift's format (log_config=None: uvicorn adds no handler)
+    uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=10, access_log=False, log_config=None,
                                   ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None)).run(sockets=[sock])
 
