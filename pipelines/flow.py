@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, timedelta, timezone
@@ -41,7 +42,7 @@ from pipelines.signals import publish_signals
 from pipelines.sources.prometheus import MetricDataError, ingest_metrics, named_queries
 from pipelines.storage import StoragePath
 from pipelines.tasks import TASKS, task
-from pipelines.telemetry import get_logger, job_labels, log_context, night_log
+from pipelines.telemetry import NightLogEcho, get_logger, job_labels, log_context, night_log
 
 log = get_logger("flow")
 T = TypeVar("T")
@@ -476,18 +477,32 @@ def run_retrain(settings: Settings, logical_date: str | None = None, source: str
         subprocess.run([airflow_bin(), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
         ensure_pool(settings, env)
         conf = json.dumps({"source": source, "base_model": base_model})
-        summary_file = summary_path(settings, datetime.fromisoformat(date).date().isoformat())
+        night_date = datetime.fromisoformat(date).date().isoformat()
+        summary_file = summary_path(settings, night_date)
         airflow_log = summary_file.with_name("airflow.log")
         airflow_log.parent.mkdir(parents=True, exist_ok=True)
         summary_file.unlink(missing_ok=True)  # only this run's summary may count as success
-        # nothing else reaches the console until the night ends (the demo's takes about half an hour on 2 CPU cores)
-        log.info(f"running the night with airflow dags test: it prints its table when done; follow it with tail -f {airflow_log}",
-                 extra={"logical_date": date})
+        # the demo's night takes about half an hour on 2 CPU cores: a person at a terminal sees its tasks' lines
+        # (epochs, progress) as they are written; elsewhere they stay in the night's log files
+        logs = night_logs_dir(settings, night_date)
+        echo = NightLogEcho(Path(logs), log) if sys.stderr.isatty() and not storage.is_remote(logs) else None
+        log.info(f"running the night with airflow dags test; Airflow's own log: {airflow_log}", extra={"logical_date": date})
         with airflow_log.open("w") as out:  # Airflow's task logs are long: keep them in the night's folder
-            done = subprocess.run([airflow_bin(), "dags", "test", DAG_ID, date, "--conf", conf], env=env, stdout=out, stderr=subprocess.STDOUT)
-        if done.returncode != 0 or not summary_file.is_file():
+            with subprocess.Popen([airflow_bin(), "dags", "test", DAG_ID, date, "--conf", conf], env=env, stdout=out,
+                                  stderr=subprocess.STDOUT) as night:
+                try:
+                    while night.poll() is None:
+                        time.sleep(1.0)
+                        if echo:
+                            echo.echo()
+                except BaseException:  # interrupted: the night stops with this command
+                    night.kill()
+                    raise
+        if echo:
+            echo.echo()
+        if night.returncode != 0 or not summary_file.is_file():
             tail = "".join(airflow_log.read_text().splitlines(keepends=True)[-40:])
-            raise NightFailed(f"airflow dags test {DAG_ID} {date} failed (exit {done.returncode}); last lines of {airflow_log}:\n{tail}")
+            raise NightFailed(f"airflow dags test {DAG_ID} {date} failed (exit {night.returncode}); last lines of {airflow_log}:\n{tail}")
         summary = json.loads(summary_file.read_text())
     return {**summary, "summary": describe(summary)}
 

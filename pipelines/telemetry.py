@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import json
 import logging
 import math
 import os
@@ -171,6 +172,39 @@ def adopt_logger(name: str) -> None:
 
 class _NightFile(logging.FileHandler):
     """The handler of `night_log`: ECS JSON lines appended to a local file, flushed line by line."""
+
+
+class NightLogEcho:
+    """The console's view of a night that runs in other processes: `echo()` logs, through `logger`, the lines that
+    `night_log` files in `folder` (`TASK.ndjson`, ECS JSON) gained since the last call, each tagged with its task.
+    Lines already in the files when it was made are not echoed (a night run again appends to its files), nor is an
+    unfinished last line until it ends."""
+
+    def __init__(self, folder: Path, logger: logging.Logger):
+        self.folder, self.logger = folder, logger
+        self.offsets = {f: f.stat().st_size for f in folder.glob("*.ndjson")} if folder.is_dir() else {}
+
+    def echo(self) -> int:
+        """Log the new lines; returns how many."""
+        done = 0
+        for path in sorted(self.folder.glob("*.ndjson")) if self.folder.is_dir() else []:
+            with path.open("rb") as f:
+                f.seek(self.offsets.get(path, 0))
+                data = f.read()
+            complete = data[:data.rfind(b"\n") + 1]
+            self.offsets[path] = self.offsets.get(path, 0) + len(complete)
+            for raw in complete.splitlines():
+                try:
+                    doc = json.loads(raw)
+                    message, level = str(doc["message"]), logging.getLevelName(str(doc.get("log.level", "info")).upper())
+                except (ValueError, KeyError, TypeError):
+                    continue  # not a log line of ours: nothing to show
+                extras = ((doc.get("nightshift") or {}).get("extra")) or {}
+                with log_context(task=(doc.get("labels") or {}).get("task_id") or path.stem):
+                    self.logger.log(level if isinstance(level, int) else logging.INFO, message,
+                                    extra={k: v for k, v in extras.items() if k not in _STANDARD})
+                done += 1
+        return done
 
 
 @contextmanager

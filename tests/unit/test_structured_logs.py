@@ -201,3 +201,35 @@ def test_a_long_step_that_fails_says_where_it_stopped_and_a_short_one_adds_no_li
         with progress("ingest logs", stream=io.StringIO()):  # a short one: its error is its one line
             raise RuntimeError("bad record")
     assert not [r for r in caplog.records if r.name == "nightshift.progress"]
+
+
+def test_a_night_run_elsewhere_is_echoed_line_by_line_with_its_task_and_nothing_twice(tmp_path):
+    """What `nightshift retrain` shows a terminal while Airflow runs the night: the lines the tasks add to their log
+    files, each once, with its task; not what the files held before, nor a line still being written."""
+    from pipelines.telemetry import ConsoleFormatter, NightLogEcho
+
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    (folder / "train_log_anomaly.ndjson").write_text(json.dumps({"message": "an earlier night", "log.level": "info"}) + "\n")
+    shown = io.StringIO()
+    handler = logging.StreamHandler(shown)
+    handler.setFormatter(ConsoleFormatter())
+    logger = logging.getLogger("nightshift.echo-test")
+    logger.handlers[:], logger.propagate = [handler], False
+    logger.setLevel(logging.INFO)
+    echo = NightLogEcho(folder, logger)
+
+    def append(task: str, text: str) -> None:
+        with (folder / f"{task}.ndjson").open("a") as f:
+            f.write(text)
+
+    append("train_log_anomaly", json.dumps({"message": "epoch done", "log.level": "info", "labels": {"task_id": "train_log_anomaly"},
+                                            "nightshift": {"extra": {"epoch": 2, "f1": 0.91}}}) + "\n")
+    append("score_fresh_window", '{"message": "scor')  # half written
+    assert echo.echo() == 1
+    append("score_fresh_window", 'ed", "log.level": "warning"}\n')
+    assert echo.echo() == 1 and echo.echo() == 0
+    lines = shown.getvalue().splitlines()
+    assert len(lines) == 2 and "an earlier night" not in shown.getvalue()
+    assert lines[0].endswith("I [train_log_anomaly] epoch done epoch=2 f1=0.91")
+    assert lines[1].endswith("W [score_fresh_window] scored")
