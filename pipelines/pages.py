@@ -58,7 +58,8 @@ def page(title: str, body: str) -> str:
 def badge(status: Any) -> str:
     """A coloured pill for a verdict (`passed`, `severe`, `promoted`, …); grey for an unknown one."""
     text = str(status) if status is not None else "n/a"
-    return f"<span class='badge status-{esc(text)}' style='background:{STATUS_COLOURS.get(text, '#616161')}'>{esc(text)}</span>"
+    shown = text.replace("_", " ")  # a stored status such as not_run, in words
+    return f"<span class='badge status-{esc(text)}' style='background:{STATUS_COLOURS.get(text, '#616161')}'>{esc(shown)}</span>"
 
 
 def number(value: Any) -> float | None:
