@@ -392,7 +392,10 @@ def _config(args, settings):
     lines = [f"settings file: {config_path(args.config)}{'' if config_path(args.config).is_file() else ' (none)'}",
              f"mlflow tracking URI in effect: {display_uri(settings.mlflow_uri)}",
              f"mlflow credentials: {credentials_in_use()}"]
-    lines += [f"{name:<{width}}  {value if value else EMPTY}  ({source})" for name, value, source in rows]
+    # an empty setting whose value is derived: say what it comes to
+    derived = {"serve.api_keys_file": str(key_file_path(settings)), "tracking_uri": display_uri(settings.mlflow_uri)}
+    lines += [f"{name:<{width}}  {value if value else EMPTY}  ({source}{': ' + derived[name] if not value and name in derived else ''})"
+              for name, value, source in rows]
     return {"file": str(config_path(args.config)), "mlflow_uri": display_uri(settings.mlflow_uri), "mlflow_credentials": credentials_in_use(),
             "settings": [{"name": n, "value": v, "source": s} for n, v, s in rows], "summary": "\n".join(lines)}
 

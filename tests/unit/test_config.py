@@ -65,6 +65,12 @@ def test_config_command_prints_each_setting_with_its_source_and_masks_secrets(tm
     changed = {line.split()[0]: line for line in lines[2:]}  # the suite's own NIGHTSHIFT_* variables are among them
     assert {"elasticsearch.password", "prometheus.bearer_token", "serve.port", "train.epochs"} <= set(changed)
     assert "train.batch_size" not in changed and not any(line.endswith("(default)") for line in changed.values())
+    assert main(["config"]) == 0
+    keys_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("serve.api_keys_file "))
+    from pipelines.config import load_settings
+    from serving.auth import key_file_path
+
+    assert keys_line.endswith(f'""  (default: {key_file_path(load_settings())})')  # what the empty setting comes to
 
 
 def test_a_setting_of_a_few_words_is_checked_when_the_settings_load(monkeypatch):
