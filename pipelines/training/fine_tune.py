@@ -301,7 +301,7 @@ def probed_fine_tune(texts: Sequence[str], targets: np.ndarray, val_texts: Seque
 
 
 def classifier_params(checkpoint: str, params: TrainSettings) -> dict[str, Any]:
-    """The run params of a text classifier's training (`register_candidate`'s `params`, before the task's own)."""
+    """The run params of a text classifier's training (`training_run`'s `params`, before the task's own)."""
     return {"base_model": checkpoint, "epochs": params.epochs, "batch_size": params.batch_size,
             "max_length": params.max_length, "learning_rate": params.learning_rate,
             "weight_decay": params.weight_decay, "patience": params.patience, "seed": params.seed,
