@@ -159,7 +159,7 @@ def choose_selection(frame: pd.DataFrame, targets: np.ndarray, settings: Setting
     fewer than two templates.
 
     Raises:
-        TrainingDataError: fewer positive rows than `candidates.min_positives`, or no fold with positives to train on.
+        TrainingDataError: fewer positive rows than `candidates.min_positives`, or no fold with both classes to train on.
     """
     cand, params = settings.candidates, settings.train
     positive_rows = np.asarray(np.asarray(targets).any(axis=1))
@@ -167,15 +167,20 @@ def choose_selection(frame: pd.DataFrame, targets: np.ndarray, settings: Setting
     if positives < max(cand.min_positives, 1):
         raise TrainingDataError(f"{where}: {positives} positive row(s) of {len(frame)}, fewer than setting "
                                 f"candidates.min_positives={cand.min_positives}: nothing to learn; the champion keeps serving")
+    y = np.asarray(targets, dtype=bool)
+
+    def learnable(fold: Fold) -> bool:  # some label has both classes to train on: a classifier fits nothing else
+        return bool(np.any(y[fold.train].any(axis=0) & ~y[fold.train].all(axis=0)))
+
     if by_template:
-        folds = template_folds(frame["text"].map(template_key).tolist(), positive_rows, cand.cv_folds, params.seed)
+        folds = tuple(filter(learnable, template_folds(frame["text"].map(template_key).tolist(), positive_rows, cand.cv_folds, params.seed)))
         if folds:
             return Selection("template-cv", folds)
     if positives < cand.cv_below_positives:
-        folds = forward_chaining_folds(positive_rows, cand.cv_folds)
+        folds = tuple(filter(learnable, forward_chaining_folds(positive_rows, cand.cv_folds)))
         if folds:
             return Selection("time-cv", folds)
-        raise TrainingDataError(f"{where}: no time fold has a positive row to train on ({positives} positive row(s), "
+        raise TrainingDataError(f"{where}: no time fold has both positive and negative rows to train on ({positives} positive row(s), "
                                 f"setting candidates.cv_folds={cand.cv_folds})")
     position = pd.Series(np.arange(len(frame)), index=frame.index)
     train, val = selection_split(frame, params.validation_fraction, cand.template_holdout, params.seed, label, targets)

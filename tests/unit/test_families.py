@@ -108,6 +108,20 @@ def test_a_snapshot_with_too_few_positives_trains_nothing_and_says_why(settings)
     assert choose_selection(frame, y, settings, "snapshot S").method == "time-cv"  # ten positives: folds, not one split
 
 
+def test_a_time_fold_whose_training_holds_one_class_is_left_out(settings):
+    from pipelines.data.splits import choose_selection
+
+    # alerts come in a burst first: the first block of positives holds no normal line, and no classifier fits on it
+    frame = pd.DataFrame({"timestamp": pd.date_range("2026-11-16", periods=100, freq="min"), "text": ["ok"] * 100, "anomaly": False})
+    y = np.zeros((100, 1))
+    y[:12] = 1
+    y[[30, 40, 50, 60, 70, 80, 90, 95]] = 1
+    selection = choose_selection(frame, y, settings, "snapshot S")
+    assert selection.method == "time-cv" and selection.folds
+    for fold in selection.folds:
+        assert y[fold.train].any() and not y[fold.train].all()
+
+
 def test_choose_family_prefers_the_cheaper_on_a_tie():
     from pipelines.tasks.log_anomaly import choose_family
     from pipelines.training.fine_tune import FitResult
