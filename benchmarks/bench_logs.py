@@ -46,7 +46,7 @@ def _settings(work: Path):
 
 
 def _corpus(work: Path, variant: str, per_day: int):
-    from pipelines.cli import parse_time
+    from nightshift.cli import parse_time
     from pipelines.data.demo_logs import write_demo_logs
     from pipelines.data.ingest import ingest_logs
 
@@ -153,7 +153,7 @@ def _trainer_speed(work: Path, quick: bool) -> list[dict]:
 
 def _night(work: Path, families: str, cap: dict) -> float:
     """Seconds of the three trainings of a night on the demo corpus (nightly windows), in-process."""
-    from pipelines.cli import parse_time
+    from nightshift.cli import parse_time
     from pipelines.data.demo_logs import write_demo_logs
     from pipelines.data.demo_metrics import METRICS_END, write_demo_metrics
     from pipelines.data.ingest import ingest_logs

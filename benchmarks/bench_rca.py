@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 def run(quick: bool = False) -> list[dict]:
-    from pipelines.cli import parse_time
+    from nightshift.cli import parse_time
     from pipelines.config import load_settings
     from pipelines.data.demo_logs import write_demo_logs
     from pipelines.data.ingest import ingest_logs

@@ -110,11 +110,11 @@ def _bgl_split(settings, work: Path) -> tuple[str, list[dict]]:
     and the newest 30% to check it on."""
     from bench_real_logs import split_files
 
-    from pipelines.cli import parse_time
+    from nightshift.cli import parse_time
     from pipelines.data.ingest import ingest_logs
     from pipelines.tasks.log_anomaly import train_log_anomaly
 
-    train_file, test_file, _ = split_files(work)
+    train_file, test_file = split_files(work)
     snap = ingest_logs(f"file://{train_file}", parse_time("2005-01-01"), parse_time("2006-01-01"), work / "snap-bgl", settings)
     ref = "log-anomaly/" + train_log_anomaly(snap.path, settings).version
     return ref, [json.loads(line) for line in test_file.read_text().splitlines() if line.strip()]

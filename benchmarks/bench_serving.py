@@ -87,7 +87,7 @@ def run(quick: bool = False) -> list[dict]:
                "NIGHTSHIFT_SERVE_MODELS": "log-anomaly", "NIGHTSHIFT_LOG_LEVEL": "WARNING",
                "NIGHTSHIFT_SERVE_RATE_LIMIT": ""}  # the benchmark's clients are one caller at full speed
         ours, theirs = _free_port(), _free_port()
-        servers = [subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--port", str(ours), "--log-level", "warning"],
+        servers = [subprocess.Popen([sys.executable, "-m", "nightshift.cli", "serve", "--port", str(ours), "--log-level", "warning"],
                                     env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
                    subprocess.Popen([str(ROOT / ".venv" / "bin" / "mlflow"), "models", "serve", "-m", f"models:/{ref}", "--env-manager", "local",
                                      "--host", "127.0.0.1", "--port", str(theirs)],

@@ -191,7 +191,7 @@ class PrometheusSettings:
     max_points: int = 10_000  # points per series per request; Prometheus refuses more than 11,000
     max_gap_fraction: float = 0.5  # a series with more gaps than this in its window is refused
     forecast_job: str = "nightshift_forecast"  # Pushgateway job of the pushed forecasts
-    deployment: str = ""  # label `nightshift_deployment` of every pushed group; cleanup deletes only this deployment's groups (empty: derived from the home folder)
+    deployment: str = ""  # label `nightshift_deployment` of every pushed group; cleanup deletes only this deployment's groups (empty: derived from the state folder)
     queries: MetricQueries = field(default_factory=MetricQueries)
 
 
@@ -392,13 +392,13 @@ class AirflowSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    home: Path = Path.home() / ".nightshift"  # NIGHTSHIFT_HOME; never inside the source tree or site-packages
+    home: Path = Path.home() / ".nightshift"  # the state folder (stores, snapshots, nights, keys), NIGHTSHIFT_HOME; never inside the source tree or site-packages
     # NIGHTSHIFT_STORAGE: where tasks leave data for each other (snapshots, reports, scored files, night summaries): a
     # local folder or an object store, `s3://bucket/prefix` (endpoint and keys from the AWS_* variables); empty: home
     storage: str = ""
     service: str = "nightshift"  # the service name on nightshift's own log lines
     environment: str = ""  # `service.environment` on nightshift's own log lines (production, staging, ...); empty: left out
-    tracking_uri: str = ""  # empty: SQLite under home; MLFLOW_TRACKING_URI overrides
+    tracking_uri: str = ""  # empty: SQLite in the state folder; MLFLOW_TRACKING_URI overrides
     experiment: str = "nightshift"  # the MLflow experiment the training runs go to
     ui_url: str = "http://127.0.0.1:5000"  # the MLflow UI that reports link into (`make ui` serves it here)
     fields: LogFields = field(default_factory=LogFields)
@@ -429,7 +429,7 @@ class Settings:
     @property
     def deployment_id(self) -> str:
         """Names this deployment among others sharing a Pushgateway: `prometheus.deployment`, else a
-        short hash of the home folder (stable for one deployment, distinct between two)."""
+        short hash of the state folder `home` (stable for one deployment, distinct between two)."""
         import hashlib
 
         return self.prometheus.deployment or hashlib.sha1(str(self.home).encode()).hexdigest()[:12]
@@ -440,7 +440,7 @@ class Settings:
 
     @property
     def storage_root(self) -> StoragePath:
-        """The storage root (`pipelines.storage`): setting `storage`, else the home folder.
+        """The storage root (`pipelines.storage`): setting `storage`, else the state folder `home`.
 
         Raises:
             ConfigError: setting `storage` names a scheme fsspec does not know (or whose library is missing).
@@ -588,8 +588,8 @@ def settings_in_effect(settings: Settings, sources: dict[str, str]) -> list[tupl
 
 
 def config_path(config_file: str | Path | None = None) -> Path:
-    """The settings file: `config_file`, else `NIGHTSHIFT_CONFIG`, else `nightshift.toml` in the home
-    (`NIGHTSHIFT_HOME`, default ~/.nightshift). Never the working directory: an Airflow task's
+    """The settings file: `config_file`, else `NIGHTSHIFT_CONFIG`, else `nightshift.toml` in the state
+    folder (`NIGHTSHIFT_HOME`, default ~/.nightshift). Never the working directory: an Airflow task's
     working directory is not the deployment's."""
     if config_file or os.environ.get("NIGHTSHIFT_CONFIG"):
         return Path(config_file or os.environ["NIGHTSHIFT_CONFIG"])

@@ -137,7 +137,7 @@ def _default(f: dataclasses.Field, kind: typing.Any) -> str:
         return ""
     if isinstance(value, Secret):
         return '`""`'
-    if isinstance(value, Path):  # the home folder differs per user: show it as ~
+    if isinstance(value, Path):  # the state folder's default differs per user: show it as ~
         home = Path.home()
         shown = "~/" + value.relative_to(home).as_posix() if value.is_relative_to(home) else value.as_posix()
         return f'`"{shown}"`'

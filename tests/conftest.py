@@ -88,7 +88,7 @@ def corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def train_snapshot(settings, corpus, tmp_path):
-    from pipelines.cli import parse_time
+    from nightshift.cli import parse_time
     from pipelines.data.ingest import ingest_logs
 
     return ingest_logs(f"file://{corpus}", parse_time("2026-11-16"), parse_time("2026-11-21"), tmp_path / "snap-train", settings)

@@ -97,7 +97,8 @@ def metric_key(label: str) -> str:
 
 
 def multilabel_report(y: np.ndarray, pred: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
-    """Micro precision/recall/F1, macro-F1 (over labels that occur or are predicted), subset accuracy, F1 per label."""
+    """Micro precision/recall/F1, macro-F1 (over labels that occur or are predicted), subset accuracy, and `f1.LABEL`
+    for each label that occurs or is predicted (a label with neither has no F1, and no metric is logged for it)."""
     y, pred = np.asarray(y).astype(bool), np.asarray(pred).astype(bool)
     tp, fp, fn = (y & pred).sum(0), (~y & pred).sum(0), (y & ~pred).sum(0)
     denominator = 2 * tp + fp + fn
@@ -109,7 +110,7 @@ def multilabel_report(y: np.ndarray, pred: np.ndarray, labels: Sequence[str]) ->
         "macro_f1": float(np.nanmean(per_label)) if np.isfinite(per_label).any() else float("nan"),
         "subset_accuracy": float((y == pred).all(axis=1).mean()) if len(y) else float("nan"),
     }
-    out.update({f"f1.{metric_key(label)}": float(v) for label, v in zip(labels, per_label)})
+    out.update({f"f1.{metric_key(label)}": float(v) for label, v in zip(labels, per_label) if np.isfinite(v)})
     return out
 
 
@@ -327,11 +328,6 @@ def train_failure_rca(snapshot_dir: str | Path, settings: Settings, base_model: 
                  "thresholds": {label: metrics.get(f"threshold.{metric_key(label)}") for label in labels}})
 
 
-def _finite(value: float) -> float | None:
-    """None for a label with neither support nor predictions (JSON has no NaN)."""
-    return value if np.isfinite(value) else None
-
-
 def predicted_matrix(label_lists: Sequence[Sequence[str]], labels: Sequence[str]) -> np.ndarray:
     return targets(label_lists, labels).astype(bool)
 
@@ -358,7 +354,7 @@ def evaluate_failure_rca(client, ref: ModelRef, classifier, snapshot_dir: Path, 
     report.metrics = {k: scores[k] for k in SUMMARY_METRICS}
     report.details.update(
         labelled_jobs=int((~unlabelled).sum()),
-        per_label_f1={label: _finite(scores[f"f1.{metric_key(label)}"]) for label in labels},
+        per_label_f1={label: scores.get(f"f1.{metric_key(label)}") for label in labels},
         fallback={"jobs": int(pred["low_confidence"].sum()), "unlabelled_jobs": int(unlabelled.sum()),
                   "unlabelled_jobs_with_fallback": int(pred["low_confidence"][unlabelled].sum()),
                   "unlabelled_jobs_with_a_label": int(pred["labels"][unlabelled].map(len).gt(0).sum())})

@@ -27,7 +27,7 @@ def day_docs(cluster, day: str) -> dict:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, corpus, tiny_bert, es_node):
     """A real node holding the demo corpus as daily indices, and log-anomaly v1 trained on a snapshot pulled from it."""
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     root = tmp_path_factory.mktemp("es-flow")
     with pytest.MonkeyPatch.context() as mp:
@@ -55,7 +55,7 @@ def score(cluster, day: str, *extra: str, url: str | None = None) -> dict:
     import contextlib
     import io
 
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -101,7 +101,7 @@ def test_killed_scoring_run_resumes_losing_nothing_and_scoring_nothing_twice(tra
     env = {**os.environ, "NIGHTSHIFT_HOME": str(home), "NIGHTSHIFT_ELASTICSEARCH_BULK_MAX_BYTES": "6000",
            "NIGHTSHIFT_SCORE_SORT_WINDOW": "64", "PYTHONPATH": PROJECT_ROOT}
     source = f"{proxy.url}/{cluster.name('logs-*')}"
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "score", "logs", "--source", source,
+    proc = subprocess.Popen([sys.executable, "-m", "nightshift.cli", "score", "logs", "--source", source,
                              "--start", day, "--end", next_day(day)], env=env, cwd=PROJECT_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proxy.faults.on_bulk = lambda n: os.kill(proc.pid, signal.SIGKILL) if n == 3 else None

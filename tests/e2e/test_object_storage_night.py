@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_an_in_process_night_keeps_its_data_on_the_object_store(home, corpus, tiny_bert, object_store, monkeypatch, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
     from pipelines.config import load_settings
     from pipelines.registry.store import use_store
 

@@ -8,7 +8,7 @@ from pathlib import Path
 def test_retrain_runs_the_dag_with_airflow_dags_test(home, corpus, tiny_bert, capsys, monkeypatch, tmp_path):
     import requests
 
-    from pipelines.cli import main
+    from nightshift.cli import main
     from tests.support.prom_servers import pushgateway
 
     with pushgateway(tmp_path / "pg") as gateway:  # a real Pushgateway (Debian package) on a free loopback port
@@ -40,7 +40,7 @@ def test_retrain_runs_the_dag_with_airflow_dags_test(home, corpus, tiny_bert, ca
 def test_retrain_in_process_runs_the_same_tasks_twice_and_gates_the_second_night(home, corpus, tiny_bert, capsys, production_defaults):
     """Without Airflow, as a deployment gets it (every model family, LP-FT, the baseline gate's real tolerance): the
     first night registers v1 of each model; the second retrains and runs every gate."""
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     args = ["retrain", "--in-process", "--source", f"file://{corpus}", "--base-model", str(tiny_bert), "--logical-date", "2026-11-22", "--json"]
     assert main(args) == 0

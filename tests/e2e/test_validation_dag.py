@@ -11,7 +11,7 @@ def test_failed_validation_stops_the_branch_in_the_nightly_dag(home, corpus, tin
     """`airflow dags test`: training is skipped, scoring and the summary still run, MLflow shows why."""
     import sqlite3
 
-    from pipelines.cli import main
+    from nightshift.cli import main
     from pipelines.config import load_settings
     from pipelines.flow import describe
     from pipelines.registry.store import use_store

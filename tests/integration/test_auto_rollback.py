@@ -76,7 +76,7 @@ class Scenario:
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory, corpus, tiny_bert) -> Iterator[Scenario]:
     """The three nights of the module docstring, on a real Pushgateway that a real Prometheus scrapes every second."""
-    from pipelines.cli import parse_time
+    from nightshift.cli import parse_time
     from pipelines.config import load_settings
     from pipelines.data.ingest import ingest_logs
     from pipelines.flow import gate_candidate, plan_night, train_candidate, write_summary

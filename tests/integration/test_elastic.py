@@ -183,7 +183,7 @@ def test_missing_index_is_a_clear_error(cluster, home, tmp_path, capsys):
 
 
 def test_mapping_without_the_text_field_is_a_clear_error(cluster, home, tmp_path, monkeypatch, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     cluster.load([{"@timestamp": "2026-11-17T01:00:00Z", "msg": "text lives elsewhere", "labels": {"anomaly": False}}], "logs-odd")
     code = main(["ingest", "logs", "--source", source_uri(cluster, "logs-odd"), "--start", "2026-11-17", "--end", "2026-11-18",
@@ -199,7 +199,7 @@ def test_mapping_without_the_text_field_is_a_clear_error(cluster, home, tmp_path
 @pytest.mark.parametrize("kind", ["api_key", "password"])
 def test_bad_credential_names_the_setting_never_the_secret(es_node, es_credentials, home, tmp_path, monkeypatch, capsys, kind):
     """The node checks the credential (401): one line naming the setting, exit 2, the secret nowhere."""
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     cluster = Cluster.on(es_node)
     cluster.load([{"@timestamp": "2026-11-17T01:00:00Z", "message": "x", "labels": {"anomaly": False}}], "logs-a")
@@ -251,7 +251,7 @@ def test_basic_auth_from_settings_or_the_uri_is_accepted(es_node, demo_docs, hom
 def test_bearer_token_is_authenticated_and_its_missing_privilege_named(es_node, home, tmp_path, monkeypatch, capsys):
     """The node's bearer credential is a service token of elastic/kibana: the node authenticates it (no 401), and
     refuses the search with 403, which nightshift reports naming the credential's setting."""
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     cluster = Cluster.on(es_node)
     cluster.load([{"@timestamp": "2026-11-17T01:00:00Z", "message": "x", "labels": {"anomaly": False}}], "logs-a")
@@ -721,7 +721,7 @@ def test_shadow_index_mode_writes_a_results_index_and_resumes_with_the_main_sink
 # ---- the index template ----------------------------------------------------------------------------------
 
 def test_install_template_maps_ml_fields(cluster, home, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     cluster.load([{"@timestamp": "2026-11-17T01:00:00Z", "message": "existing", "labels": {"anomaly": False}}], "logs-existing")
     pattern = cluster.name("logs-*")

@@ -49,7 +49,7 @@ class Realm:
 
 def run(*args: str) -> tuple[int, str]:
     """`nightshift ARGS` in this process: (exit code, stdout)."""
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     out = io.StringIO()
     with redirect_stdout(out):

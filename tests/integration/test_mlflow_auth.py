@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from pipelines.cli import main
+from nightshift.cli import main
 from pipelines.config import load_settings
 from pipelines.registry.aliases import compare_and_set_champion, mark_challenger
 from pipelines.registry.store import CHAMPION, PREVIOUS, ModelRef, StoreAccessDenied, alias_version, use_store

@@ -64,7 +64,7 @@ def ui(url: str, profile: Path, *, screenshot: Path | None = None, size: str = "
 @pytest.fixture(scope="module")
 def store(corpus, tiny_bert, tmp_path_factory):
     """The server-backed store after two nights: v1 (first version, judged on its night's holdout), v2 (gated)."""
-    from pipelines.cli import parse_time
+    from nightshift.cli import parse_time
     from pipelines.config import load_settings
     from pipelines.data.ingest import ingest_logs
     from pipelines.data.validation import validate_snapshot

@@ -9,8 +9,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from nightshift.cli import parse_time
 from pipelines import storage
-from pipelines.cli import parse_time
 from pipelines.data.ingest import ingest_logs
 from pipelines.data.snapshots import DATA_FILE, MANIFEST, SnapshotError, load_snapshot, write_snapshot
 from pipelines.data.validation import PASSED, read_report, report_dir, validate_snapshot

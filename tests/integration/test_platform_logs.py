@@ -59,7 +59,7 @@ def _find(cluster: Cluster, stream: str, query: str) -> list[dict]:
 
 
 def test_a_nights_log_lines_shipped_once_are_found_by_level_and_job(cluster, home, tmp_path, monkeypatch, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     stream = cluster.name("platform-logs")
     assert main(["es", "install-template", "--url", cluster.url, "--index-pattern", cluster.name("logs-*"), "--json"]) == 0
@@ -108,7 +108,7 @@ def test_a_nights_log_lines_shipped_once_are_found_by_level_and_job(cluster, hom
 
 
 def test_a_bad_line_ships_nothing_and_names_its_file_and_line(cluster, home, tmp_path, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     path = tmp_path / "task.ndjson"
     path.write_text(json.dumps({"@timestamp": "2026-11-22T02:00:00Z", "log.level": "info", "message": "fine"}) + "\n"

@@ -54,7 +54,7 @@ SMALL_FORECASTER = {"EPOCHS": "2", "WINDOWS_PER_EPOCH": "512", "HIDDEN_SIZE": "8
 
 
 def cli(capsys, *argv: str) -> tuple[int, dict, str]:
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     code = main([*argv, "--json"])
     captured = capsys.readouterr()
@@ -63,7 +63,7 @@ def cli(capsys, *argv: str) -> tuple[int, dict, str]:
 
 def run(*argv: str) -> tuple[int, dict]:
     """`cli` for a fixture wider than a test (no capsys): the exit code and the JSON answer."""
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

@@ -38,7 +38,7 @@ def mlflow_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def registry(mlflow_server, corpus, tiny_bert, tmp_path_factory):
     """The server-backed store with v1 (one day), v2 (four days), v3 (flipped labels), v4 (format change)."""
-    from pipelines.cli import parse_time
+    from nightshift.cli import parse_time
     from pipelines.config import load_settings
     from pipelines.data.ingest import ingest_logs
     from pipelines.registry.store import use_store
@@ -102,7 +102,7 @@ def run_artifact(client, version: str, path: str, tmp_path: Path) -> str:
 
 
 def test_better_challenger_is_promoted(registry, capsys, tmp_path):
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     client = registry.client
     reset(client, champion="1", challenger="2")
@@ -138,7 +138,7 @@ def test_better_challenger_is_promoted(registry, capsys, tmp_path):
 
 
 def test_poisoned_challenger_is_rejected(registry, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     client = registry.client
     reset(client, champion="2", challenger="3", previous="1")
@@ -156,7 +156,7 @@ def test_poisoned_challenger_is_rejected(registry, capsys):
 
 
 def test_holdout_that_a_version_trained_on_is_refused(registry, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     reset(registry.client, champion="1", challenger="2")
     assert main(["promote", NAME, "--holdout", str(registry.four_days.path)]) == 2
@@ -201,7 +201,7 @@ def test_nightly_gate_promotes_and_scoring_follows(registry, tmp_path):
 
 
 def test_rollback_restores_previous_champion_and_scoring_uses_it(registry, capsys, tmp_path):
-    from pipelines.cli import main
+    from nightshift.cli import main
     from pipelines.registry.gate import PromotionError, promote, rollback
 
     client = registry.client

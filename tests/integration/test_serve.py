@@ -107,7 +107,7 @@ def test_a_promotion_is_swapped_in_without_a_failed_request(settings, train_snap
     train_log_anomaly(train_snapshot.path, settings, str(tiny_bert))
     env = {**os.environ, "NIGHTSHIFT_SERVE_REFRESH_SECONDS": "0.5", "NIGHTSHIFT_SERVE_MODELS": "log-anomaly",
            "NIGHTSHIFT_SERVE_RATE_LIMIT": ""}  # three clients as fast as they can: more than a rate limit lets through
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--port", "0", "--log-level", "warning"],
+    proc = subprocess.Popen([sys.executable, "-m", "nightshift.cli", "serve", "--port", "0", "--log-level", "warning"],
                             env=env, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stderr.readline()
@@ -170,7 +170,7 @@ def test_https_with_the_configured_certificate_and_only_the_key_name_in_the_logs
     cert, key = self_signed(tmp_path / "tls")
     env = {**os.environ, "NIGHTSHIFT_SERVE_TLS_CERTFILE": str(cert), "NIGHTSHIFT_SERVE_TLS_KEYFILE": str(key),
            "NIGHTSHIFT_SERVE_MODELS": "log-anomaly", "NIGHTSHIFT_LOG_FORMAT": "json"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--port", "0"], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "nightshift.cli", "serve", "--port", "0"], env=env, stderr=subprocess.PIPE, text=True)
     seen: list[str] = []
     try:
         while not seen or "listening on" not in seen[-1]:

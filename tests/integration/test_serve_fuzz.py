@@ -24,7 +24,7 @@ EXAMPLES = 25  # generated requests per operation and mode
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, corpus, demo_history, tiny_bert):
     """(app, headers): the app serving a champion of each model, and the header of a key with every scope."""
-    from pipelines.cli import parse_time
+    from nightshift.cli import parse_time
     from pipelines.config import load_settings
     from pipelines.data.ingest import ingest_logs
     from pipelines.sources.prometheus import ingest_metrics

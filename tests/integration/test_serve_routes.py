@@ -42,7 +42,7 @@ class Served:
 def served(tmp_path_factory, tiny_bert, corpus, demo_history) -> Iterator[Served]:
     """The three models trained once (the tiny BERT, the quick RCA and forecaster settings) and served with small
     request limits (300 rows, 200 kB), and a batching wait long enough that concurrent requests share a pass."""
-    from pipelines.cli import parse_time
+    from nightshift.cli import parse_time
     from pipelines.config import load_settings
     from pipelines.data.ingest import ingest_logs
     from pipelines.sources.prometheus import ingest_metrics

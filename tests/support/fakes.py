@@ -103,7 +103,7 @@ def stand_in(monkeypatch) -> dict:
     through the returned dict's "classifier", or give version N its own in "versions"), and no root-cause champion.
     The store is the returned dict's "registry", a `FakeRegistry`: empty, so no alias is set until a test sets one
     (`log-anomaly@ALIAS` then resolves to it)."""
-    import pipelines.cli  # noqa: F401  (loaded before the patch, so that their own references are patched too)
+    import nightshift.cli  # noqa: F401  (loaded before the patch, so that their own references are patched too)
     import pipelines.flow  # noqa: F401
     import pipelines.registry.store as registry
     import pipelines.scoring.score_logs  # noqa: F401

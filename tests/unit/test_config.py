@@ -44,7 +44,7 @@ def test_secret_never_printed():
 def test_config_command_prints_each_setting_with_its_source_and_masks_secrets(tmp_path, monkeypatch, capsys):
     import json
 
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     config = tmp_path / "nightshift.toml"
     config.write_text('[train]\nepochs = 3\n\n[elasticsearch]\npassword = "from-the-file"\n')

@@ -68,7 +68,7 @@ def test_an_unknown_variant_is_refused_by_name():
 def test_demo_data_cli_writes_the_hard_variant(tmp_path, capsys):
     import json
 
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     assert main(["demo-data", "--out", str(tmp_path), "--days", "3", "--per-day", "100", "--hard", "--json"]) == 0
     lines = [json.loads(line) for line in (tmp_path / "logs.ndjson").read_text().splitlines()]

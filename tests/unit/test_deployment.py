@@ -206,7 +206,7 @@ def test_the_serve_manifests_are_valid_kubernetes_objects(serve_manifests):
 
 
 def test_the_serve_deployment_runs_the_project_image_with_the_real_serve_flags(serve_manifests, values):
-    from pipelines.cli import build_parser
+    from nightshift.cli import build_parser
 
     serve = container(of_kind(serve_manifests, "Deployment"))
     image = values["images"]["airflow"]
@@ -389,7 +389,7 @@ def test_every_unit_runs_from_the_venv_as_the_service_user_with_one_environment_
 
 
 def test_the_serve_unit_uses_the_real_serve_flags(rendered_units):
-    from pipelines.cli import build_parser
+    from nightshift.cli import build_parser
 
     exec_start = shlex.split(unit_settings(rendered_units["nightshift-serve"])["ExecStart"][0])
     args = build_parser().parse_args(exec_start[1:])

@@ -10,7 +10,7 @@ from tests.support.drift_cases import flip_labels, json_envelope, metric_snapsho
 
 @pytest.fixture
 def windows(settings, corpus, tmp_path):
-    from pipelines.cli import parse_time
+    from nightshift.cli import parse_time
     from pipelines.data.ingest import ingest_logs
 
     def snap(start, end):

@@ -198,7 +198,7 @@ def test_a_chinese_snapshot_warns_about_unk_and_char_ngrams_tell_its_anomalies(h
     monkeypatch.setenv("NIGHTSHIFT_CANDIDATES_FAMILIES", "tfidf,embedding,bert")  # the nightly default
     settings = load_settings()
 
-    from pipelines.cli import parse_time
+    from nightshift.cli import parse_time
     from pipelines.data.ingest import ingest_logs
     from pipelines.registry.store import use_store
     from pipelines.tasks.log_anomaly import train_log_anomaly
@@ -286,7 +286,7 @@ def test_the_gate_faces_the_tasks_tfidf_baseline_within_its_tolerance():
 @pytest.mark.slow  # trains, then evaluates against the baseline: `make test-fast` leaves it out
 def test_the_log_anomaly_evaluation_holds_the_tfidf_baseline_the_gate_faces(settings, train_snapshot, corpus, tmp_path, tiny_bert,
                                                                             monkeypatch):
-    from pipelines.cli import parse_time
+    from nightshift.cli import parse_time
     from pipelines.config import load_settings
     from pipelines.data.ingest import ingest_logs
     from pipelines.registry.gate import face_baseline
@@ -338,7 +338,7 @@ def test_the_failure_rca_gate_rejects_a_challenger_that_trails_the_tfidf_baselin
     """At the real tolerance: v1, a BERT that reads no word (`max_length` 2: [CLS] [SEP]), is the champion; v2, one that
     reads the first word only, beats it but trails the TF-IDF baseline of its own snapshot and is rejected for that
     alone; v3, the TF-IDF family, is within the tolerance and promoted. Each decision records every contender."""
-    from pipelines.cli import parse_time
+    from nightshift.cli import parse_time
     from pipelines.config import load_settings
     from pipelines.data.ingest import ingest_logs
     from pipelines.registry.gate import promote

@@ -286,7 +286,7 @@ def test_forecaster_beats_both_baselines_on_the_demo_series(demo_history, settin
 def test_gate_promotes_the_better_forecaster_on_a_fresh_holdout(quick_forecaster, settings, demo_history, tmp_path, monkeypatch, capsys):
     """v1 is a barely trained LSTM alone, v2 the full recipe (a trained LSTM and the statistical
     contenders) on the same days; both judged on the two days after."""
-    from pipelines.cli import main
+    from nightshift.cli import main
     from pipelines.config import load_settings
     from pipelines.registry.gate import promote
     from pipelines.registry.store import alias_version, use_store

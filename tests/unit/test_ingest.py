@@ -85,7 +85,7 @@ def test_empty_window_is_an_error(settings, corpus, tmp_path):
 
 
 def test_cli_error_is_one_clear_line(home, tmp_path, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     src = write(tmp_path / "bad.ndjson", [doc(), "{not json"])
     code = main(["ingest", "logs", "--source", src, "--start", "2026-11-16", "--end", "2026-11-17", "--out", str(tmp_path / "s")])

@@ -254,7 +254,7 @@ def test_metric_csv_is_ingested_like_openmetrics(home, settings, tmp_path):
 
 
 def test_metric_csv_through_the_cli_whole_file_and_its_errors(home, tmp_path, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     (tmp_path / "metrics.csv").write_text("timestamp,value\n" + "".join(f"{i},{i * 0.5}\n" for i in range(120)))
     assert main(["ingest", "metrics", "--source", f"file://{tmp_path / 'metrics.csv'}", "--step", "1s", "--out", str(tmp_path / "m"), "--json"]) == 0
@@ -267,7 +267,7 @@ def test_metric_csv_through_the_cli_whole_file_and_its_errors(home, tmp_path, ca
 
 
 def test_cli_ingest_logs_with_a_named_format_and_no_window(home, tmp_path, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     (tmp_path / "odd.log").write_text("1\t2025-09-10 12:30:05 INFO ok\n")  # one cell "1": rca-like and anomaly-like
     assert main(["ingest", "logs", "--source", f"file://{tmp_path / 'odd.log'}", "--format", "anomaly-tsv",
@@ -277,7 +277,7 @@ def test_cli_ingest_logs_with_a_named_format_and_no_window(home, tmp_path, capsy
 
 
 def test_label_spellings_and_epoch_unit_come_from_settings(home, tmp_path, monkeypatch, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
     from pipelines.config import load_settings
 
     monkeypatch.setenv("NIGHTSHIFT_INPUTS_ANOMALY_TRUE", "alert,KERNDTLB")

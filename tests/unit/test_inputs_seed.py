@@ -52,7 +52,7 @@ def seed_metrics_csv(points: int = 300) -> str:
 
 @pytest.mark.slow  # trains all three models: `make test-fast` leaves it out
 def test_the_seed_files_come_in_and_train_all_three_models(home, tiny_bert, tmp_path, monkeypatch, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     seed = tmp_path / "PyTorch_pro"
     for name, text in {**SEED_FILES, "metric-predict-demo/data/metrics.csv": seed_metrics_csv()}.items():

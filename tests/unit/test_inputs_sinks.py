@@ -25,7 +25,7 @@ def docs(n: int) -> list[dict]:
 
 
 def test_every_document_read_is_written_and_the_unscored_unchanged_and_counted(home, stand_in, tmp_path, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     items = docs(300)
     odd = [{"@timestamp": "2026-11-16T05:00:00Z", "id": "array", "message": ["Traceback", "MemoryError: failed"]},

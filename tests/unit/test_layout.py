@@ -18,7 +18,7 @@ SHIPPED = "nightshift_models"
 
 def project_modules() -> dict[str, Path]:
     found = {}
-    for base, package in ((ROOT, "pipelines"), (ROOT, "serving"), (ROOT / "models", SHIPPED)):
+    for base, package in ((ROOT, "nightshift"), (ROOT, "pipelines"), (ROOT, "serving"), (ROOT / "models", SHIPPED)):
         for path in (base / package).rglob("*.py"):
             found[".".join(path.relative_to(base).with_suffix("").parts).removesuffix(".__init__")] = path
     return found
@@ -90,6 +90,16 @@ def test_the_project_has_no_import_cycle_counting_imports_inside_functions():
         raise AssertionError(f"import cycle: {' -> '.join(exc.args[1])}") from None
 
 
+def test_the_stages_import_in_one_direction_and_the_command_line_drives_both():
+    """`serving` reads what `pipelines` writes and may import it; `pipelines` (the offline stages, the DAG's tasks)
+    never imports `serving`, nor either the command line: a deployment of the pipelines needs no server."""
+    upward = [f"{MODULES[m].relative_to(ROOT)}:{line} imports {name}"
+              for m, (top, lazy) in IMPORTS.items() for name, line in top + lazy
+              if (m.split(".")[0] == "pipelines" and name.split(".")[0] in ("serving", "nightshift"))
+              or (m.split(".")[0] == "serving" and name.split(".")[0] == "nightshift")]
+    assert not upward, "\n".join(upward)
+
+
 def test_project_imports_sit_at_module_top_unless_they_pull_a_heavy_library():
     late = [f"{MODULES[m].relative_to(ROOT)}:{line} imports {name} inside a function"
             for m, (_, lazy) in IMPORTS.items() for name, line in lazy
@@ -100,7 +110,7 @@ def test_project_imports_sit_at_module_top_unless_they_pull_a_heavy_library():
 def test_the_shipped_model_package_imports_nothing_outside_itself_by_reading():
     outside = [f"{MODULES[m].relative_to(ROOT)}:{line} imports {name}"
                for m, (top, lazy) in IMPORTS.items() if m.split(".")[0] == SHIPPED for name, line in top + lazy
-               if name.split(".")[0] in ("pipelines", "serving", "models", "dags", "tests", "benchmarks")]
+               if name.split(".")[0] in ("nightshift", "pipelines", "serving", "models", "dags", "tests", "benchmarks")]
     assert not outside, "\n".join(outside)
 
 
@@ -116,7 +126,7 @@ def test_the_shipped_model_package_loads_alone_from_a_copy(tmp_path):
 import importlib, importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("pipelines", "serving", "dags"):
+        if name.split(".")[0] in ("nightshift", "pipelines", "serving", "dags"):
             raise ImportError(f"the shipped package imported {{name}}")
 sys.meta_path.insert(0, Block())
 sys.path.insert(0, {str(copy)!r})
@@ -141,6 +151,6 @@ def test_every_model_task_is_wired_in_the_dag_and_read_from_the_one_table():
     for name in TASKS:
         for step in ("train", "promote"):
             assert f'task_id="{task_id(step, name)}"' in dag_source, f"{name}: no {task_id(step, name)} task in the DAG"
-    cli = (ROOT / "pipelines" / "cli.py").read_text()
+    cli = (ROOT / "nightshift" / "cli.py").read_text()
     literals = [n for n in TASKS if f'"{n}"' in cli]
     assert not literals, f"the CLI spells model names instead of reading pipelines.tasks.TASKS: {literals}"

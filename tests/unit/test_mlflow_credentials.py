@@ -7,7 +7,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, PERMISSION_DENIED, UNAUTHENTICATED
 
-from pipelines.cli import main
+from nightshift.cli import main
 from pipelines.registry.store import access_error, credentials_in_use, display_uri
 
 SECRET = "s3cret-Pa55word-never-printed"

@@ -9,7 +9,7 @@ from tests.support.prom_servers import free_port
 
 
 def cli(capsys, *argv: str) -> tuple[int, dict, str]:
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     code = main([*argv, "--json"])
     captured = capsys.readouterr()

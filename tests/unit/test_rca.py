@@ -86,6 +86,8 @@ def test_threshold_sits_mid_gap_and_metrics_are_micro_and_macro():
     assert (r["f1.a"], r["f1.b"], r["f1.c"]) == pytest.approx((2 / 3, 1.0, 0.0))
     assert r["macro_f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)
     assert r["subset_accuracy"] == pytest.approx(2 / 3)
+    y4, pred4 = np.c_[y, np.zeros(3, bool)], np.c_[pred, np.zeros(3, bool)]
+    assert "f1.never" not in multilabel_report(y4, pred4, ["a", "b", "c", "never"])  # neither occurs nor predicted: no F1, no nan
 
 
 def test_knowledge_base_matches_by_tfidf_and_rejects_bad_files(tmp_path):
@@ -109,7 +111,7 @@ def test_knowledge_base_matches_by_tfidf_and_rejects_bad_files(tmp_path):
 
 
 def test_label_space_file_that_does_not_parse_is_a_clear_error(settings, train_snapshot, tmp_path, monkeypatch, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     bad = tmp_path / "labels.json"
     bad.write_text('{"labels": {"Disk_Full": ["free space"],}}')
@@ -122,8 +124,8 @@ def test_label_space_file_that_does_not_parse_is_a_clear_error(settings, train_s
 def test_train_failure_rca_registers_and_pyfunc_round_trips(settings, quick_rca, train_snapshot, tiny_bert, corpus, tmp_path, capsys):
     import mlflow
 
+    from nightshift.cli import main, parse_time
     from nightshift_models.label_space import load_label_space
-    from pipelines.cli import main, parse_time
     from pipelines.data.ingest import ingest_logs
     from pipelines.registry.store import alias_version, use_store
 
@@ -202,7 +204,7 @@ def test_user_label_space_trains_scores_and_falls_back_to_the_knowledge_base(set
     """Other label names need no code change; an unseen cause gets the knowledge base, not a confident label."""
     import mlflow
 
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     space = tmp_path / "labels.json"
     space.write_text(json.dumps({"name": "storage-team", "version": "7", "labels": {
@@ -264,7 +266,7 @@ def test_user_label_space_trains_scores_and_falls_back_to_the_knowledge_base(set
 
 @pytest.mark.slow  # trains the log-anomaly and failure-rca models: `make test-fast` leaves it out
 def test_score_logs_explains_failed_jobs_and_flagged_documents(settings, quick_rca, train_snapshot, tiny_bert, corpus, tmp_path, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
     from pipelines.tasks.failure_rca import train_failure_rca
     from pipelines.tasks.log_anomaly import train_log_anomaly
 

@@ -125,7 +125,7 @@ def register_pickled(settings, version: str) -> str:
 def test_reregister_moves_a_pickled_champion_to_a_version_from_code(settings, train_snapshot, tiny_bert, tmp_path, capfd):
     import mlflow
 
-    from pipelines.cli import main
+    from nightshift.cli import main
     from pipelines.registry.store import alias_version, use_store
     from pipelines.tasks.log_anomaly import train_log_anomaly
 

@@ -19,7 +19,7 @@ def text_of(html: str) -> str:
 
 
 def test_report_command_writes_the_night_with_decisions_numbers_drift_and_mlflow_links(settings, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     night = make_night(settings)
     assert main(["report", "--night", NIGHT, "--json", "--ui-url", "http://mlflow.example:5000/"]) == 0
@@ -65,7 +65,7 @@ def test_report_links_to_the_configured_ui_and_survives_a_model_mlflow_does_not_
 
 
 def test_a_night_without_a_summary_says_what_to_run(settings, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     assert main(["report", "--night", "2026-01-01"]) == 2
     err = capsys.readouterr().err
@@ -92,7 +92,7 @@ def test_summary_task_helper_returns_the_path_or_none(settings):
 
 
 def test_report_takes_the_latest_night_and_info_refuses_a_missing_store(settings, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     assert main(["report"]) == 2
     assert "no night has run under" in capsys.readouterr().err
@@ -102,7 +102,7 @@ def test_report_takes_the_latest_night_and_info_refuses_a_missing_store(settings
 
 
 def test_info_on_a_home_without_a_store_says_so_and_creates_nothing(tmp_path, monkeypatch, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("NIGHTSHIFT_HOME", str(tmp_path / "empty"))

@@ -74,7 +74,7 @@ def register_in_the_old_layout(settings, version: str) -> str:
 @pytest.mark.slow  # trains, logs a second version and loads three times in fresh processes
 def test_reregister_moves_old_layout_versions_to_the_shipped_package_and_the_champion_follows(settings, train_snapshot, tiny_bert,
                                                                                                 tmp_path, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
     from pipelines.registry.store import alias_version, use_store
     from pipelines.tasks.log_anomaly import train_log_anomaly
 

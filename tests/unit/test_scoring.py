@@ -6,7 +6,7 @@ import pytest
 
 
 def test_score_logs_writes_ml_fields_for_every_record(settings, train_snapshot, tiny_bert, corpus, tmp_path, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
     from pipelines.tasks.log_anomaly import train_log_anomaly
 
     train_log_anomaly(train_snapshot.path, settings, str(tiny_bert))
@@ -24,7 +24,7 @@ def test_score_logs_writes_ml_fields_for_every_record(settings, train_snapshot, 
 
 @pytest.mark.slow  # trains, then evaluates on a second window: `make test-fast` leaves it out
 def test_evaluate_reports_model_and_baseline(settings, train_snapshot, tiny_bert, corpus, tmp_path, capsys):
-    from pipelines.cli import main, parse_time
+    from nightshift.cli import main, parse_time
     from pipelines.data.ingest import ingest_logs
     from pipelines.tasks.log_anomaly import train_log_anomaly
 
@@ -40,7 +40,7 @@ def test_evaluate_reports_model_and_baseline(settings, train_snapshot, tiny_bert
 
 
 def test_unknown_model_reference_is_a_clear_error(settings, corpus, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     assert main(["score", "logs", "--model", "log-anomaly@champion", "--source", f"file://{corpus}"]) == 2
     assert "log-anomaly@champion" in capsys.readouterr().err

@@ -53,7 +53,7 @@ def bearer(key: str) -> dict[str, str]:
 
 def serve_error(capsys) -> str:
     """`nightshift serve` must stop before it listens, with one error line (exit 2, no traceback): that line."""
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     capsys.readouterr()
     assert main(["serve", "--port", "0"]) == 2
@@ -248,7 +248,7 @@ def test_keys_never_reach_the_logs_and_each_request_logs_its_key_name(keys, app_
 
 
 def test_serve_key_writes_a_0600_file_and_the_key_it_prints_authenticates(home, app_for, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     path = home / "deploy" / "keys"
     assert main(["serve-key", "ops", "--scope", "score,admin", "--file", str(path)]) == 0

@@ -42,7 +42,7 @@ def test_compact_training_set_keeps_positives():
 def test_train_registers_champion_and_pyfunc_round_trips(settings, train_snapshot, corpus, tiny_bert, tmp_path):
     import mlflow
 
-    from pipelines.cli import parse_time
+    from nightshift.cli import parse_time
     from pipelines.data.ingest import ingest_logs
     from pipelines.flow import gate_candidate
     from pipelines.registry.store import alias_version, use_store
@@ -107,7 +107,7 @@ def test_train_registers_champion_and_pyfunc_round_trips(settings, train_snapsho
 def test_unusable_snapshot_registers_nothing(settings, tmp_path, tiny_bert):
     import json
 
-    from pipelines.cli import parse_time
+    from nightshift.cli import parse_time
     from pipelines.data.ingest import ingest_logs
     from pipelines.registry.store import use_store
     from pipelines.tasks.log_anomaly import TrainingDataError, train_log_anomaly
@@ -124,7 +124,7 @@ def test_unusable_snapshot_registers_nothing(settings, tmp_path, tiny_bert):
 def test_a_night_with_too_few_anomalies_trains_nothing_and_its_summary_says_why(settings, tmp_path, tiny_bert, caplog):
     import json
 
-    from pipelines.cli import parse_time
+    from nightshift.cli import parse_time
     from pipelines.data.ingest import ingest_logs
     from pipelines.flow import describe, train_candidate, write_summary
     from pipelines.registry.store import use_store

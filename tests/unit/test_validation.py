@@ -288,7 +288,7 @@ def test_bad_value_ranges_setting_is_named(settings, tmp_path, monkeypatch):
 
 
 def test_validate_command_prints_the_verdict_and_exits_1_on_failure(home, log_rows, tmp_path, capsys):
-    from pipelines.cli import main
+    from nightshift.cli import main
 
     rows = [{**r, "anomaly": False, "root_cause": []} for r in log_rows]
     snap = write_logs(tmp_path / "cli", rows)
@@ -340,7 +340,7 @@ def test_report_html_shows_each_measured_value_against_its_bound_and_cuts_long_e
 def test_a_huge_failing_value_is_cut_wherever_a_person_reads_it(home, log_rows, tmp_path, capsys):
     """One 26,200-character message over `validation.max_text_length`: the CLI's summary prints it as one short line
     stating its full size, and report.html, result.json and GE's Data Docs hold it cut to `inputs.show_chars`."""
-    from pipelines.cli import main
+    from nightshift.cli import main
     from pipelines.config import load_settings
     from pipelines.data.validation import ValidationFailed, require_not_failed
 

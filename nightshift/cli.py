@@ -1,4 +1,5 @@
-"""`nightshift`: one command per stage. Each prints a short summary, or one JSON object with `--json`.
+"""`nightshift`: one command per stage, over both the pipelines and the server. Each prints a short summary, or one JSON
+object with `--json`.
 
 torch, transformers, mlflow and Great Expectations are imported only by the commands that use them.
 """
