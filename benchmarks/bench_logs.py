@@ -4,10 +4,11 @@ Quality ("Log models, held-back day" table): the demo corpus and its hard varian
 (`pipelines.data.demo_logs`, `variant="hard"`: incidents in words never seen before the last day,
 Chinese lines, mislabelled training lines). Each is ingested like a night's window (five days to
 train, the sixth held back), and every `log-anomaly` family is fitted as the nightly training fits it
-(`pipelines.tasks.log_anomaly.prepare_anomaly_data`: the template-holdout split, thresholds tuned on
-validation; `pipelines.training.families.fit_families`). Each family is then scored on the held-back
-day's labelled lines: F1 at its validation threshold and PR-AUC, the ratio against TF-IDF+LR trained in
-the same run (higher is better). The row "registered" is the family `choose_family` picks on validation.
+(`pipelines.tasks.log_anomaly.prepare_anomaly_data`: the folds a night chooses on; thresholds from the
+out-of-fold scores, `pipelines.training.families.fit_families`; then refitted on every labelled row). Each
+family is then scored on the held-back day's labelled lines: F1 at its out-of-fold threshold and PR-AUC, the
+ratio against TF-IDF+LR trained in the same run (higher is better). The row "registered" is the family
+`choose_family` picks out of fold.
 The fine-tuned BERT trains on a capped set (`BERT_CAP`: every anomalous example, normal ones sampled
 down; a fixed number of epochs), stated in its row: on 2 shared cores the nightly 4000 examples take
 about 13 minutes an epoch.
