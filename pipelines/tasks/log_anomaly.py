@@ -52,20 +52,11 @@ from pipelines.training.register import training_run
 log = get_logger("train")
 
 
-# Where in the out-of-fold score gap the anomaly threshold sits (0: just above the highest-scoring normal line, 1:
-# just below the lowest-scoring alert). Low, because an alert worded anew keeps less of its score than a normal line
-# worded anew gains: on real BlueGene/L logs (`benchmarks/bench_real_logs.py`) unseen alert kinds scored 0.2-0.6 and
-# unseen normal lines at most 0.18, and moving from the middle (0.5) to 0.1 raised F1 from 0.92 to 0.98 on one
-# alternate-tenths split (the other two splits unchanged) and, on the demo corpus's held-back day, the TF-IDF
-# family's from 0.81 to 0.93 at precision 1.0.
-GAP_POSITION = 0.1
-
-
 def tune_anomaly_threshold(y: np.ndarray, p: np.ndarray) -> tuple[list[float], dict[str, float]]:
-    """The `ThresholdTuner` of the anomaly model: the best-F1 threshold on the out-of-fold scores, inside the widest
-    score gap giving that F1, `GAP_POSITION` of the way up it (`pipelines.training.classification.tune_threshold`):
-    with a few dozen positives the gap's edge moves with every new phrasing. F1 is the primary metric."""
-    threshold = tune_threshold(y[:, 0], p[:, 0].astype(np.float64), GAP_POSITION)
+    """The `ThresholdTuner` of the anomaly model: the best-F1 threshold on validation, in the middle of the widest
+    score gap giving that F1 (`pipelines.training.classification.tune_threshold`): with a few dozen positives the
+    edge of the gap moves with every new phrasing, its middle does not. F1 is the primary metric."""
+    threshold = tune_threshold(y[:, 0], p[:, 0].astype(np.float64))
     report = binary_report(y[:, 0], p[:, 0], threshold)
     return [threshold], {**report, "primary": report["f1"], "threshold": threshold}
 

@@ -38,14 +38,11 @@ def binary_report(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, f
 MIN_TUNING_POSITIVES = 5
 
 
-def tune_threshold(y: np.ndarray, p: np.ndarray, position: float = 0.5) -> float:
-    """The best-F1 threshold for one label, inside the widest gap between distinct scores that gives that F1, at
-    `position` of the way from the gap's lower score (0) to its upper (1).
+def tune_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    """The best-F1 threshold for one label, in the middle of the widest gap that gives that F1.
 
-    Inside the gap rather than at its edge: validation examples reuse training phrasings, so their scores sit near
-    0 and 1, and a threshold at the edge would be brittle on new phrasings. The middle (0.5) when new phrasings
-    are as likely to be negatives as positives; lower when a positive worded anew loses more score than a
-    negative gains (`pipelines.tasks.log_anomaly.GAP_POSITION`).
+    The middle of the gap rather than its edge: validation examples reuse training phrasings, so their
+    scores sit near 0 and 1, and a threshold at the edge would be brittle on new phrasings.
     0.5 when the label has fewer than `MIN_TUNING_POSITIVES` positives in validation.
     """
     y = np.asarray(y).astype(bool)
@@ -59,4 +56,4 @@ def tune_threshold(y: np.ndarray, p: np.ndarray, position: float = 0.5) -> float
     best = np.flatnonzero(np.isclose(f1, f1.max()))
     lower = np.r_[ps[1:], 0.0][best]
     i = int(np.argmax(ps[best] - lower))
-    return float(lower[i] + position * (ps[best][i] - lower[i]))
+    return float((ps[best][i] + lower[i]) / 2)
