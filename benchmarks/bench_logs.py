@@ -1,6 +1,6 @@
-"""Log models on the held-back day, and the training speed of the BERT fine-tune.
+"""Log models on the held-back day.
 
-Quality ("Log models, held-back day" table): the demo corpus and its hard variant
+The demo corpus and its hard variant
 (`pipelines.data.demo_logs`, `variant="hard"`: incidents in words never seen before the last day,
 Chinese lines, mislabelled training lines). Each is ingested like a night's window (five days to
 train, the sixth held back), and every `log-anomaly` family is fitted as the nightly training fits it
@@ -8,17 +8,9 @@ train, the sixth held back), and every `log-anomaly` family is fitted as the nig
 out-of-fold scores, `pipelines.training.families.fit_families`; then refitted on every labelled row). Each
 family is then scored on the held-back day's labelled lines: F1 at its out-of-fold threshold and PR-AUC, the
 ratio against TF-IDF+LR trained in the same run (higher is better). The row "registered" is the family
-`choose_family` picks out of fold.
-The fine-tuned BERT trains on a capped set (`BERT_CAP`: every anomalous example, normal ones sampled
-down; a fixed number of epochs), stated in its row: on 2 shared cores the nightly 4000 examples take
-about 13 minutes an epoch.
-
-Speed (main table): `pipelines.training.fine_tune.fine_tune` against `transformers.Trainer` on the same
-packaged MiniLM, the same texts, batch size, learning-rate schedule and class-weighted BCE, one epoch each,
-samples per second of wall time from model load to the end of training (ratio: ours / Trainer, higher is
-better); and a night's training on the demo corpus, in-process: `train_log_anomaly`, `train_failure_rca` and
-`train_metric_forecast` on the nightly windows with the default settings except `BERT_CAP` (training examples and BERT epochs), against
-the same night with the TF-IDF family only.
+`choose_family` picks out of fold. The fine-tuned BERT trains on a capped set (`BERT_CAP`: every anomalous
+example, normal ones sampled down; a fixed number of epochs), stated in its row: on 2 shared cores the nightly
+4000 examples take about 13 minutes an epoch. The training speed is `bench_fine_tune`'s.
 """
 
 from __future__ import annotations
@@ -26,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import sys
 import tempfile
-import time
-from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +51,7 @@ def _corpus(work: Path, variant: str, per_day: int):
 def _quality_rows(work: Path, variant: str, per_day: int, cap: dict) -> list[dict]:
     from nightshift_models.baselines import family_proba
     from nightshift_models.bert import predict_proba, resolve_checkpoint
-    from pipelines.tasks.log_anomaly import labelled_logs, prepare_anomaly_data, tune_anomaly_threshold
+    from pipelines.tasks.log_anomaly import context_fields, labelled_logs, prepare_anomaly_data, tune_anomaly_threshold
     from pipelines.training.classification import binary_report
     from pipelines.training.families import choose_family, fit_families, refit
     from pipelines.training.fine_tune import fine_tune
@@ -81,7 +71,7 @@ def _quality_rows(work: Path, variant: str, per_day: int, cap: dict) -> list[dic
                         params=params, tune=tune_anomaly_threshold, fit_bert=fit_bert)
     fits = {name: refit(fit, all_texts, data.targets, checkpoint=checkpoint, params=params, fit_bert=fit_bert) for name, fit in fits.items()}
     chosen = choose_family(fits).family
-    frame = labelled_logs(held)
+    frame = labelled_logs(held, context_fields(settings))  # the held-back texts read as training's do: "[error] ..."
     y = frame["anomaly"].astype(bool).to_numpy()
     held_texts = frame["text"].tolist()
     scores = {}
@@ -105,96 +95,14 @@ def _quality_rows(work: Path, variant: str, per_day: int, cap: dict) -> list[dic
     return rows
 
 
-def _trainer_speed(work: Path, quick: bool) -> list[dict]:
-    """Samples/s of `fine_tune` and of `transformers.Trainer`, one epoch each on the same texts."""
-    import torch
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
-
-    from nightshift_models.bert import load_classifier, resolve_checkpoint
-    from nightshift_models.devices import pick_device
-    from pipelines.tasks.log_anomaly import prepare_anomaly_data, tune_anomaly_threshold
-    from pipelines.training.fine_tune import compact_training_set, fine_tune
-
-    settings, train, _ = _corpus(work, "default", 300 if quick else 1500)
-    params = dataclasses.replace(settings.train, epochs=1, patience=1)
-    data = prepare_anomaly_data(train, settings)
-    texts, targets, _ = compact_training_set(data.rows["text"].tolist(), data.targets, 256 if quick else 512, params.seed)
-    checkpoint = resolve_checkpoint(params.base_model)
-    val_texts, y_val = data.validated["text"].tolist()[:64], data.y_val[:64]
-
-    started = time.perf_counter()
-    fine_tune(texts, targets, val_texts, y_val, checkpoint=checkpoint, params=params, tune=tune_anomaly_threshold)
-    ours = time.perf_counter() - started
-
-    started = time.perf_counter()
-    device = pick_device(params.device)
-    tokenizer, model = load_classifier(checkpoint, 1, params.pooling)
-    encoded = tokenizer(list(texts), truncation=True, max_length=params.max_length)["input_ids"]
-    dataset = [{"input_ids": ids, "labels": [float(t)]} for ids, t in zip(encoded, targets[:, 0])]
-    positives = float(targets.sum())
-    pos_weight = torch.tensor([min(max((len(targets) - positives) / max(positives, 1.0), 1.0), 50.0)])  # fine_tune's class weight
-
-    def loss(outputs, labels, num_items_in_batch=None):
-        return torch.nn.functional.binary_cross_entropy_with_logits(outputs.logits.float(), labels.float(), pos_weight=pos_weight.to(labels.device))
-
-    args = TrainingArguments(output_dir=str(work / "trainer"), per_device_train_batch_size=params.batch_size, num_train_epochs=1,
-                             learning_rate=params.learning_rate, weight_decay=params.weight_decay, warmup_steps=0.1,
-                             lr_scheduler_type="linear", save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True,
-                             use_cpu=device == "cpu", bf16=device == "cuda", seed=params.seed, remove_unused_columns=False,
-                             dataloader_num_workers=0)
-    Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer),
-            compute_loss_func=loss).train()
-    theirs = time.perf_counter() - started
-    n = len(texts)
-    return [{"name": f"BERT fine-tune speed (fine_tune: {n} log texts x 1 epoch, batch {params.batch_size}, max_length {params.max_length}, "
-                     f"{device}; wall time from model load)",
-             "value": n / ours, "unit": "samples/s", "baseline": "transformers.Trainer, same model, data, batch size, schedule and loss",
-             "baseline_value": n / theirs, "ratio": (n / ours) / (n / theirs)}]
-
-
-def _night(work: Path, families: str, cap: dict) -> float:
-    """Seconds of the three trainings of a night on the demo corpus (nightly windows), in-process."""
-    from nightshift.cli import parse_time
-    from pipelines.data.demo_logs import write_demo_logs
-    from pipelines.data.demo_metrics import METRICS_END, write_demo_metrics
-    from pipelines.data.ingest import ingest_logs
-    from pipelines.sources.prometheus import ingest_metrics, named_queries
-    from pipelines.tasks.failure_rca import train_failure_rca
-    from pipelines.tasks.log_anomaly import train_log_anomaly
-    from pipelines.tasks.metric_forecast import train_metric_forecast
-
-    settings = _settings(work)
-    settings = dataclasses.replace(settings, candidates=dataclasses.replace(settings.candidates, families=families),
-                                   train=dataclasses.replace(settings.train, max_train_examples=cap["examples"], epochs=cap["epochs"]))
-    source = f"file://{write_demo_logs(work / 'demo')}"
-    logs = ingest_logs(source, parse_time("2026-11-17"), parse_time("2026-11-21"), work / "logs", settings)
-    history = write_demo_metrics(work)
-    metrics = ingest_metrics(f"file://{history}", named_queries(settings), METRICS_END - timedelta(days=settings.forecast.train_days),
-                             METRICS_END, settings.forecast.step, work / "metrics", settings)
-    started = time.perf_counter()
-    train_log_anomaly(logs.path, settings)
-    train_failure_rca(logs.path, settings)
-    train_metric_forecast(metrics.path, settings)
-    return time.perf_counter() - started
-
-
 def run(quick: bool = False) -> list[dict]:
     cap = QUICK_CAP if quick else BERT_CAP
     per_day = 400 if quick else 1500
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
         for variant in ("default", "hard"):
-            rows += _quality_rows(work / variant, variant, per_day, cap)
+            rows += _quality_rows(Path(tmp) / variant, variant, per_day, cap)
             print(*(f"{r['name']}: {r['value']:.3f} vs {r['baseline_value']:.3f} {r['extra']}" for r in rows), sep="\n", file=sys.stderr)
-        rows += _trainer_speed(work / "speed", quick)
-        print(rows[-1], file=sys.stderr)
-        full = _night(work / "night-all", "tfidf,embedding,bert", cap)
-        cheap = _night(work / "night-tfidf", "tfidf", cap)
-    rows.append({"name": f"a night's training on the demo corpus, in-process: log-anomaly (all families; training examples "
-                         f"capped at {cap['examples']}, BERT {cap['epochs']} epochs), failure-rca (all families), metric-forecast",
-                 "value": full, "unit": "s", "baseline": "the same night with the TF-IDF family only", "baseline_value": cheap,
-                 "ratio": full / cheap})
     return rows
 
 
