@@ -27,8 +27,6 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "bgl-train" / "logs.ndjson"
 SECTION = "Real logs"
 TRAIN_SHARE = 0.7
-
-
 BLOCKS = 10
 
 

@@ -1,2 +1,2 @@
 """The `nightshift` command line (`nightshift.cli`): the one place that drives both stages, the offline pipelines
-(`pipelines`) and the online server (`serving`), so that neither imports the other's side of the command line."""
+(`pipelines`) and the online server (`serving`), so that `pipelines` never imports `serving`."""
