@@ -67,7 +67,7 @@ def with_format(settings: Settings, fmt: str | None) -> Settings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nightshift", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="nightshift", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--config", help="a nightshift.toml (default: NIGHTSHIFT_CONFIG, else $NIGHTSHIFT_HOME/nightshift.toml)")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -227,8 +227,10 @@ def _train(args, settings):
 def _evaluate(args, settings):
     report = evaluate(args.model, args.snapshot, settings)
     lines = [f"{report.model} v{report.version} on {report.examples} {report.unit} of {args.snapshot}"]
-    for name, m in {"model": report.metrics, **report.baselines}.items():
-        lines.append(f"  {name:<16} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, (int, float))))
+    rows = {"model": report.metrics, **report.baselines}
+    width = max(map(len, rows))
+    for name, m in rows.items():
+        lines.append(f"  {name:<{width}}  " + "  ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, (int, float))))
     if "fallback" in report.details:  # failure-rca: per failed job
         f = report.details["fallback"]
         lines.append(f"  knowledge-base fallback for {f['jobs']} of {report.examples} failed jobs, {f['unlabelled_jobs_with_fallback']} "
@@ -397,6 +399,8 @@ def _config(args, settings):
     derived = {"serve.api_keys_file": str(key_file_path(settings)), "tracking_uri": display_uri(settings.mlflow_uri)}
     lines += [f"{name:<{width}}  {value if value else EMPTY}  ({source}{': ' + derived[name] if not value and name in derived else ''})"
               for name, value, source in rows]
+    if not rows:
+        lines.append("every setting has its default (no settings file, no NIGHTSHIFT_* variable set)")
     return {"file": str(config_path(args.config)), "mlflow_uri": display_uri(settings.mlflow_uri), "mlflow_credentials": credentials_in_use(),
             "settings": [{"name": n, "value": v, "source": s} for n, v, s in rows], "summary": "\n".join(lines)}
 
@@ -424,7 +428,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nightshift {name}: error: {exc}", file=sys.stderr)
         return 2
     summary, code = out.pop("summary", ""), int(out.pop("exit_code", 0))
-    print(json.dumps(out, default=str) if args.json else summary)
+    try:
+        print(json.dumps(out, default=str) if args.json else summary, flush=True)
+    except BrokenPipeError:  # `nightshift config | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would raise again
     return code
 
 

@@ -303,7 +303,7 @@ class ServeSettings:
     models: str = "log-anomaly,failure-rca,metric-forecast"  # comma-separated registered models to serve
     refresh_seconds: float = 30.0  # how often the aliases are re-read; a moved alias is loaded, then swapped in
     max_batch: int = 64  # texts per forward pass when concurrent requests are batched together
-    max_wait_ms: float = 2.0  # how long a forward pass waits for more requests once one is queued (what queued during the last pass goes in anyway)
+    max_wait_ms: float = 0.0  # how long a forward pass waits for more requests once one is queued; what queued during the last pass goes in anyway, so under load requests batch without it (0: a lone request runs at once)
     max_body_bytes: int = 1_000_000  # larger request bodies get 413
     max_rows: int = 1024  # texts, or metric points, per request (more: 413)
     max_text_chars: int = 20_000  # characters of one text (more: that row is refused)

@@ -229,13 +229,16 @@ def _validation_section(validation: dict) -> str:
 
 
 def _operations_section(summary: dict) -> str:
-    """Scoring, forecasts and failed tasks, one line each; then the shadow's agreement with the champion."""
+    """Scoring, root causes, forecasts and failed tasks, one line each; then the shadow's agreement with the champion."""
     lines = []
     s = summary.get("scoring") or {}
     if s.get("skipped"):
         lines.append(f"scoring skipped: {s['skipped']}")
     elif s:
         lines.append(f"scored {fmt(s.get('scored'))} documents of the fresh window with {s.get('model')} v{s.get('version')} -> {s.get('sink')}")
+        if r := s.get("rca"):
+            lines.append(f"root causes on {fmt(r.get('annotated'))} documents of {fmt(r.get('jobs'))} failed jobs with {r.get('model')} "
+                         f"v{r.get('version')} ({fmt(r.get('fallback'))} from the knowledge base)")
     f = summary.get("forecasts") or {}
     if f.get("skipped"):
         lines.append(f"forecasts not pushed: {f['skipped']}")

@@ -19,6 +19,13 @@ def unprocessable(field_path: list[str | int], message: str) -> HTTPException:
     return HTTPException(422, detail=[{"loc": ["body", *field_path], "msg": message, "type": "value_error"}])
 
 
+def error_items(errors) -> list[dict]:
+    """Request validation errors (pydantic's) as every route's 422 gives them: `{"loc", "msg", "type"}` each, the
+    request's own values left out (an answer does not echo what was sent) and a body that is no JSON said so."""
+    return [{"loc": ["body"], "msg": "the body is not JSON", "type": "json_invalid"} if e.get("type") == "json_invalid"
+            else {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", "value_error"))} for e in errors]
+
+
 class Served(BaseModel):
     model: str = Field(description="registered model name")
     version: str = Field(description="the registered version that answered")

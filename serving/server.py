@@ -28,11 +28,8 @@ import ssl
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 from fastapi import Depends, FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -49,20 +46,10 @@ from serving.metrics import ServerMetrics
 from serving.middleware import AccessLog, BodyLimit, access_log
 from serving.routes import admin, failure_rca, health, log_anomaly, metric_forecast, predict
 from serving.routes import alerts as webhook
+from serving.schemas import error_items
 from serving.state import Server
 
 log = get_logger("serve")
-
-
-def json_safe(value: Any) -> Any:
-    """`value` with each float that JSON cannot hold (NaN, infinity: Python's json reads them in a request) as its text."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 # The model each route answers with, to count a request that is refused before its handler runs (a key check, a 422).
@@ -128,10 +115,11 @@ def create_app(settings: Settings, client=None, start_refresh: bool = True) -> F
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
-        """FastAPI's own 422 (naming the field), counted like every other answer."""
+        """FastAPI's own 422 (naming the field), counted like every other answer, in the shape of every route's
+        refusals (`serving.schemas.error_items`)."""
         route = request.url.path
         metrics.requests.labels(route, ROUTE_MODELS.get(route, "none"), "none", "422").inc()
-        return JSONResponse({"detail": json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+        return JSONResponse({"detail": error_items(exc.errors())}, status_code=422)
 
     # A route's key check comes with its router: the scoring routes need a key with `score`, the admin's one with
     # `admin`, the webhook one with `alerts`; /metrics any key, unless it is public.

@@ -361,8 +361,7 @@ def promote(name: str, settings: Settings, holdout: str | Path | None = None, ve
     versus = face_baseline(spec, challenger_metrics, judged, cfg.baseline_tolerance)
     ok &= versus["ok"]
     reasons.append(versus["reason"])
-    record = {**base, "primary": spec.primary, "guards": list(spec.guards), "lower_is_better": sorted(spec.lower_is_better),
-              "holdout": _holdout_entry(snapshot),
+    record = {**base, **spec.metric_roles(), "holdout": _holdout_entry(snapshot),
               "challenger_metrics": challenger_metrics, "champion_metrics": champion_metrics,
               "contenders": {**versus["contenders"], "champion": champion_metrics},
               "gate_baselines": list(spec.gate_baselines), "baseline_trained_on": versus["baseline_trained_on"],
@@ -474,8 +473,7 @@ def judge_first_version(name: str, version: str, settings: Settings, holdout: st
 def _judge_first(client, spec: TaskSpec, ref: ModelRef, settings: Settings, holdout: str | Path | None, base: dict) -> dict:
     cfg = settings.promotion
     tags = client.get_model_version(ref.name, ref.version).tags
-    record: dict[str, Any] = {**base, "decision": PROMOTED, "reason": FIRST_VERSION, "primary": spec.primary, "guards": list(spec.guards),
-                              "lower_is_better": sorted(spec.lower_is_better), "holdout": None, "challenger_metrics": {},
+    record: dict[str, Any] = {**base, "decision": PROMOTED, "reason": FIRST_VERSION, **spec.metric_roles(), "holdout": None, "challenger_metrics": {},
                               "champion_metrics": {}, "contenders": {}, "validation": tags.get("validation.status", "not_run"),
                               "drift": {"status": "not_run", "reason": "no champion to compare with"}}
     reasons = [FIRST_VERSION]
@@ -496,8 +494,9 @@ def _judge_first(client, spec: TaskSpec, ref: ModelRef, settings: Settings, hold
         for b, values in sorted(baselines.items()):
             theirs = values.get(spec.primary, math.nan)
             if math.isfinite(mine) and math.isfinite(theirs):
-                verdict = "ahead of" if spec.gain(spec.primary, mine, theirs) >= 0 else "behind"
-                reasons.append(f"{spec.primary} {mine:.4f} vs baseline {b} {theirs:.4f}: {verdict} it")
+                gain = spec.gain(spec.primary, mine, theirs)
+                verdict = f"ahead of it by {gain:.4f}" if gain > 0 else "level with it" if gain == 0 else f"behind it by {-gain:.4f}"
+                reasons.append(f"{spec.primary} {mine:.4f} vs {BASELINE_TITLES.get(b, b)} baseline {theirs:.4f}: {verdict}")
         if report.note:
             reasons.append(report.note)
     record["reasons"] = reasons
@@ -595,7 +594,8 @@ def _write_rollback_pages(client, rolled: ModelRef, restored: ModelRef, base: di
     when `evidence` has their metrics."""
     metrics = evidence.get("metrics") or {}
     common = {**base, "champion_now": restored.version, "holdout": evidence.get("holdout"), "primary": evidence.get("primary"),
-              "guards": evidence.get("guards") or [], "lower_is_better": evidence.get("lower_is_better") or []}
+              "guards": evidence.get("guards") or [], "lower_is_better": evidence.get("lower_is_better") or [],
+              "targets": evidence.get("targets") or {}}
     for this, other, decision, role in ((rolled, restored, ROLLED_BACK, "restored"), (restored, rolled, RESTORED, "rolled back")):
         contenders = {"challenger": metrics.get(this.version) or {}, "champion": metrics.get(other.version) or {}} if metrics else {}
         add_to_version_page(client, this, {**common, "decision": decision, "challenger": this.version, "champion": other.version,
@@ -674,8 +674,7 @@ def roll_back_decayed(client, spec: TaskSpec, champion: ModelRef, champion_metri
         return _rollback_entry("refused", source, target, f"{head}; not rolled back: v{target} ({PREVIOUS}) on the same holdout: {verdict}",
                                previous_metrics=previous_metrics)
     reasons = [head, f"v{target} ({PREVIOUS}) on the same holdout: {verdict}"]
-    evidence = {"reasons": reasons, "holdout": _holdout_entry(holdout), "primary": spec.primary, "guards": list(spec.guards),
-                "lower_is_better": sorted(spec.lower_is_better), "metrics": {source: champion_metrics, target: previous_metrics}}
+    evidence = {"reasons": reasons, "holdout": _holdout_entry(holdout), **spec.metric_roles(), "metrics": {source: champion_metrics, target: previous_metrics}}
     out = rollback(name, settings, "; ".join(reasons), user, expect=(source, target), trigger=DECAY, evidence=evidence)
     if not out["moved"]:
         return _rollback_entry("lost", source, target, f"{head}; not rolled back: the aliases moved while the gate ran "

@@ -64,12 +64,13 @@ def holdout_table(record: dict) -> list[str]:
     """The markdown table of the record's `contenders` ({name: {metric: value}}) on the holdout: one row per metric
     (the primary first, then the guards, then the rest), one column per contender (this version, the champion, then
     the baselines; the record's `column_titles`, {name: title}, overrides a column's title); the best value of a row
-    in bold. [] when there are no numbers."""
+    in bold (for a metric in the record's `targets`, {metric: right value}, the nearest). [] when there are no numbers."""
     contenders: dict[str, dict[str, float]] = {k: v for k, v in (record.get("contenders") or {}).items() if v}
     if not contenders:
         return []
     primary, guards = record.get("primary"), list(record.get("guards") or ())
     lower = set(record.get("lower_is_better") or ())
+    targets = {k: float(v) for k, v in (record.get("targets") or {}).items()}
     order = [c for c in ("challenger", "champion") if c in contenders] + sorted(c for c in contenders if c not in ("challenger", "champion"))
     seen = [m for c in order for m in contenders[c]]
     metrics = [m for m in (primary, *guards) if m in seen] + sorted({m for m in seen if m != primary and m not in guards})
@@ -89,10 +90,11 @@ def holdout_table(record: dict) -> list[str]:
     for metric in metrics:
         values = [contenders[c].get(metric) for c in order]
         finite = [x for v in values if (x := number(v)) is not None]
-        best = (min(finite) if metric in lower else max(finite)) if len(finite) > 1 else None
+        best = (None if len(finite) < 2 else min(finite, key=lambda x: abs(x - targets[metric])) if metric in targets
+                else min(finite) if metric in lower else max(finite))
         cells = [f"**{_number(v)}**" if best is not None and v == best else _number(v) for v in values]
         role = " (primary)" if metric == primary else " (guard)" if metric in guards else ""
-        label = f"{'**' + metric + '**' if metric == primary else metric}{role}{', lower is better' if metric in lower else ''}"
+        label = f"{'**' + metric + '**' if metric == primary else metric}{role}{', lower is better' if metric in lower else f', {targets[metric]:g} is right' if metric in targets else ''}"
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return rows
 

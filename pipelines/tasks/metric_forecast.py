@@ -493,4 +493,5 @@ def train(snapshot_dir: Path, settings: Settings, base_model: str | None = None)
 
 SPEC = TaskSpec(TASK, "metrics", train=train,
                 evaluate=evaluate_forecaster, primary="mae", guards=("mae_last", "smape"),
-                lower_is_better=frozenset({"mae", "mae_last", "smape"}), summary=summary)
+                lower_is_better=frozenset({"mae", "mae_last", "smape", "mase"}),
+                targets=(("coverage", 0.8),), summary=summary)

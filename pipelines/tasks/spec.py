@@ -77,12 +77,18 @@ class TaskSpec:
     primary: str
     guards: tuple[str, ...] = ()
     lower_is_better: frozenset[str] = frozenset()
+    targets: tuple[tuple[str, float], ...] = ()  # (metric, the value that is right): best is nearest, e.g. a band's coverage
     summary: Callable[[TrainingOutcome], str] = lambda outcome: f"{outcome.model} v{outcome.version}: {outcome.decision}"
     gate_baselines: tuple[str, ...] = ()
 
     @property
     def holdout_dataset(self) -> str:
         return f"{self.dataset}-fresh"
+
+    def metric_roles(self) -> dict:
+        """How the gate's records name this task's metrics: primary, guards, lower_is_better, targets."""
+        return {"primary": self.primary, "guards": list(self.guards), "lower_is_better": sorted(self.lower_is_better),
+                "targets": dict(self.targets)}
 
     def gain(self, metric: str, challenger: float, champion: float) -> float:
         """How much better the challenger is on `metric` (negative: worse)."""

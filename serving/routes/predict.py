@@ -76,7 +76,7 @@ async def predict(request: Request, server: CurrentServer) -> dict:
     try:
         body = await request.json()
     except ValueError:
-        raise unprocessable([], "the body is not JSON") from None
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "the body is not JSON"}]) from None
     if not isinstance(body, dict):
         raise unprocessable([], "expected an object with 'text' or 'series'")
     try:

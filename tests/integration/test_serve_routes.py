@@ -162,11 +162,24 @@ def test_failure_rca_refuses_a_null_or_empty_text_with_a_422(served):
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "text"] and "has no text" in r.json()["detail"][0]["msg"]
 
 
-def test_a_nan_is_a_422_naming_the_field_and_showing_the_value_as_text(served):
-    """Python's json reads NaN, which no JSON answer can hold."""
+def test_a_nan_is_a_422_naming_the_field(served):
+    """Python's json reads NaN, which no JSON answer can hold: the answer names the field and does not echo it."""
     r = requests.post(f"{served.url}/v1/failure-rca", data='{"text": "x", "threshold": NaN}', timeout=60,
                       headers={**served.auth, "Content-Type": "application/json"})
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "threshold"] and r.json()["detail"][0]["input"] == "nan"
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "threshold"] and set(r.json()["detail"][0]) == {"loc", "msg", "type"}
+
+
+def test_every_route_refuses_bad_bodies_in_one_shape(served):
+    """A wrong field type and a body that is no JSON give the same items on the /v1 routes and the demos' /predict."""
+    items = []
+    for route, body in (("/v1/log-anomaly", {"texts": "abc"}), ("/predict", {"text": 5}), ("/log-anomaly/predict", {})):
+        r = served.post(route, body)
+        assert r.status_code == 422, route
+        items += r.json()["detail"]
+    for route in ("/v1/log-anomaly", "/predict"):
+        r = requests.post(f"{served.url}{route}", data="{not json", timeout=60, headers={**served.auth, "Content-Type": "application/json"})
+        assert r.status_code == 422 and r.json()["detail"] == [{"loc": ["body"], "msg": "the body is not JSON", "type": "json_invalid"}], route
+    assert items and all(set(item) == {"loc", "msg", "type"} and item["loc"][0] == "body" for item in items)
 
 
 # ---- metric-forecast ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 RECORD = {"model": "metric-forecast", "challenger": "3", "champion": "2", "by": "sre", "at": "2026-11-22T03:00:00Z",
           "decision": "rejected", "champion_now": "2", "primary": "mae", "guards": ["mae_last", "smape"], "lower_is_better": ["mae", "mae_last", "smape"],
+          "targets": {"coverage": 0.8},
           "reasons": ["mae 0.4100 vs champion 0.4000: does not beat it by the margin 0.005 (-0.0100)", "guard smape 20.1 vs 19.9: within tolerance 2.0"],
           "holdout": {"snapshot": "/data/snapshots/metrics-fresh/2026-11-22", "content_hash": "sha256:" + "ab" * 32,
                       "window": "2026-11-20T00:00:00Z/2026-11-22T00:00:00Z"},
@@ -25,7 +26,7 @@ def test_the_page_says_the_decision_the_reasons_the_holdout_table_and_the_links(
     # the primary first, then the guards it has numbers for, then the rest; the best of a row in bold (lower is better here)
     assert table[2] == "| **mae** (primary), lower is better | 0.4100 | **0.4000** | 0.5500 |"
     assert table[3] == "| smape (guard), lower is better | 20.1000 | **19.9000** | 25.0000 |"
-    assert table[4] == "| coverage | 0.8000 | **0.8200** | – |"
+    assert table[4] == "| coverage, 0.8 is right | **0.8000** | 0.8200 | – |"  # the nearest to its right value, not the highest
     assert "- [drift report](#/experiments/1/runs/r/artifactPath/drift/report.html)" in lines
 
 
