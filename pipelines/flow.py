@@ -30,7 +30,7 @@ from pipelines.data.records import RecordError
 from pipelines.data.snapshots import SnapshotError, load_snapshot
 from pipelines.data.validation import FAILED, brief, record_stopped_run, validate_snapshot, verdict
 from pipelines.errors import NightFailed, NightshiftError, TrainingDataError
-from pipelines.night_report import summary_path, try_night_report
+from pipelines.night_report import forecast_lines, scoring_lines, summary_path, try_night_report
 from pipelines.platform_logs import night_logs_dir
 from pipelines.registry.gate import judge_first_version, promote
 from pipelines.registry.store import ABANDONED, CHALLENGER, CHAMPION, alias_version, prepare_store, use_store
@@ -531,22 +531,10 @@ def describe(summary: dict) -> str:
         if rollback := (o.get("promotion") or {}).get("rollback"):
             what = f"rolled back v{rollback['from']} -> v{rollback['to']}" if rollback["status"] == "rolled_back" else "not rolled back"
             lines.append(f"  {name} champion {what}: {rollback['reason']}")
-    s = summary.get("scoring")
-    if s and s.get("skipped"):
-        lines.append(f"  scoring skipped: {s['skipped']}")
-    elif s:
-        lines.append(f"  scored {s['scored']} documents of the fresh window with {s['model']} v{s['version']} -> {s['sink']}")
-        if s.get("rca"):
-            r = s["rca"]
-            lines.append(f"  root causes on {r['annotated']} documents of {r['jobs']} failed jobs with {r['model']} v{r['version']} "
-                         f"({r['fallback']} from the knowledge base)")
-        if s.get("shadow"):
-            lines.append(f"  shadow: {shadow_line(s['shadow'])}")
-    f = summary.get("forecasts")
-    if f and f.get("skipped"):
-        lines.append(f"  forecasts not pushed: {f['skipped']}")
-    elif f:
-        lines.append(f"  pushed {f['horizon']} forecasts of {f['series']} series with {f['model']} v{f['version']} -> {f['pushgateway']}")
+    lines += [f"  {line}" for line in scoring_lines(summary.get("scoring"))]
+    if shadow := (summary.get("scoring") or {}).get("shadow"):
+        lines.append(f"  shadow: {shadow_line(shadow)}")
+    lines += [f"  {line}" for line in forecast_lines(summary.get("forecasts"))]
     signals = summary.get("signals")
     if signals and signals.get("error"):
         lines.append(f"  signals not pushed: {signals['error']}")

@@ -228,25 +228,35 @@ def _validation_section(validation: dict) -> str:
     return "".join(out)
 
 
+def scoring_lines(scoring: dict | None) -> list[str]:
+    """What the night's scoring wrote back, one line each: the scored window (or why it was skipped) and the root causes
+    of its failed jobs. The terminal summary and the report both say it this way."""
+    s = scoring or {}
+    if s.get("skipped"):
+        return [f"scoring skipped: {s['skipped']}"]
+    if not s:
+        return []
+    lines = [f"scored {s['scored']} documents of the fresh window with {s['model']} v{s['version']} -> {s['sink']}"]
+    if r := s.get("rca"):
+        lines.append(f"root causes on {r['annotated']} documents of {r['jobs']} failed jobs with {r['model']} v{r['version']} "
+                     f"({r['fallback']} from the knowledge base)")
+    return lines
+
+
+def forecast_lines(forecasts: dict | None) -> list[str]:
+    """Where the night's forecasts went (or why they were not pushed): one line, or none."""
+    f = forecasts or {}
+    if f.get("skipped"):
+        return [f"forecasts not pushed: {f['skipped']}"]
+    return [f"pushed {f['horizon']} forecasts of {f['series']} series with {f['model']} v{f['version']} -> {f['pushgateway']}"] if f else []
+
+
 def _operations_section(summary: dict) -> str:
     """Scoring, root causes, forecasts and failed tasks, one line each; then the shadow's agreement with the champion."""
-    lines = []
-    s = summary.get("scoring") or {}
-    if s.get("skipped"):
-        lines.append(f"scoring skipped: {s['skipped']}")
-    elif s:
-        lines.append(f"scored {fmt(s.get('scored'))} documents of the fresh window with {s.get('model')} v{s.get('version')} -> {s.get('sink')}")
-        if r := s.get("rca"):
-            lines.append(f"root causes on {fmt(r.get('annotated'))} documents of {fmt(r.get('jobs'))} failed jobs with {r.get('model')} "
-                         f"v{r.get('version')} ({fmt(r.get('fallback'))} from the knowledge base)")
-    f = summary.get("forecasts") or {}
-    if f.get("skipped"):
-        lines.append(f"forecasts not pushed: {f['skipped']}")
-    elif f:
-        lines.append(f"pushed {f.get('horizon')} forecasts of {fmt(f.get('series'))} series with {f.get('model')} v{f.get('version')}")
+    lines = scoring_lines(summary.get("scoring")) + forecast_lines(summary.get("forecasts"))
     if summary.get("failed_tasks"):
         lines.append(f"failed tasks: {', '.join(summary['failed_tasks'])}")
-    return ("<ul>" + "".join(f"<li>{esc(line)}</li>" for line in lines) + "</ul>" if lines else "") + _shadow_block(s.get("shadow"))
+    return ("<ul>" + "".join(f"<li>{esc(line)}</li>" for line in lines) + "</ul>" if lines else "") + _shadow_block((summary.get("scoring") or {}).get("shadow"))
 
 
 def _shadow_block(shadow: dict | None) -> str:

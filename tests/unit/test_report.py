@@ -39,7 +39,7 @@ def test_report_command_writes_the_night_with_decisions_numbers_drift_and_mlflow
     assert "label.anomaly" in text and "0.1432" in text and "label shift" in text and "@champion = v2" in text
     assert "series.nan_ratio" in text and "(432 chars)" in text and "x" * 200 not in text
     # What the night wrote back: the scored window and the root causes of its failed jobs, as the terminal says.
-    assert "scored 1,500 documents of the fresh window with log-anomaly@champion v2" in text
+    assert "scored 1500 documents of the fresh window with log-anomaly@champion v2 -> file:///tmp/scored.ndjson" in text
     assert "root causes on 100 documents of 17 failed jobs with failure-rca v1 (38 from the knowledge base)" in text
     # Links into the MLflow UI at the given base.
     ui = "http://mlflow.example:5000/#/"
