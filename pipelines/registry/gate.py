@@ -62,7 +62,7 @@ from pipelines.registry.store import (
 )
 from pipelines.registry.version_page import add_to_version_page, write_version_page
 from pipelines.tasks import evaluate, task
-from pipelines.tasks.spec import EvaluationReport, TaskSpec, finite
+from pipelines.tasks.spec import METRIC_ROLES, EvaluationReport, TaskSpec, finite
 from pipelines.telemetry import get_logger
 
 log = get_logger("promotion")
@@ -593,9 +593,8 @@ def _write_rollback_pages(client, rolled: ModelRef, restored: ModelRef, base: di
     """Put the rollback at the top of both versions' pages (`add_to_version_page`), with the holdout table of the two
     when `evidence` has their metrics."""
     metrics = evidence.get("metrics") or {}
-    common = {**base, "champion_now": restored.version, "holdout": evidence.get("holdout"), "primary": evidence.get("primary"),
-              "guards": evidence.get("guards") or [], "lower_is_better": evidence.get("lower_is_better") or [],
-              "targets": evidence.get("targets") or {}}
+    common = {**base, "champion_now": restored.version, "holdout": evidence.get("holdout"),
+              **{role: evidence[role] for role in METRIC_ROLES if role in evidence}}
     for this, other, decision, role in ((rolled, restored, ROLLED_BACK, "restored"), (restored, rolled, RESTORED, "rolled back")):
         contenders = {"challenger": metrics.get(this.version) or {}, "champion": metrics.get(other.version) or {}} if metrics else {}
         add_to_version_page(client, this, {**common, "decision": decision, "challenger": this.version, "champion": other.version,

@@ -58,6 +58,9 @@ Evaluate = Callable[[Any, "ModelRef", Any, Path, "Settings", bool], EvaluationRe
 Train = Callable[[Path, "Settings", "str | None"], TrainingOutcome]
 
 
+METRIC_ROLES = ("primary", "guards", "lower_is_better", "targets")  # what a decision record says about the metrics
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """One model task: its registered name, how it trains and is evaluated, and how the gate judges it.
@@ -86,7 +89,7 @@ class TaskSpec:
         return f"{self.dataset}-fresh"
 
     def metric_roles(self) -> dict:
-        """How the gate's records name this task's metrics: primary, guards, lower_is_better, targets."""
+        """How the gate's records name this task's metrics (the keys `METRIC_ROLES`)."""
         return {"primary": self.primary, "guards": list(self.guards), "lower_is_better": sorted(self.lower_is_better),
                 "targets": dict(self.targets)}
 
