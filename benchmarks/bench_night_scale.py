@@ -228,7 +228,7 @@ def run(quick: bool = False) -> list[dict]:
             raise RuntimeError(f"bench_night_scale: the scoring model was not registered:\n{registered.stderr[-3000:]}")
         node = EsNode(heap="2g").start()
         try:
-            install_templates(node.url, load_settings(), index_patterns=["night-*"])  # the ml.* and log field mappings
+            install_templates(node.url, load_settings(), index_patterns=["night-*"])  # mappings; indices in time order
             warm_up_writes(node.url, small // 2)
             for index, (count, distinct) in corpora.items():
                 started = time.perf_counter()

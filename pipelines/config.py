@@ -81,6 +81,7 @@ class TrainSettings:
     max_validation_examples: int = 3000  # validation rows scored at most per epoch
     seed: int = 13  # seed of splits, sampling and initialisation
     device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # BERT fine-tune forward passes: auto (bf16 autocast on CUDA and on CPUs with AMX bf16, else fp32) | bf16 | fp32
     pooling: str = "cls"  # what the new head reads: cls ([CLS] pooler) | mean (mean of token vectors)
     cpu_threads: int = 0  # torch threads of one training task on CPU, any model, the forecaster included (0: torch's default, one per core); with N trainings at once, cores / N; 1 where the cores are shared with other jobs
 
@@ -522,7 +523,7 @@ def _build(cls: type, toml: dict, env_prefix: str, path: str, sources: dict[str,
 # Settings that take one of a few words: checked when the settings load, so a typo stops every command at once with
 # the allowed words, rather than whichever task reads it first.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "train.device": ("auto", "cpu", "cuda"), "train.pooling": ("cls", "mean"), "score.shadow": ("fields", "index", "off"),
+    "train.device": ("auto", "cpu", "cuda"), "train.precision": ("auto", "bf16", "fp32"), "train.pooling": ("cls", "mean"), "score.shadow": ("fields", "index", "off"),
     "score.runtime": ("fp32", "int8"),
     "rca.pooling": ("cls", "mean"), "elasticsearch.unlabelled": ("keep", "drop"), "forecast.device": ("auto", "cpu", "cuda"),
     "rca.selection": ("templates", "time"),

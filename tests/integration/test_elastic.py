@@ -738,6 +738,10 @@ def test_install_template_maps_ml_fields(cluster, home, capsys):
             "ml.anomaly.score": "float", "ml.anomaly.is_anomaly": "boolean", "ml.rca.labels": "keyword", "ml.model.version": "keyword",
             "ml.scored_at": "date"}
     assert _field_mapping(cluster, "logs-new", ["ml.rca.scores.OOM"])["ml.rca.scores.OOM"]["mapping"]["OOM"]["type"] == "float"
+    # New indices keep their documents in time order on disk; an index's sort is fixed when it is created.
+    sorts = {index: cluster.client.indices.get_settings(index=cluster.name(index)).body[cluster.name(index)]["settings"]["index"].get("sort")
+             for index in ("logs-new", "logs-existing")}
+    assert sorts == {"logs-new": {"field": "@timestamp", "order": "asc"}, "logs-existing": None}
 
 
 def _field_mapping(cluster, index: str, fields: list[str]) -> dict:

@@ -10,22 +10,50 @@ import pandas as pd
 import pytest
 
 
-def test_fine_tune_learns_a_separable_task(tiny_bert):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: CPU autocast, whatever this host's speed in it
+def test_fine_tune_learns_a_separable_task(tiny_bert, precision, monkeypatch):
+    import torch
+
     from pipelines.config import TrainSettings
     from pipelines.tasks.log_anomaly import tune_anomaly_threshold
     from pipelines.training.fine_tune import fine_tune
 
     texts = [f"request served ok in <NUM> ms {w}" for w in "abcdefghij"] * 6 + [f"fatal error disk failure {w}" for w in "abcdefghij"] * 2
     y = np.array([[0.0]] * 60 + [[1.0]] * 20, dtype=np.float32)
-    params = TrainSettings(epochs=4, batch_size=16, learning_rate=3e-3, patience=4, seed=1)
+    params = TrainSettings(epochs=4, batch_size=16, learning_rate=3e-3, patience=4, seed=1, precision=precision)
+    autocast_in_steps = []
+    linear = torch.nn.Linear.forward
+    monkeypatch.setattr(torch.nn.Linear, "forward", lambda self, x: autocast_in_steps.append(torch.is_autocast_enabled("cpu")) or linear(self, x))
     seen = []
     result = fine_tune(texts, y, texts, y, checkpoint=str(tiny_bert), params=params, tune=tune_anomaly_threshold,
                        on_epoch=lambda epoch, m: seen.append((epoch, m)))
+    assert (True in autocast_in_steps) == (precision == "bf16")  # validation scores in fp32 either way
+    assert result.model.bert.embeddings.word_embeddings.weight.dtype == torch.float32
     assert [e for e, _ in seen] == [1, 2, 3, 4]
     assert {"train_loss", "val_loss", "precision", "recall", "f1", "pr_auc"} <= set(seen[0][1])
     assert seen[-1][1]["train_loss"] < seen[0][1]["train_loss"]
     assert result.best_metrics["f1"] > 0.9
     assert 0.0 < result.thresholds[0] < 1.0 and result.device == "cpu"
+
+
+def test_training_precision_auto_takes_bf16_only_where_it_is_fast(monkeypatch):
+    import torch
+
+    from nightshift_models.bert import trains_in_bf16
+
+    for amx, expected in ((True, True), (False, False)):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda amx=amx: {"amx_bf16": amx})
+        assert trains_in_bf16("cpu", "auto") is expected
+        assert trains_in_bf16("cpu", "fp32") is False and trains_in_bf16("cpu", "bf16") is True
+    assert trains_in_bf16("cuda", "auto") is True
+
+
+def test_a_precision_not_in_its_words_stops_the_settings(monkeypatch):
+    from pipelines.config import ConfigError, load_settings
+
+    monkeypatch.setenv("NIGHTSHIFT_TRAIN_PRECISION", "fp16")
+    with pytest.raises(ConfigError, match="train.precision"):
+        load_settings()
 
 
 def test_compact_training_set_keeps_positives():
