@@ -126,16 +126,9 @@ def fast_bf16(device: str) -> bool:
 
 
 def trains_in_bf16(device: str, precision: str = "auto") -> bool:
-    """Whether training steps on `device` run in bf16: `precision` "bf16", or "auto" where `fast_bf16`."""
+    """Whether training steps on `device` run their forward passes in bf16 autocast (weights, optimiser state and
+    loss stay fp32): `precision` "bf16", or "auto" where `fast_bf16`."""
     return precision == "bf16" or (precision == "auto" and fast_bf16(device))
-
-
-def training_autocast(device: str, precision: str = "auto"):
-    """A training step's forward pass: bf16 autocast (weights, optimiser state and loss stay fp32) where
-    `trains_in_bf16`, else fp32."""
-    if trains_in_bf16(device, precision):
-        return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def length_sorted_batches(tokenizer, texts: Sequence[str], batch_size: int, max_length: int):

@@ -163,7 +163,7 @@ def fine_tune(
     """Fine-tune BERT with K sigmoid outputs: class-weighted BCE, AdamW (fused) with linear warm-up and
     decay, texts tokenised once and each shuffled batch padded to its longest, only the word-embedding
     rows the texts use trained step by step (`UsedRows`: the same weights), bf16 autocast where it is fast
-    (`params.precision`; `nightshift_models.bert.training_autocast`), thresholds tuned
+    (`params.precision`; `nightshift_models.bert.trains_in_bf16`), thresholds tuned
     on validation by `tune` each epoch, early stopping on the validation metric `select`
     (`pipelines.training.loop.run_epochs`; log-anomaly: PR-AUC, threshold-free; the primary metric breaks ties and
     stands in where it is undefined). The result holds the kept epoch's validation probabilities (`val_probs`,
@@ -175,12 +175,13 @@ def fine_tune(
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    from nightshift_models.bert import load_classifier, predict_proba, training_autocast
+    from nightshift_models.bert import load_classifier, predict_proba, trains_in_bf16
     from nightshift_models.devices import pick_device
 
     started = time.perf_counter()
     seed_everything(params.seed)
     device = pick_device(params.device)
+    bf16 = trains_in_bf16(device, params.precision)
     num_outputs = train_targets.shape[1]
     tokenizer, model = load_classifier(checkpoint, num_outputs, params.pooling)
     model.to(device)
@@ -222,7 +223,7 @@ def fine_tune(
             batch = {"input_ids": tokens[at, :width].to(device),
                      "attention_mask": (torch.arange(width) < torch.from_numpy(lengths[idx])[:, None]).long().to(device)}
             at = at.to(device)
-            with training_autocast(device, params.precision):
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(**batch).logits.float()
             loss = (loss_fn(logits, targets[at]).mean(dim=1) * example_weights[at]).mean()
             total += optimizer_step(loss, model, optimizer, schedule) * len(idx)
