@@ -3,7 +3,9 @@
 `pipelines.training.fine_tune.fine_tune` against `transformers.Trainer` on the same packaged MiniLM, the same
 texts, batch size, learning-rate schedule, class-weighted BCE and precision (bf16 autocast where `train.precision`
 gives it), one epoch each, samples per second of wall time from model load to the end of training, the best of two
-runs taken in turn (ratio: ours / Trainer, higher is better); and a night's training on the
+runs taken in turn (ratio: ours / Trainer, higher is better). Both sides validate after the epoch as `fine_tune`
+does (the Trainer: `eval_strategy="epoch"` on the same validation texts, its `compute_metrics` tuning the same
+threshold); the row also gives both sides without validation. And a night's training on the
 demo corpus, in-process: `train_log_anomaly`, `train_failure_rca` and `train_metric_forecast` on the nightly windows
 with the default settings except `bench_logs.BERT_CAP` (training examples and BERT epochs), against the same night
 with the TF-IDF family only.
@@ -28,6 +30,7 @@ ROUNDS = 2  # runs of each side of the fine-tune speed row
 
 def _trainer_speed(work: Path, quick: bool) -> list[dict]:
     """Samples/s of `fine_tune` and of `transformers.Trainer`, one epoch each on the same texts."""
+    import numpy as np
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
@@ -51,37 +54,51 @@ def _trainer_speed(work: Path, quick: bool) -> list[dict]:
     def loss(outputs, labels, num_items_in_batch=None):
         return torch.nn.functional.binary_cross_entropy_with_logits(outputs.logits.float(), labels.float(), pos_weight=pos_weight.to(labels.device))
 
-    def ours() -> float:
+    def ours(validate: bool) -> float:
         started = time.perf_counter()
-        fine_tune(texts, targets, val_texts, y_val, checkpoint=checkpoint, params=params, tune=tune_anomaly_threshold)
+        fine_tune(texts, targets, val_texts if validate else None, y_val if validate else None, checkpoint=checkpoint,
+                  params=params, tune=tune_anomaly_threshold)
         return time.perf_counter() - started
 
-    def theirs() -> float:
+    def theirs(validate: bool) -> float:
         started = time.perf_counter()
         tokenizer, model = load_classifier(checkpoint, 1, params.pooling)
-        encoded = tokenizer(list(texts), truncation=True, max_length=params.max_length)["input_ids"]
-        dataset = [{"input_ids": ids, "labels": [float(t)]} for ids, t in zip(encoded, targets[:, 0])]
+
+        def examples(some_texts, labels) -> list[dict]:
+            encoded = tokenizer(list(some_texts), truncation=True, max_length=params.max_length)["input_ids"]
+            return [{"input_ids": ids, "labels": [float(t)]} for ids, t in zip(encoded, labels[:, 0])]
+
+        def metrics(prediction) -> dict[str, float]:  # what fine_tune's validation computes from the probabilities
+            probs = 1.0 / (1.0 + np.exp(-np.asarray(prediction.predictions, dtype=np.float64).reshape(len(y_val), -1)))
+            return tune_anomaly_threshold(y_val, probs)[1]
+
         args = TrainingArguments(output_dir=str(work / "trainer"), per_device_train_batch_size=params.batch_size, num_train_epochs=1,
                                  learning_rate=params.learning_rate, weight_decay=params.weight_decay, warmup_steps=0.1,
                                  lr_scheduler_type="linear", save_strategy="no", logging_strategy="no", report_to="none",
                                  disable_tqdm=True, use_cpu=device == "cpu", bf16=bf16, seed=params.seed,
-                                 remove_unused_columns=False, dataloader_num_workers=0)
-        Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer),
+                                 remove_unused_columns=False, dataloader_num_workers=0, label_names=["labels"],
+                                 eval_strategy="epoch" if validate else "no", per_device_eval_batch_size=params.batch_size * 2)
+        Trainer(model=model, args=args, train_dataset=examples(texts, targets), data_collator=DataCollatorWithPadding(tokenizer),
+                eval_dataset=examples(val_texts, y_val) if validate else None, compute_metrics=metrics if validate else None,
                 compute_loss_func=loss).train()
         return time.perf_counter() - started
 
     # Taken in turn, best of ROUNDS each: the first run in a process also pays one-time kernel setup, and this
     # host's speed drifts between runs.
-    runs: dict[str, list[float]] = {"ours": [], "theirs": []}
+    runs: dict[tuple[str, bool], list[float]] = {(side, validate): [] for side in ("ours", "theirs") for validate in (True, False)}
     for _ in range(ROUNDS):
-        runs["ours"].append(ours())
-        runs["theirs"].append(theirs())
-    ours_s, theirs_s = min(runs["ours"]), min(runs["theirs"])
+        for validate in (True, False):
+            runs["ours", validate].append(ours(validate))
+            runs["theirs", validate].append(theirs(validate))
+    best = {key: min(seconds) for key, seconds in runs.items()}
     n = len(texts)
     return [{"name": f"BERT fine-tune speed (fine_tune: {n} log texts x 1 epoch, batch {params.batch_size}, max_length {params.max_length}, "
-                     f"{device}, {'bf16 autocast' if bf16 else 'fp32'}; wall time from model load)",
-             "value": n / ours_s, "unit": "samples/s", "baseline": "transformers.Trainer, same model, data, batch size, schedule, loss and precision",
-             "baseline_value": n / theirs_s, "ratio": theirs_s / ours_s}]
+                     f"{device}, {'bf16 autocast' if bf16 else 'fp32'}, {len(val_texts)} texts validated; wall time from model load)",
+             "value": n / best["ours", True], "unit": "samples/s",
+             "baseline": "transformers.Trainer, same model, data, batch size, schedule, loss, precision and validation",
+             "baseline_value": n / best["theirs", True], "ratio": best["theirs", True] / best["ours", True],
+             "extra": {"no validation: samples/s": n / best["ours", False], "no validation: Trainer": n / best["theirs", False],
+                       "no validation: ratio": best["theirs", False] / best["ours", False]}}]
 
 
 def _night(work: Path, families: str, cap: dict) -> float:
